@@ -1,0 +1,36 @@
+//! The load-balancer binary. It only wires: parse the command line and the
+//! environment, then hand over to the crates.
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+mod decide;
+mod policy_args;
+
+#[derive(Debug, Parser)]
+#[command(name = "load-balancer", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Replay JSON lines of observations through the decision core and print
+    /// each decision (offline; no cluster needed).
+    Decide(decide::DecideArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Decide(args) => decide::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("load-balancer: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,99 @@
+# Shared conventions for the local stack's scripts. Source it; do not run it.
+#
+# Layout:
+#   $RTC_STACK_CACHE  downloads, virtualenvs and built binaries, kept across runs
+#                     (outside the repository; default ~/.cache/rtc-stack)
+#   $RTC_STACK_RUN    runtime state of one stack: pid files, logs, data dirs,
+#                     kubeconfig (default <repo>/target/stack, git-ignored)
+# Every service script under services/ takes start|stop|status, is idempotent,
+# only ever stops the process whose id it recorded, and waits for readiness.
+
+set -euo pipefail
+
+RTC_REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+RTC_LOCAL_DIR="$RTC_REPO_ROOT/deploy/local"
+: "${RTC_STACK_CACHE:=${XDG_CACHE_HOME:-$HOME/.cache}/rtc-stack}"
+: "${RTC_STACK_RUN:=$RTC_REPO_ROOT/target/stack}"
+
+# Loopback ports of the stack's own, away from the usual defaults so a system
+# Redis, Kafka or Kubernetes on this host is never touched.
+: "${RTC_REDIS_PORT:=16379}"
+: "${RTC_KAFKA_PORT:=19092}"
+: "${RTC_ETCD_PORT:=12379}"
+: "${RTC_ETCD_PEER_PORT:=12380}"
+: "${RTC_APISERVER_PORT:=16443}"
+
+export RTC_STACK_CACHE RTC_STACK_RUN RTC_REDIS_PORT RTC_KAFKA_PORT \
+  RTC_ETCD_PORT RTC_ETCD_PEER_PORT RTC_APISERVER_PORT
+
+mkdir -p "$RTC_STACK_CACHE" "$RTC_STACK_RUN"
+
+log() { printf '[stack] %s\n' "$*" >&2; }
+die() { printf '[stack] error: %s\n' "$*" >&2; exit 1; }
+
+pidfile() { echo "$RTC_STACK_RUN/$1.pid"; }
+logfile() { echo "$RTC_STACK_RUN/$1.log"; }
+
+# is_running NAME: true when the recorded process of NAME is alive.
+is_running() {
+  local f; f="$(pidfile "$1")"
+  [[ -f "$f" ]] && kill -0 "$(cat "$f")" 2>/dev/null
+}
+
+# spawn NAME CMD...: start CMD detached, its output in NAME's log, its pid recorded.
+spawn() {
+  local name="$1"; shift
+  local lf; lf="$(logfile "$name")"
+  : >"$lf"
+  setsid "$@" >>"$lf" 2>&1 < /dev/null &
+  echo $! >"$(pidfile "$name")"
+}
+
+# stop_recorded NAME: stop the recorded process (TERM, then KILL after 10 s).
+stop_recorded() {
+  local name="$1" f pid i
+  f="$(pidfile "$name")"
+  if [[ ! -f "$f" ]]; then log "$name: not running"; return 0; fi
+  pid="$(cat "$f")"
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid" 2>/dev/null || true
+    for i in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null || true; fi
+    log "$name: stopped (pid $pid)"
+  else
+    log "$name: not running (stale pid $pid)"
+  fi
+  rm -f "$f"
+}
+
+# wait_for NAME SECONDS CMD...: poll CMD until it succeeds, or fail with NAME's log.
+wait_for() {
+  local name="$1" secs="$2"; shift 2
+  local deadline=$((SECONDS + secs))
+  until "$@" >/dev/null 2>&1; do
+    if ! is_running "$name"; then
+      tail -n 30 "$(logfile "$name")" >&2 || true
+      die "$name exited during start; its log is $(logfile "$name")"
+    fi
+    if ((SECONDS >= deadline)); then
+      tail -n 30 "$(logfile "$name")" >&2 || true
+      die "$name not ready after ${secs}s; its log is $(logfile "$name")"
+    fi
+    sleep 0.2
+  done
+}
+
+# need_apt PKG BINARY: install a Debian package when its binary is missing.
+need_apt() {
+  local pkg="$1" bin="$2"
+  command -v "$bin" >/dev/null 2>&1 && return 0
+  [[ -x "$bin" ]] && return 0
+  command -v apt-get >/dev/null 2>&1 || die "$bin is missing and apt-get is not available: install the Debian package '$pkg'"
+  log "installing Debian package $pkg"
+  if [[ ! -f "$RTC_STACK_CACHE/.apt-updated" ]]; then
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 || die "apt-get update failed; install '$pkg' by hand"
+    touch "$RTC_STACK_CACHE/.apt-updated"
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$pkg" >&2 \
+    || die "could not install the Debian package '$pkg' (needs root and the Debian archive)"
+}
