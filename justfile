@@ -1,0 +1,79 @@
+# Every task people and CI run. `./dev TASK` installs `just` when missing.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+trace := "crates/decision/examples/spike-then-calm.jsonl"
+
+# List the tasks.
+default:
+    @just --list
+
+# The main job: replay the bundled sample trace (a spike, then calm) through the decision core and print the timeline.
+demo:
+    cargo run --quiet --release -p rtc-load-balancer -- decide --format timeline {{trace}}
+
+# Replay JSON lines through the decision core (see `load-balancer decide --help`).
+decide *ARGS:
+    cargo run --quiet --release -p rtc-load-balancer -- decide {{ARGS}}
+
+# Regenerate the sample trace from the simulator.
+trace:
+    cargo run --quiet -p rtc-decision --example simulate > {{trace}}
+
+# The whole test suite: starts the local stack, runs every test, stops the stack whatever the outcome.
+test: check-decision-deps
+    #!/usr/bin/env bash
+    set -euo pipefail
+    trap 'deploy/local/stack down' EXIT
+    deploy/local/stack up
+    eval "$(deploy/local/stack env)"
+    cargo test --workspace --locked
+
+# Unit and property tests only (no servers needed).
+test-offline:
+    cargo test --workspace --locked --lib --bins --doc
+    cargo test --locked -p rtc-decision --tests
+
+# Fail if the decision core has any async, networking or Kubernetes crate under it.
+check-decision-deps:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    banned='^(tokio|mio|kube|kube-client|kube-core|fred|rskafka|hyper|reqwest|axum|tonic|async-std|futures|socket2|k8s-openapi)$'
+    deps="$(cargo tree --locked -p rtc-decision -e normal,build --prefix none --format '{p}' | awk '{print $1}' | sort -u)"
+    if bad="$(grep -E "$banned" <<<"$deps")"; then
+        echo "rtc-decision must stay free of I/O and async, but depends on:" >&2
+        echo "$bad" >&2
+        exit 1
+    fi
+    echo "rtc-decision dependencies are pure: $(tr '\n' ' ' <<<"$deps")"
+
+# Formatting check.
+fmt-check:
+    cargo fmt --all --check
+
+# Lints, warnings as errors.
+clippy:
+    cargo clippy --workspace --all-targets --locked -- -D warnings
+
+# Benchmarks of the decision core (criterion; report in target/criterion).
+bench:
+    cargo bench -p rtc-decision --bench decide
+
+# Start the local stack (Redis, Kafka-protocol broker, etcd + Kubernetes API server).
+stack-up *SERVICES:
+    deploy/local/stack up {{SERVICES}}
+
+# Stop the local stack.
+stack-down *SERVICES:
+    deploy/local/stack down {{SERVICES}}
+
+# Show the local stack's services, pids, ports and logs.
+stack-status:
+    deploy/local/stack status
+
+# Print shell exports for the local stack (eval "$(just stack-env)").
+stack-env:
+    @deploy/local/stack env
+
+# What CI runs: format, lints, then the whole test suite.
+ci: fmt-check clippy test
