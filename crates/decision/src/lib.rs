@@ -77,3 +77,8 @@ pub use decision::{Action, Decision, Indicators, Line, Reason, StepDetail, Urgen
 pub use engine::{Engine, STATE_VERSION, ScaleOutRecord, Snapshot, State};
 pub use observation::{Aggregates, Excluded, NodeSample, Observation};
 pub use policy::{Policy, PolicyError, ScaleInThresholds, StepPolicy, UrgencyThresholds};
+
+/// The README's example, compiled and run as a doc test.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

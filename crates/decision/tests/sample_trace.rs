@@ -2,7 +2,7 @@
 //! cannot drift from the policy it demonstrates.
 
 #[path = "../examples/simulate.rs"]
-#[allow(dead_code)]
+#[allow(dead_code, unreachable_pub)]
 mod simulate;
 
 #[test]
