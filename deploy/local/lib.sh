@@ -34,10 +34,20 @@ die() { printf '[stack] error: %s\n' "$*" >&2; exit 1; }
 pidfile() { echo "$RTC_STACK_RUN/$1.pid"; }
 logfile() { echo "$RTC_STACK_RUN/$1.log"; }
 
+# alive PID: true when PID is a live process. A stopped process stays a
+# zombie until init reaps it, which can take seconds on some hosts, and
+# `kill -0` still sees a zombie, so read its state instead.
+alive() {
+  local stat
+  stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1
+  stat="${stat##*) }"
+  [[ "${stat%% *}" != Z ]]
+}
+
 # is_running NAME: true when the recorded process of NAME is alive.
 is_running() {
   local f; f="$(pidfile "$1")"
-  [[ -f "$f" ]] && kill -0 "$(cat "$f")" 2>/dev/null
+  [[ -f "$f" ]] && alive "$(cat "$f")"
 }
 
 # spawn NAME CMD...: start CMD detached, its output in NAME's log, its pid recorded.
@@ -49,16 +59,16 @@ spawn() {
   echo $! >"$(pidfile "$name")"
 }
 
-# stop_recorded NAME: stop the recorded process (TERM, then KILL after 10 s).
+# stop_recorded NAME: stop the recorded process (TERM, then KILL after 5 s).
 stop_recorded() {
-  local name="$1" f pid i
+  local name="$1" f pid
   f="$(pidfile "$name")"
   if [[ ! -f "$f" ]]; then log "$name: not running"; return 0; fi
   pid="$(cat "$f")"
-  if kill -0 "$pid" 2>/dev/null; then
+  if alive "$pid"; then
     kill -TERM "$pid" 2>/dev/null || true
-    for i in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null || true; fi
+    for _ in $(seq 1 100); do alive "$pid" || break; sleep 0.05; done
+    if alive "$pid"; then kill -KILL "$pid" 2>/dev/null || true; fi
     log "$name: stopped (pid $pid)"
   else
     log "$name: not running (stale pid $pid)"
