@@ -1,0 +1,219 @@
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{DeleteParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config, Resource};
+
+use crate::error::NoAnswer;
+use crate::{Endpoints, Error, Service, unique_name};
+
+/// How long the API server may take to answer before the test is told to start the stack.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A connected Kubernetes client and a namespace created for one test.
+///
+/// The namespace is deleted when this value is dropped, or earlier by
+/// [`cleanup`](Self::cleanup), which also reports failures. The stack's API
+/// server runs no controllers, so a deleted namespace may stay `Terminating`
+/// with its objects in place; every test gets a fresh name, so that does not
+/// get in anyone's way.
+pub struct TestNamespace {
+    client: Client,
+    /// Kept to delete the namespace on drop with a client of its own, since
+    /// `client` is bound to the runtime that drop may be blocking.
+    config: Config,
+    name: String,
+    deleted: bool,
+}
+
+impl TestNamespace {
+    /// Reads the kubeconfig at `endpoints.kubeconfig` and creates a fresh
+    /// namespace on the API server it names.
+    ///
+    /// Only API servers on loopback are accepted, so a `KUBECONFIG` left
+    /// pointing at a real cluster never receives test objects.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Kubeconfig`] when the kubeconfig cannot be read,
+    /// [`Error::NotLoopback`] when it names a server off this machine,
+    /// [`Error::Unreachable`] when the server does not answer, [`Error::Kube`]
+    /// when it refuses the namespace.
+    pub async fn create(endpoints: &Endpoints) -> Result<Self, Error> {
+        let config = load_config(&endpoints.kubeconfig).await?;
+        let address = config.cluster_url.to_string();
+        let client = Client::try_from(config.clone())
+            .map_err(|source| Error::unreachable(Service::KubernetesApi, &address, source))?;
+        let name = unique_name("ns");
+        let namespace = Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                labels: Some(
+                    [(
+                        "app.kubernetes.io/part-of".to_owned(),
+                        "rtc-testkit".to_owned(),
+                    )]
+                    .into(),
+                ),
+                ..ObjectMeta::default()
+            },
+            ..Namespace::default()
+        };
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        let created = tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            namespaces.create(&PostParams::default(), &namespace),
+        )
+        .await;
+        match created {
+            Ok(Ok(_)) => {}
+            Ok(Err(error @ kube::Error::Api(_))) => return Err(Error::Kube(error)),
+            Ok(Err(source)) => {
+                return Err(Error::unreachable(Service::KubernetesApi, address, source));
+            }
+            Err(_elapsed) => {
+                return Err(Error::unreachable(
+                    Service::KubernetesApi,
+                    address,
+                    NoAnswer(REQUEST_TIMEOUT),
+                ));
+            }
+        }
+        Ok(Self {
+            client,
+            config,
+            name,
+            deleted: false,
+        })
+    }
+
+    /// The connected client.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The name of this test's namespace.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// An [`Api`] for namespaced resources of kind `K` in this test's namespace.
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: Resource<Scope = NamespaceResourceScope>,
+        K::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), &self.name)
+    }
+
+    /// Deletes the namespace now.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Kube`] when the server refuses the deletion; a namespace that
+    /// is already gone is not an error.
+    pub async fn cleanup(mut self) -> Result<(), Error> {
+        self.deleted = true;
+        delete_namespace(&self.client, &self.name).await
+    }
+}
+
+impl std::fmt::Debug for TestNamespace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestNamespace")
+            .field("server", &self.config.cluster_url)
+            .field("name", &self.name)
+            .field("deleted", &self.deleted)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        if self.deleted {
+            return;
+        }
+        let config = self.config.clone();
+        let name = std::mem::take(&mut self.name);
+        // Drop cannot await, and the test's runtime may be single-threaded
+        // and busy running this very drop, so delete from a thread with a
+        // runtime and a client of its own, and wait for it.
+        let deletion = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async {
+                if let Ok(client) = Client::try_from(config) {
+                    let _ = tokio::time::timeout(REQUEST_TIMEOUT, delete_namespace(&client, &name))
+                        .await;
+                }
+            });
+        });
+        let _ = deletion.join();
+    }
+}
+
+async fn delete_namespace(client: &Client, name: &str) -> Result<(), Error> {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    match namespaces.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.is_not_found() => Ok(()),
+        Err(error) => Err(Error::Kube(error)),
+    }
+}
+
+async fn load_config(path: &Path) -> Result<Config, Error> {
+    let kubeconfig = Kubeconfig::read_from(path).map_err(|source| Error::Kubeconfig {
+        path: path.to_owned(),
+        source: source.into(),
+    })?;
+    let mut config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .map_err(|source| Error::Kubeconfig {
+            path: path.to_owned(),
+            source: source.into(),
+        })?;
+    if !is_loopback(config.cluster_url.host().unwrap_or_default()) {
+        return Err(Error::NotLoopback {
+            address: config.cluster_url.to_string(),
+            path: path.to_owned(),
+        });
+    }
+    config.connect_timeout = Some(REQUEST_TIMEOUT);
+    Ok(config)
+}
+
+fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_hosts_are_accepted() {
+        for host in ["127.0.0.1", "127.0.0.2", "localhost", "[::1]", "::1"] {
+            assert!(is_loopback(host), "{host}");
+        }
+        for host in [
+            "10.0.0.1",
+            "kubernetes.default.svc",
+            "",
+            "192.168.1.10",
+            "[2001:db8::1]",
+        ] {
+            assert!(!is_loopback(host), "{host}");
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! Smoke test against the stack's Kubernetes API server: the /scale
+//! subresource of Deployments and StatefulSets, and optimistic concurrency on
+//! coordination.k8s.io/v1 Leases, the two things the load balancer relies on.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, StatefulSet, StatefulSetSpec};
+use k8s_openapi::api::autoscaling::v1::Scale;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::{Container, Namespace, PodSpec, PodTemplateSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, Resource};
+use rtc_testkit::{Error, TestNamespace};
+use serde_json::json;
+
+const NAME: &str = "socket";
+
+fn labels() -> BTreeMap<String, String> {
+    BTreeMap::from([("app".to_owned(), NAME.to_owned())])
+}
+
+fn meta(name: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_owned()),
+        labels: Some(labels()),
+        ..ObjectMeta::default()
+    }
+}
+
+fn pod_template() -> PodTemplateSpec {
+    PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels()),
+            ..ObjectMeta::default()
+        }),
+        spec: Some(PodSpec {
+            containers: vec![Container {
+                name: NAME.to_owned(),
+                image: Some("socket-node:test".to_owned()),
+                ..Container::default()
+            }],
+            ..PodSpec::default()
+        }),
+    }
+}
+
+fn selector() -> LabelSelector {
+    LabelSelector {
+        match_labels: Some(labels()),
+        ..LabelSelector::default()
+    }
+}
+
+fn deployment(replicas: i32) -> Deployment {
+    Deployment {
+        metadata: meta(NAME),
+        spec: Some(DeploymentSpec {
+            replicas: Some(replicas),
+            selector: selector(),
+            template: pod_template(),
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    }
+}
+
+fn stateful_set(replicas: i32) -> StatefulSet {
+    StatefulSet {
+        metadata: meta(NAME),
+        spec: Some(StatefulSetSpec {
+            replicas: Some(replicas),
+            selector: selector(),
+            service_name: Some(NAME.to_owned()),
+            template: pod_template(),
+            ..StatefulSetSpec::default()
+        }),
+        ..StatefulSet::default()
+    }
+}
+
+fn scale_replicas(scale: &Scale) -> Option<i32> {
+    scale.spec.as_ref().and_then(|spec| spec.replicas)
+}
+
+fn is_conflict(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status.is_conflict())
+}
+
+/// Creates `workload` with one replica, then scales it through /scale with a
+/// merge patch, a replace carrying the read resourceVersion, and a replace
+/// carrying a stale one, which must conflict. `spec_replicas` reads the
+/// workload's own spec.replicas to see each change land.
+async fn exercise_scale<K>(
+    api: Api<K>,
+    workload: K,
+    spec_replicas: fn(&K) -> Option<i32>,
+) -> Result<(), Error>
+where
+    K: Resource<Scope = NamespaceResourceScope>
+        + Clone
+        + Debug
+        + serde::Serialize
+        + serde::de::DeserializeOwned,
+    K::DynamicType: Default,
+{
+    api.create(&PostParams::default(), &workload).await?;
+
+    let initial = api.get_scale(NAME).await?;
+    assert_eq!(scale_replicas(&initial), Some(1));
+
+    let patch = Patch::Merge(json!({ "spec": { "replicas": 3 } }));
+    let patched = api
+        .patch_scale(NAME, &PatchParams::default(), &patch)
+        .await?;
+    assert_eq!(scale_replicas(&patched), Some(3));
+    assert_eq!(spec_replicas(&api.get(NAME).await?), Some(3));
+
+    let read = api.get_scale(NAME).await?;
+    let mut wanted = read.clone();
+    wanted.spec.get_or_insert_with(Default::default).replicas = Some(5);
+    let replaced = api
+        .replace_scale(NAME, &PostParams::default(), &wanted)
+        .await?;
+    assert_eq!(scale_replicas(&replaced), Some(5));
+    assert_eq!(spec_replicas(&api.get(NAME).await?), Some(5));
+
+    // `wanted` still carries the resourceVersion from before the replace.
+    let mut stale = wanted;
+    stale.spec.get_or_insert_with(Default::default).replicas = Some(2);
+    match api
+        .replace_scale(NAME, &PostParams::default(), &stale)
+        .await
+    {
+        Err(error) if is_conflict(&error) => {}
+        other => panic!("a stale /scale replace must conflict with 409, got {other:?}"),
+    }
+    assert_eq!(spec_replicas(&api.get(NAME).await?), Some(5));
+    Ok(())
+}
+
+#[tokio::test]
+async fn deployment_scale_subresource_reads_patches_and_replaces() -> Result<(), Error> {
+    let namespace = rtc_testkit::kubernetes().await?;
+    exercise_scale(namespace.api::<Deployment>(), deployment(1), |d| {
+        d.spec.as_ref().and_then(|spec| spec.replicas)
+    })
+    .await?;
+    namespace.cleanup().await
+}
+
+#[tokio::test]
+async fn stateful_set_scale_subresource_reads_patches_and_replaces() -> Result<(), Error> {
+    let namespace = rtc_testkit::kubernetes().await?;
+    exercise_scale(namespace.api::<StatefulSet>(), stateful_set(1), |s| {
+        s.spec.as_ref().and_then(|spec| spec.replicas)
+    })
+    .await?;
+    namespace.cleanup().await
+}
+
+fn lease(holder: &str) -> Lease {
+    Lease {
+        metadata: ObjectMeta {
+            name: Some("rtc-load-balancer".to_owned()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(LeaseSpec {
+            holder_identity: Some(holder.to_owned()),
+            lease_duration_seconds: Some(15),
+            ..LeaseSpec::default()
+        }),
+    }
+}
+
+#[tokio::test]
+async fn lease_replace_with_a_stale_resource_version_conflicts() -> Result<(), Error> {
+    let namespace: TestNamespace = rtc_testkit::kubernetes().await?;
+    let leases = namespace.api::<Lease>();
+    let created = leases
+        .create(&PostParams::default(), &lease("node-a"))
+        .await?;
+    let stale_version = created.metadata.resource_version.clone();
+    assert!(
+        stale_version.is_some(),
+        "a created lease carries a resourceVersion"
+    );
+
+    let mut taken = created.clone();
+    taken.spec = lease("node-b").spec;
+    let taken = leases
+        .replace("rtc-load-balancer", &PostParams::default(), &taken)
+        .await?;
+    assert_ne!(taken.metadata.resource_version, stale_version);
+
+    let mut late = lease("node-c");
+    late.metadata.resource_version = stale_version;
+    match leases
+        .replace("rtc-load-balancer", &PostParams::default(), &late)
+        .await
+    {
+        Err(error) if is_conflict(&error) => {}
+        other => panic!("a stale lease replace must conflict with 409, got {other:?}"),
+    }
+
+    let holder = leases
+        .get("rtc-load-balancer")
+        .await?
+        .spec
+        .and_then(|spec| spec.holder_identity);
+    assert_eq!(holder.as_deref(), Some("node-b"));
+    namespace.cleanup().await
+}
+
+/// The namespace goes away (or starts terminating) when the test kit's handle
+/// is dropped, even inside a single-threaded test runtime.
+#[tokio::test]
+async fn dropping_the_test_namespace_deletes_it() -> Result<(), Error> {
+    let namespace = rtc_testkit::kubernetes().await?;
+    let name = namespace.name().to_owned();
+    let namespaces: Api<Namespace> = Api::all(namespace.client().clone());
+    assert!(namespaces.get_opt(&name).await?.is_some());
+
+    drop(namespace);
+
+    let after = namespaces.get_opt(&name).await?;
+    let terminating = after
+        .as_ref()
+        .is_some_and(|ns| ns.metadata.deletion_timestamp.is_some());
+    assert!(
+        after.is_none() || terminating,
+        "namespace {name} is still there: {after:?}"
+    );
+    Ok(())
+}
