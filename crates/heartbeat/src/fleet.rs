@@ -1,0 +1,548 @@
+//! The reader's view of the fleet: pure bookkeeping, fed with what one poll
+//! read from the store, with time passed in.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rtc_decision::{NodeSample, Observation};
+use tokio::time::Instant;
+
+use crate::record::{DecodeError, DecodeLimits, Heartbeat, decode, validate_node_id};
+
+/// A heartbeat and when this reader first saw it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Received {
+    /// The record.
+    pub heartbeat: Heartbeat,
+    /// When this reader first read it, by the reader's monotonic clock.
+    pub at: Instant,
+}
+
+/// One node as the reader knows it. Immutable; replaced on each change so
+/// snapshots share it cheaply.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeEntry {
+    /// The latest valid heartbeat.
+    pub latest: Received,
+    /// Recent valid heartbeats of the current boot, oldest first, the latest
+    /// included; at most the configured history length.
+    pub history: VecDeque<Received>,
+}
+
+impl NodeEntry {
+    /// Age of the latest heartbeat at `now`, from the reader's own receive
+    /// time: it keeps growing while nothing new arrives, connected or not.
+    pub fn age(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.latest.at)
+    }
+
+    /// The latest heartbeat as decision input, aged at `now`.
+    pub fn sample(&self, now: Instant) -> NodeSample {
+        let age_ms = u64::try_from(self.age(now).as_millis()).unwrap_or(u64::MAX);
+        self.latest.heartbeat.to_sample(age_ms)
+    }
+}
+
+/// Why a node left the view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DepartReason {
+    /// Its liveness entry expired: no heartbeat for STALE_AFTER.
+    Expired,
+    /// It was removed from the index: deregistered at the end of a drain,
+    /// or lost with the store's data and not back within STALE_AFTER.
+    Removed,
+}
+
+impl DepartReason {
+    /// A short, fixed label for metrics and logs.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Expired => "expired",
+            Self::Removed => "removed",
+        }
+    }
+}
+
+/// A change in fleet membership.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FleetEvent {
+    /// A node not in the view sent a valid heartbeat.
+    Joined {
+        /// The node.
+        node: String,
+        /// Its boot id.
+        boot: String,
+    },
+    /// A known node came back with another boot id.
+    Restarted {
+        /// The node.
+        node: String,
+        /// The new boot id.
+        boot: String,
+    },
+    /// A node left the view.
+    Departed {
+        /// The node.
+        node: String,
+        /// Why.
+        reason: DepartReason,
+    },
+}
+
+impl FleetEvent {
+    /// A short, fixed label for metrics and logs.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Joined { .. } => "joined",
+            Self::Restarted { .. } => "restarted",
+            Self::Departed { .. } => "departed",
+        }
+    }
+}
+
+/// A payload that was read but not accepted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejection {
+    /// The index entry it was found under, cut to 64 characters.
+    pub node: String,
+    /// Why it was rejected.
+    pub error: DecodeError,
+}
+
+/// What one [`FleetView::apply`] changed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ApplyReport {
+    /// Membership changes, in node order.
+    pub events: Vec<FleetEvent>,
+    /// Payloads rejected for the first time (a bad payload that stays in
+    /// the store is reported once, not once per poll).
+    pub rejected: Vec<Rejection>,
+    /// The store's epoch changed: its data was lost since the last poll.
+    pub epoch_changed: bool,
+}
+
+/// What the store held at one poll.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreRead {
+    /// The store's epoch.
+    pub epoch: String,
+    /// Every index entry with its latest payload, `None` when the liveness
+    /// entry has expired.
+    pub entries: Vec<(String, Option<Vec<u8>>)>,
+}
+
+/// The latest valid heartbeat of every node, kept across polls.
+#[derive(Debug, Clone)]
+pub struct FleetView {
+    nodes: BTreeMap<String, Arc<NodeEntry>>,
+    /// node -> hash of the last rejected payload, to report it once.
+    rejected_payloads: BTreeMap<String, u64>,
+    rejected_total: BTreeMap<&'static str, u64>,
+    epoch: Option<String>,
+    grace_until: Option<Instant>,
+    history_len: usize,
+    grace: Duration,
+}
+
+impl FleetView {
+    /// An empty view keeping `history_len` heartbeats per node, and keeping
+    /// nodes for `grace` after the store lost its data (STALE_AFTER), so
+    /// they can publish again before being declared gone.
+    pub fn new(history_len: usize, grace: Duration) -> Self {
+        Self {
+            nodes: BTreeMap::new(),
+            rejected_payloads: BTreeMap::new(),
+            rejected_total: BTreeMap::new(),
+            epoch: None,
+            grace_until: None,
+            history_len: history_len.max(1),
+            grace,
+        }
+    }
+
+    /// Nodes in the view.
+    pub fn nodes(&self) -> &BTreeMap<String, Arc<NodeEntry>> {
+        &self.nodes
+    }
+
+    /// Rejected payloads so far, by [`DecodeError::label`].
+    pub fn rejected_total(&self) -> &BTreeMap<&'static str, u64> {
+        &self.rejected_total
+    }
+
+    fn reject(&mut self, report: &mut ApplyReport, node: &str, payload: &[u8], error: DecodeError) {
+        let mut hasher = DefaultHasher::new();
+        payload.hash(&mut hasher);
+        let hash = hasher.finish();
+        if self.rejected_payloads.get(node) == Some(&hash) {
+            return;
+        }
+        self.rejected_payloads.insert(node.to_owned(), hash);
+        *self.rejected_total.entry(error.label()).or_insert(0) += 1;
+        report.rejected.push(Rejection {
+            node: node.chars().take(64).collect(),
+            error,
+        });
+    }
+
+    /// Folds one poll's read into the view. `now` is the reader's monotonic
+    /// clock (receive times and ages), `now_ms` its wall clock (the
+    /// decoder's skew check).
+    pub fn apply(
+        &mut self,
+        read: StoreRead,
+        now: Instant,
+        now_ms: u64,
+        limits: &DecodeLimits,
+    ) -> ApplyReport {
+        let mut report = ApplyReport::default();
+        if self.epoch.as_deref().is_some_and(|e| e != read.epoch) {
+            report.epoch_changed = true;
+            self.grace_until = Some(now + self.grace);
+        }
+        self.epoch = Some(read.epoch);
+        let in_grace = self.grace_until.is_some_and(|until| now < until);
+
+        let mut listed = BTreeSet::new();
+        for (node, payload) in read.entries {
+            if let Err(error) = validate_node_id(&node) {
+                self.reject(&mut report, &node, node.as_bytes(), error);
+                continue;
+            }
+            listed.insert(node.clone());
+            let Some(payload) = payload else {
+                if self.nodes.remove(&node).is_some() {
+                    report.events.push(FleetEvent::Departed {
+                        node: node.clone(),
+                        reason: DepartReason::Expired,
+                    });
+                }
+                self.rejected_payloads.remove(&node);
+                continue;
+            };
+            match self.accept(&node, &payload, now, now_ms, limits) {
+                Ok(Some(event)) => report.events.push(event),
+                Ok(None) => {}
+                Err(error) => self.reject(&mut report, &node, &payload, error),
+            }
+        }
+
+        let gone: Vec<String> = self
+            .nodes
+            .keys()
+            .filter(|node| !listed.contains(*node))
+            .cloned()
+            .collect();
+        if !in_grace {
+            for node in gone {
+                self.nodes.remove(&node);
+                self.rejected_payloads.remove(&node);
+                report.events.push(FleetEvent::Departed {
+                    node,
+                    reason: DepartReason::Removed,
+                });
+            }
+        }
+        report
+    }
+
+    fn accept(
+        &mut self,
+        node: &str,
+        payload: &[u8],
+        now: Instant,
+        now_ms: u64,
+        limits: &DecodeLimits,
+    ) -> Result<Option<FleetEvent>, DecodeError> {
+        let heartbeat = decode(payload, now_ms, limits)?;
+        if heartbeat.node != node {
+            return Err(DecodeError::NodeMismatch {
+                expected: node.chars().take(64).collect(),
+                found: heartbeat.node.chars().take(64).collect(),
+            });
+        }
+        self.rejected_payloads.remove(node);
+        let received = Received { heartbeat, at: now };
+        let (entry, event) = match self.nodes.get(node) {
+            None => {
+                let event = FleetEvent::Joined {
+                    node: node.to_owned(),
+                    boot: received.heartbeat.boot.clone(),
+                };
+                (fresh(received), Some(event))
+            }
+            Some(known) if known.latest.heartbeat.boot != received.heartbeat.boot => {
+                let event = FleetEvent::Restarted {
+                    node: node.to_owned(),
+                    boot: received.heartbeat.boot.clone(),
+                };
+                (fresh(received), Some(event))
+            }
+            Some(known) => {
+                let last = known.latest.heartbeat.seq;
+                let found = received.heartbeat.seq;
+                if found == last {
+                    // Already seen: its receive time, and so its age, stays.
+                    return Ok(None);
+                }
+                if found < last {
+                    return Err(DecodeError::SequenceRegressed { last, found });
+                }
+                let mut history = known.history.clone();
+                history.push_back(received.clone());
+                while history.len() > self.history_len {
+                    history.pop_front();
+                }
+                (
+                    NodeEntry {
+                        latest: received,
+                        history,
+                    },
+                    None,
+                )
+            }
+        };
+        self.nodes.insert(node.to_owned(), Arc::new(entry));
+        Ok(event)
+    }
+
+    /// The view as it is now.
+    pub fn snapshot(&self) -> FleetSnapshot {
+        FleetSnapshot {
+            nodes: self.nodes.values().cloned().collect(),
+            rejected_total: self.rejected_total.clone(),
+        }
+    }
+}
+
+fn fresh(received: Received) -> NodeEntry {
+    NodeEntry {
+        history: VecDeque::from([received.clone()]),
+        latest: received,
+    }
+}
+
+/// Every known node's latest valid heartbeat, shared cheaply.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FleetSnapshot {
+    /// Nodes, ordered by id.
+    pub nodes: Vec<Arc<NodeEntry>>,
+    /// Rejected payloads so far, by [`DecodeError::label`].
+    pub rejected_total: BTreeMap<&'static str, u64>,
+}
+
+impl FleetSnapshot {
+    /// Decision input for every node, aged at `now` by the reader's clock.
+    /// Ages keep growing while the reader cannot reach the store, so the
+    /// decision core sees old data as stale, never as fresh.
+    pub fn samples(&self, now: Instant) -> Vec<NodeSample> {
+        self.nodes.iter().map(|n| n.sample(now)).collect()
+    }
+
+    /// The node `id`, if known.
+    pub fn node(&self, id: &str) -> Option<&NodeEntry> {
+        self.nodes
+            .binary_search_by(|n| n.latest.heartbeat.node.as_str().cmp(id))
+            .ok()
+            .and_then(|i| self.nodes.get(i))
+            .map(Arc::as_ref)
+    }
+
+    /// Total rejected payloads.
+    pub fn rejected(&self) -> u64 {
+        self.rejected_total.values().sum()
+    }
+}
+
+/// One tick's decision input from samples produced by
+/// [`FleetSnapshot::samples`].
+pub fn observation(samples: &[NodeSample], now_ms: u64, replicas: u32) -> Observation<'_> {
+    Observation {
+        now_ms,
+        replicas,
+        nodes: samples,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{Load, encode};
+
+    const NOW_MS: u64 = 1_700_000_000_000;
+
+    fn payload(node: &str, boot: &str, seq: u64) -> Option<Vec<u8>> {
+        Some(encode(&Heartbeat::new(
+            node,
+            boot,
+            seq,
+            NOW_MS,
+            &Load::IDLE,
+        )))
+    }
+
+    fn read(epoch: &str, entries: &[(&str, Option<Vec<u8>>)]) -> StoreRead {
+        StoreRead {
+            epoch: epoch.to_owned(),
+            entries: entries
+                .iter()
+                .map(|(n, p)| ((*n).to_owned(), p.clone()))
+                .collect(),
+        }
+    }
+
+    fn apply(view: &mut FleetView, read: StoreRead) -> ApplyReport {
+        view.apply(read, Instant::now(), NOW_MS, &DecodeLimits::default())
+    }
+
+    fn joined(node: &str, boot: &str) -> FleetEvent {
+        FleetEvent::Joined {
+            node: node.into(),
+            boot: boot.into(),
+        }
+    }
+
+    fn departed(node: &str, reason: DepartReason) -> FleetEvent {
+        FleetEvent::Departed {
+            node: node.into(),
+            reason,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn joins_ages_and_departures() {
+        let mut view = FleetView::new(3, Duration::from_secs(15));
+        let r = apply(
+            &mut view,
+            read(
+                "e1",
+                &[("a", payload("a", "b1", 1)), ("b", payload("b", "b1", 1))],
+            ),
+        );
+        assert_eq!(r.events, [joined("a", "b1"), joined("b", "b1")]);
+
+        tokio::time::advance(Duration::from_secs(2)).await;
+        // `a` unchanged: its age grows; `b` sent a new one: its age resets.
+        let r = apply(
+            &mut view,
+            read(
+                "e1",
+                &[("a", payload("a", "b1", 1)), ("b", payload("b", "b1", 2))],
+            ),
+        );
+        assert!(r.events.is_empty());
+        let ages: Vec<u64> = view
+            .snapshot()
+            .samples(Instant::now())
+            .iter()
+            .map(|s| s.age_ms)
+            .collect();
+        assert_eq!(ages, [2_000, 0]);
+
+        let r = apply(&mut view, read("e1", &[("a", None)]));
+        assert_eq!(
+            r.events,
+            [
+                departed("a", DepartReason::Expired),
+                departed("b", DepartReason::Removed)
+            ]
+        );
+        assert!(view.nodes().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn history_is_bounded_and_restarts_start_it_over() {
+        let mut view = FleetView::new(3, Duration::from_secs(15));
+        for seq in 1..=5 {
+            apply(&mut view, read("e", &[("a", payload("a", "b1", seq))]));
+        }
+        let seqs = |view: &FleetView| -> Vec<u64> {
+            view.nodes()["a"]
+                .history
+                .iter()
+                .map(|r| r.heartbeat.seq)
+                .collect()
+        };
+        assert_eq!(seqs(&view), [3, 4, 5]);
+        let r = apply(&mut view, read("e", &[("a", payload("a", "b2", 1))]));
+        assert_eq!(
+            r.events,
+            [FleetEvent::Restarted {
+                node: "a".into(),
+                boot: "b2".into()
+            }]
+        );
+        assert_eq!(seqs(&view), [1]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bad_payloads_are_rejected_once_and_never_replace_good_data() {
+        let mut view = FleetView::new(3, Duration::from_secs(15));
+        apply(&mut view, read("e", &[("a", payload("a", "b1", 5))]));
+        for _ in 0..3 {
+            apply(&mut view, read("e", &[("a", Some(b"garbage".to_vec()))]));
+        }
+        let r = apply(&mut view, read("e", &[("a", payload("a", "b1", 4))]));
+        assert_eq!(r.rejected[0].error.label(), "sequence_regressed");
+        let r = apply(&mut view, read("e", &[("a", payload("x", "b1", 9))]));
+        assert_eq!(r.rejected[0].error.label(), "node_mismatch");
+        let r = apply(
+            &mut view,
+            read(
+                "e",
+                &[
+                    ("bad key", payload("a", "b1", 9)),
+                    ("a", payload("a", "b1", 5)),
+                ],
+            ),
+        );
+        assert_eq!(r.rejected[0].error.label(), "invalid_id");
+        assert_eq!(view.nodes()["a"].latest.heartbeat.seq, 5);
+        let snapshot = view.snapshot();
+        assert_eq!(snapshot.rejected(), 4);
+        assert_eq!(snapshot.rejected_total.get("malformed"), Some(&1));
+        assert_eq!(snapshot.node("a").map(|n| n.latest.heartbeat.seq), Some(5));
+        assert!(snapshot.node("b").is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_store_keeps_nodes_aging_for_the_grace_period() {
+        let mut view = FleetView::new(3, Duration::from_secs(15));
+        apply(
+            &mut view,
+            read(
+                "e1",
+                &[("a", payload("a", "b1", 1)), ("b", payload("b", "b1", 1))],
+            ),
+        );
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let r = apply(&mut view, read("e2", &[]));
+        assert!(r.epoch_changed);
+        assert!(r.events.is_empty());
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let r = apply(&mut view, read("e2", &[("a", payload("a", "b1", 2))]));
+        assert!(r.events.is_empty());
+        let samples = view.snapshot().samples(Instant::now());
+        assert_eq!(
+            samples.iter().map(|s| s.age_ms).collect::<Vec<_>>(),
+            [0, 6_000]
+        );
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let r = apply(&mut view, read("e2", &[("a", payload("a", "b1", 3))]));
+        assert_eq!(r.events, [departed("b", DepartReason::Removed)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn snapshots_convert_into_an_observation() {
+        let mut view = FleetView::new(3, Duration::from_secs(15));
+        apply(&mut view, read("e", &[("a", payload("a", "b1", 1))]));
+        tokio::time::advance(Duration::from_millis(1_500)).await;
+        let samples = view.snapshot().samples(Instant::now());
+        let obs = observation(&samples, 42, 1);
+        assert_eq!((obs.now_ms, obs.replicas, obs.nodes.len()), (42, 1, 1));
+        assert_eq!(obs.nodes[0].age_ms, 1_500);
+    }
+}

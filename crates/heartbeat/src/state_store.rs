@@ -1,0 +1,204 @@
+//! The decision core's [`State`] in Redis, so a new leader resumes where the
+//! last one stopped, guarded by the leader's fencing token.
+
+use fred::clients::Client;
+use fred::interfaces::ClientLike;
+use fred::types::{ClusterHash, CustomCommand, Value};
+use rtc_decision::{STATE_VERSION, State};
+
+/// Largest stored state read back; a real one is a few hundred bytes.
+const MAX_STATE_BYTES: usize = 64 * 1024;
+
+/// KEYS: the hash. ARGV: token (decimal, no leading zeros), state JSON.
+/// Tokens are compared as decimal strings (length, then bytes), which is
+/// exact for every u64, unlike Lua's doubles.
+const SAVE: &str = "
+local cur = redis.call('HGET', KEYS[1], 'token')
+if cur and (#cur > #ARGV[1] or (#cur == #ARGV[1] and cur > ARGV[1])) then
+  return {0, cur}
+end
+redis.call('HSET', KEYS[1], 'token', ARGV[1], 'state', ARGV[2])
+return {1, ARGV[1]}";
+
+/// Why saving or loading the state failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StateError {
+    /// Redis refused the command, or the connection failed or timed out.
+    #[error("redis: {0}")]
+    Redis(#[from] fred::error::Error),
+    /// A newer leader (higher fencing token) has saved since: this process
+    /// is no longer the leader and must not write.
+    #[error("state is fenced: stored token {stored} is newer than ours ({ours})")]
+    Fenced {
+        /// The token found in Redis.
+        stored: String,
+        /// The token offered.
+        ours: u64,
+    },
+    /// The stored value is not a state this build can read.
+    #[error("stored state is unreadable: {0}")]
+    Corrupt(String),
+    /// The stored state has a newer layout than this build knows.
+    #[error("stored state version {found} is newer than this build's {STATE_VERSION}")]
+    UnknownVersion {
+        /// The stored version.
+        found: u32,
+    },
+}
+
+impl StateError {
+    /// A short, fixed label for metrics and logs.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Redis(_) => "redis",
+            Self::Fenced { .. } => "fenced",
+            Self::Corrupt(_) => "corrupt",
+            Self::UnknownVersion { .. } => "unknown_version",
+        }
+    }
+}
+
+/// A state as stored, with the token of the leader that saved it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredState {
+    /// The saving leader's fencing token.
+    pub token: u64,
+    /// The decision state.
+    pub state: State,
+}
+
+/// Saves and loads the decision state under one Redis hash (`token`,
+/// `state` as JSON).
+#[derive(Debug, Clone)]
+pub struct StateStore {
+    client: Client,
+    key: String,
+}
+
+impl StateStore {
+    /// A store of the state under `key`.
+    pub fn new(client: Client, key: impl Into<String>) -> Self {
+        Self {
+            client,
+            key: key.into(),
+        }
+    }
+
+    /// Saves `state` on behalf of the leader holding fencing token `token`
+    /// (for example the Lease's transition count). Succeeds when no state
+    /// is stored or the stored token is not higher; atomic in Redis.
+    ///
+    /// # Errors
+    ///
+    /// [`StateError::Fenced`] when a higher token has saved,
+    /// [`StateError::Redis`] when Redis cannot be reached.
+    pub async fn save(&self, token: u64, state: &State) -> Result<(), StateError> {
+        let json = serde_json::to_string(state).map_err(|e| StateError::Corrupt(e.to_string()))?;
+        let args: Vec<Value> = vec![
+            SAVE.into(),
+            Value::Integer(1),
+            self.key.as_str().into(),
+            token.to_string().into(),
+            json.into(),
+        ];
+        let reply: Value = self
+            .client
+            .custom(
+                CustomCommand::new_static("EVAL", ClusterHash::Offset(2), false),
+                args,
+            )
+            .await?;
+        let Value::Array(parts) = reply else {
+            return Err(StateError::Corrupt(format!(
+                "save answered {:?}",
+                reply.kind()
+            )));
+        };
+        match parts.as_slice() {
+            [Value::Integer(1), _] => Ok(()),
+            [Value::Integer(0), stored] => Err(StateError::Fenced {
+                stored: text(stored).unwrap_or_default().chars().take(32).collect(),
+                ours: token,
+            }),
+            _ => Err(StateError::Corrupt(
+                "save answered an unexpected array".to_owned(),
+            )),
+        }
+    }
+
+    /// The stored state, if any.
+    ///
+    /// # Errors
+    ///
+    /// [`StateError::Corrupt`] or [`StateError::UnknownVersion`] when the
+    /// stored value cannot be used (start from `State::default()` then),
+    /// [`StateError::Redis`] when Redis cannot be reached.
+    pub async fn load(&self) -> Result<Option<StoredState>, StateError> {
+        let reply: Value = self
+            .client
+            .custom(
+                CustomCommand::new_static("HMGET", ClusterHash::FirstKey, false),
+                vec![self.key.as_str(), "token", "state"],
+            )
+            .await?;
+        let Value::Array(parts) = reply else {
+            return Err(StateError::Corrupt(format!(
+                "HMGET answered {:?}",
+                reply.kind()
+            )));
+        };
+        let (token, state) = match parts.as_slice() {
+            [Value::Null, Value::Null] => return Ok(None),
+            [token, state] => (text(token), text(state)),
+            _ => {
+                return Err(StateError::Corrupt(
+                    "HMGET answered an unexpected array".to_owned(),
+                ));
+            }
+        };
+        let token = token
+            .and_then(|t| t.parse::<u64>().ok())
+            .ok_or_else(|| StateError::Corrupt("token is not a number".to_owned()))?;
+        let state = state.ok_or_else(|| StateError::Corrupt("state is missing".to_owned()))?;
+        if state.len() > MAX_STATE_BYTES {
+            return Err(StateError::Corrupt(format!(
+                "state of {} bytes is too large",
+                state.len()
+            )));
+        }
+        let state: State =
+            serde_json::from_str(&state).map_err(|e| StateError::Corrupt(e.to_string()))?;
+        if state.version > STATE_VERSION {
+            return Err(StateError::UnknownVersion {
+                found: state.version,
+            });
+        }
+        Ok(Some(StoredState { token, state }))
+    }
+
+    /// Deletes the stored state.
+    ///
+    /// # Errors
+    ///
+    /// [`StateError::Redis`] when Redis cannot be reached.
+    pub async fn clear(&self) -> Result<(), StateError> {
+        let _: Value = self
+            .client
+            .custom(
+                CustomCommand::new_static("DEL", ClusterHash::FirstKey, false),
+                vec![self.key.as_str()],
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+fn text(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.to_string()),
+        Value::Bytes(b) => String::from_utf8(b.to_vec()).ok(),
+        Value::Integer(i) => Some(i.to_string()),
+        _ => None,
+    }
+}
