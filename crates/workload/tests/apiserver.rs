@@ -1,0 +1,474 @@
+//! The scaler against the local stack's real Kubernetes API server: detection,
+//! /scale writes with compare-and-swap, clamping, deletion cost, and a
+//! workload that disappears and comes back.
+//!
+//! The server runs no controllers, so tests create the pods a ReplicaSet or
+//! StatefulSet controller would have made, with the workload's labels.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, StatefulSet, StatefulSetSpec};
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodTemplateSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use rtc_testkit::TestNamespace;
+use rtc_workload::{
+    AlwaysValid, Bound, DELETION_COST_ANNOTATION, KubeWorkloadApi, Override, ScaleError,
+    ScaleOutcome, ScalerConfig, WorkloadKind, WorkloadScaler,
+};
+use serde_json::json;
+
+type Result<T = (), E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
+
+const NAME: &str = "socket";
+const OTHER_ANNOTATION: &str = "example.com/owner";
+
+fn labels() -> BTreeMap<String, String> {
+    BTreeMap::from([("app".to_owned(), NAME.to_owned())])
+}
+
+fn template() -> PodTemplateSpec {
+    PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels()),
+            ..ObjectMeta::default()
+        }),
+        spec: Some(pod_spec()),
+    }
+}
+
+fn pod_spec() -> PodSpec {
+    PodSpec {
+        containers: vec![Container {
+            name: NAME.to_owned(),
+            image: Some("socket-node:test".to_owned()),
+            ..Container::default()
+        }],
+        node_name: Some("node-a".to_owned()),
+        ..PodSpec::default()
+    }
+}
+
+fn selector() -> LabelSelector {
+    LabelSelector {
+        match_labels: Some(labels()),
+        ..LabelSelector::default()
+    }
+}
+
+fn meta() -> ObjectMeta {
+    ObjectMeta {
+        name: Some(NAME.to_owned()),
+        labels: Some(labels()),
+        ..ObjectMeta::default()
+    }
+}
+
+async fn create(namespace: &TestNamespace, kind: WorkloadKind, replicas: i32) -> Result {
+    let params = PostParams::default();
+    match kind {
+        WorkloadKind::Deployment => {
+            let deployment = Deployment {
+                metadata: meta(),
+                spec: Some(DeploymentSpec {
+                    replicas: Some(replicas),
+                    selector: selector(),
+                    template: template(),
+                    ..DeploymentSpec::default()
+                }),
+                ..Deployment::default()
+            };
+            namespace
+                .api::<Deployment>()
+                .create(&params, &deployment)
+                .await?;
+        }
+        WorkloadKind::StatefulSet => {
+            let stateful_set = StatefulSet {
+                metadata: meta(),
+                spec: Some(StatefulSetSpec {
+                    replicas: Some(replicas),
+                    selector: selector(),
+                    service_name: Some(NAME.to_owned()),
+                    template: template(),
+                    ..StatefulSetSpec::default()
+                }),
+                ..StatefulSet::default()
+            };
+            namespace
+                .api::<StatefulSet>()
+                .create(&params, &stateful_set)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+async fn delete(namespace: &TestNamespace, kind: WorkloadKind) -> Result {
+    let params = DeleteParams::default();
+    match kind {
+        WorkloadKind::Deployment => {
+            namespace.api::<Deployment>().delete(NAME, &params).await?;
+        }
+        WorkloadKind::StatefulSet => {
+            namespace.api::<StatefulSet>().delete(NAME, &params).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The parent's own spec.replicas, to see a /scale write land.
+async fn spec_replicas(namespace: &TestNamespace, kind: WorkloadKind) -> Result<Option<i32>> {
+    Ok(match kind {
+        WorkloadKind::Deployment => namespace
+            .api::<Deployment>()
+            .get(NAME)
+            .await?
+            .spec
+            .and_then(|s| s.replicas),
+        WorkloadKind::StatefulSet => namespace
+            .api::<StatefulSet>()
+            .get(NAME)
+            .await?
+            .spec
+            .and_then(|s| s.replicas),
+    })
+}
+
+/// Creates a running, ready pod with the workload's labels and an
+/// annotation of someone else's, standing in for a controller's pod.
+async fn create_pod(pods: &Api<Pod>, name: &str) -> Result {
+    let pod = Pod {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            labels: Some(labels()),
+            annotations: Some(BTreeMap::from([(
+                OTHER_ANNOTATION.to_owned(),
+                "team-rtc".to_owned(),
+            )])),
+            ..ObjectMeta::default()
+        },
+        spec: Some(pod_spec()),
+        ..Pod::default()
+    };
+    pods.create(&PostParams::default(), &pod).await?;
+    let status = json!({ "status": {
+        "phase": "Running",
+        "conditions": [{ "type": "Ready", "status": "True" }],
+    }});
+    pods.patch_status(name, &PatchParams::default(), &Patch::Merge(status))
+        .await?;
+    Ok(())
+}
+
+fn scaler(
+    client: &Client,
+    namespace: &TestNamespace,
+    min: u32,
+    max: u32,
+) -> WorkloadScaler<KubeWorkloadApi> {
+    let config = ScalerConfig::new(NAME, min, max).expect("valid bounds");
+    WorkloadScaler::new(
+        KubeWorkloadApi::new(client.clone(), namespace.name()),
+        config,
+    )
+}
+
+#[tokio::test]
+async fn detects_each_kind_and_refuses_neither_or_both() -> Result {
+    for kind in WorkloadKind::ALL {
+        let namespace = rtc_testkit::kubernetes().await?;
+        create(&namespace, kind, 2).await?;
+        let scaler = scaler(namespace.client(), &namespace, 2, 50);
+        assert_eq!(scaler.detect().await?, kind);
+        namespace.cleanup().await?;
+    }
+
+    let namespace = rtc_testkit::kubernetes().await?;
+    let scaler = scaler(namespace.client(), &namespace, 2, 50);
+    let error = scaler.detect().await.expect_err("nothing there");
+    assert!(matches!(error, ScaleError::NotFound { .. }), "{error:?}");
+    assert!(error.to_string().contains(namespace.name()), "{error}");
+
+    create(&namespace, WorkloadKind::Deployment, 2).await?;
+    create(&namespace, WorkloadKind::StatefulSet, 2).await?;
+    let error = scaler.detect().await.expect_err("both there");
+    assert!(matches!(error, ScaleError::Ambiguous { .. }), "{error:?}");
+    namespace.cleanup().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn scales_up_and_down_through_the_scale_subresource() -> Result {
+    for kind in WorkloadKind::ALL {
+        let namespace = rtc_testkit::kubernetes().await?;
+        create(&namespace, kind, 5).await?;
+        let scaler = scaler(namespace.client(), &namespace, 2, 50);
+
+        let read = scaler.current().await?;
+        assert_eq!(
+            (read.kind, read.spec_replicas, read.ready_replicas),
+            (kind, 5, 0)
+        );
+        assert!(!read.resource_version.is_empty());
+        let outcome = scaler
+            .scale_to(
+                &read,
+                8,
+                "resource-overload (urgency=3, adding 3 nodes)",
+                &AlwaysValid,
+            )
+            .await?;
+        assert!(
+            matches!(outcome, ScaleOutcome::Scaled { from: 5, to: 8, .. }),
+            "{outcome:?}"
+        );
+        assert_eq!(spec_replicas(&namespace, kind).await?, Some(8));
+
+        let read = scaler.current().await?;
+        assert_eq!(read.spec_replicas, 8);
+        let outcome = scaler.scale_to(&read, 7, "low-load", &AlwaysValid).await?;
+        assert!(
+            matches!(outcome, ScaleOutcome::Scaled { from: 8, to: 7, .. }),
+            "{outcome:?}"
+        );
+        assert_eq!(spec_replicas(&namespace, kind).await?, Some(7));
+        namespace.cleanup().await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn clamps_at_both_bounds() -> Result {
+    let namespace = rtc_testkit::kubernetes().await?;
+    create(&namespace, WorkloadKind::StatefulSet, 4).await?;
+    let scaler = scaler(namespace.client(), &namespace, 3, 6);
+
+    let read = scaler.current().await?;
+    let outcome = scaler.scale_to(&read, 20, "test", &AlwaysValid).await?;
+    let ScaleOutcome::Scaled {
+        to: 6,
+        clamped: Some(clamped),
+        ..
+    } = outcome
+    else {
+        panic!("expected a clamp to 6, got {outcome:?}");
+    };
+    assert_eq!(clamped.bound, Bound::Max);
+    assert_eq!(
+        spec_replicas(&namespace, WorkloadKind::StatefulSet).await?,
+        Some(6)
+    );
+
+    let read = scaler.current().await?;
+    let outcome = scaler.scale_to(&read, 1, "test", &AlwaysValid).await?;
+    let ScaleOutcome::Scaled {
+        to: 3,
+        clamped: Some(clamped),
+        ..
+    } = outcome
+    else {
+        panic!("expected a clamp to 3, got {outcome:?}");
+    };
+    assert_eq!(clamped.bound, Bound::Min);
+    assert_eq!(
+        spec_replicas(&namespace, WorkloadKind::StatefulSet).await?,
+        Some(3)
+    );
+    namespace.cleanup().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_concurrent_writer_makes_a_conflict_not_an_overwrite() -> Result {
+    for kind in WorkloadKind::ALL {
+        let namespace = rtc_testkit::kubernetes().await?;
+        create(&namespace, kind, 5).await?;
+        let scaler = scaler(namespace.client(), &namespace, 2, 50);
+        let read = scaler.current().await?;
+
+        // Another writer (an operator, KEDA) changes replicas in between.
+        let patch = Patch::Merge(json!({ "spec": { "replicas": 9 } }));
+        match kind {
+            WorkloadKind::Deployment => {
+                let api = namespace.api::<Deployment>();
+                api.patch_scale(NAME, &PatchParams::default(), &patch)
+                    .await?;
+            }
+            WorkloadKind::StatefulSet => {
+                let api = namespace.api::<StatefulSet>();
+                api.patch_scale(NAME, &PatchParams::default(), &patch)
+                    .await?;
+            }
+        }
+
+        let outcome = scaler.scale_to(&read, 6, "test", &AlwaysValid).await?;
+        assert_eq!(
+            outcome,
+            ScaleOutcome::Conflict {
+                kind,
+                from: 5,
+                to: 6
+            }
+        );
+        assert_eq!(spec_replicas(&namespace, kind).await?, Some(9));
+
+        // Re-read and decide again: now the write goes through.
+        let read = scaler.current().await?;
+        assert_eq!(read.spec_replicas, 9);
+        let outcome = scaler.scale_to(&read, 10, "test", &AlwaysValid).await?;
+        assert!(
+            matches!(
+                outcome,
+                ScaleOutcome::Scaled {
+                    from: 9,
+                    to: 10,
+                    ..
+                }
+            ),
+            "{outcome:?}"
+        );
+        namespace.cleanup().await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn deployment_pods_get_deletion_costs_with_the_victim_lowest() -> Result {
+    let namespace = rtc_testkit::kubernetes().await?;
+    create(&namespace, WorkloadKind::Deployment, 3).await?;
+    let pods = namespace.api::<Pod>();
+    let names = ["socket-7d9f-a", "socket-7d9f-b", "socket-7d9f-c"];
+    for name in names {
+        create_pod(&pods, name).await?;
+    }
+    let scaler = scaler(namespace.client(), &namespace, 2, 50);
+    let read = scaler.current().await?;
+    let loads = BTreeMap::from([
+        (names[0].to_owned(), 120),
+        (names[1].to_owned(), 4),
+        (names[2].to_owned(), 75),
+    ]);
+
+    let plan = scaler
+        .prepare_scale_in(&read, names[1], &loads, &AlwaysValid)
+        .await?;
+    assert_eq!((plan.victim.as_str(), plan.overridden), (names[1], None));
+    assert_eq!(plan.patched, 3);
+
+    let mut costs = BTreeMap::new();
+    for name in names {
+        let annotations = pods
+            .get(name)
+            .await?
+            .metadata
+            .annotations
+            .unwrap_or_default();
+        assert_eq!(
+            annotations.get(OTHER_ANNOTATION).map(String::as_str),
+            Some("team-rtc"),
+            "other annotations on {name} are left intact"
+        );
+        let cost: i32 = annotations
+            .get(DELETION_COST_ANNOTATION)
+            .ok_or("no deletion cost")?
+            .parse()?;
+        costs.insert(name, cost);
+    }
+    assert_eq!(costs[names[0]], 120);
+    assert_eq!(costs[names[2]], 75);
+    let lowest = costs.iter().min_by_key(|(_, c)| **c).map(|(n, _)| *n);
+    assert_eq!(lowest, Some(names[1]));
+
+    // Writing again changes nothing that is already right.
+    let again = scaler
+        .prepare_scale_in(&read, names[1], &loads, &AlwaysValid)
+        .await?;
+    assert_eq!(again.patched, 0);
+
+    let outcome = scaler.scale_to(&read, 2, "low-load", &AlwaysValid).await?;
+    assert!(
+        matches!(outcome, ScaleOutcome::Scaled { from: 3, to: 2, .. }),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        spec_replicas(&namespace, WorkloadKind::Deployment).await?,
+        Some(2)
+    );
+    namespace.cleanup().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn stateful_set_pods_are_not_annotated_and_the_top_ordinal_is_named() -> Result {
+    let namespace = rtc_testkit::kubernetes().await?;
+    create(&namespace, WorkloadKind::StatefulSet, 3).await?;
+    let pods = namespace.api::<Pod>();
+    for ordinal in 0..3 {
+        create_pod(&pods, &format!("{NAME}-{ordinal}")).await?;
+    }
+    let scaler = scaler(namespace.client(), &namespace, 2, 50);
+    let read = scaler.current().await?;
+    let loads = BTreeMap::from([("socket-0".to_owned(), 1), ("socket-2".to_owned(), 900)]);
+
+    let plan = scaler
+        .prepare_scale_in(&read, "socket-0", &loads, &AlwaysValid)
+        .await?;
+    assert_eq!(plan.victim, "socket-2");
+    assert_eq!(plan.overridden, Some(Override::TopOrdinal));
+    assert_eq!(plan.patched, 0);
+    for ordinal in 0..3 {
+        let annotations = pods
+            .get(&format!("{NAME}-{ordinal}"))
+            .await?
+            .metadata
+            .annotations
+            .unwrap_or_default();
+        assert!(!annotations.contains_key(DELETION_COST_ANNOTATION));
+        assert!(annotations.contains_key(OTHER_ANNOTATION));
+    }
+    namespace.cleanup().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_workload_deleted_mid_run_is_a_clear_error_and_recovers() -> Result {
+    let namespace = rtc_testkit::kubernetes().await?;
+    create(&namespace, WorkloadKind::Deployment, 3).await?;
+    let scaler = scaler(namespace.client(), &namespace, 2, 50);
+    let read = scaler.current().await?;
+
+    delete(&namespace, WorkloadKind::Deployment).await?;
+    let error = scaler
+        .scale_to(&read, 4, "test", &AlwaysValid)
+        .await
+        .expect_err("the workload is gone");
+    assert!(matches!(error, ScaleError::Gone { .. }), "{error:?}");
+    let error = scaler.current().await.expect_err("still gone");
+    assert!(matches!(error, ScaleError::NotFound { .. }), "{error:?}");
+
+    // Back, as a StatefulSet this time: found again without a restart.
+    create(&namespace, WorkloadKind::StatefulSet, 3).await?;
+    let read = scaler.current().await?;
+    assert_eq!(read.kind, WorkloadKind::StatefulSet);
+    let outcome = scaler.scale_to(&read, 4, "test", &AlwaysValid).await?;
+    assert!(
+        matches!(outcome, ScaleOutcome::Scaled { to: 4, .. }),
+        "{outcome:?}"
+    );
+
+    // Replaced by a new object of the same kind: the old read conflicts.
+    delete(&namespace, WorkloadKind::StatefulSet).await?;
+    create(&namespace, WorkloadKind::StatefulSet, 3).await?;
+    let outcome = scaler.scale_to(&read, 5, "test", &AlwaysValid).await?;
+    assert!(
+        matches!(outcome, ScaleOutcome::Conflict { .. }),
+        "{outcome:?}"
+    );
+    let fresh = scaler.current().await?;
+    assert_ne!(fresh.uid, read.uid);
+    assert_eq!(fresh.spec_replicas, 3);
+    namespace.cleanup().await?;
+    Ok(())
+}

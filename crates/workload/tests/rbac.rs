@@ -1,0 +1,141 @@
+//! `deploy/k8s/01-rbac.yaml` grants exactly the requests the scaler makes
+//! (plus the leader election's leases), and its objects are accepted by the
+//! local stack's API server.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::PostParams;
+use rtc_workload::{Operation, WorkloadKind};
+
+type Result<T = (), E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
+
+const MANIFEST: &str = "../../deploy/k8s/01-rbac.yaml";
+
+/// The Role's rules. They are written one per entry, each key on one line
+/// with a flow sequence (a JSON array), so no YAML parser is needed.
+fn manifest_rules() -> Result<Vec<PolicyRule>> {
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(MANIFEST))?;
+    let role = text
+        .split("\n---")
+        .find(|doc| doc.contains("\nkind: Role\n"))
+        .ok_or("no Role in the manifest")?;
+    let rules_at = role.find("\nrules:").ok_or("the Role has no rules")?;
+    let mut rules: Vec<PolicyRule> = Vec::new();
+    for line in role[rules_at..].lines().map(str::trim) {
+        let list = |key: &str| -> Result<Option<Vec<String>>> {
+            match line.trim_start_matches("- ").strip_prefix(key) {
+                Some(value) => Ok(Some(serde_json::from_str(value.trim())?)),
+                None => Ok(None),
+            }
+        };
+        if let Some(groups) = list("apiGroups:")? {
+            rules.push(PolicyRule {
+                api_groups: Some(groups),
+                ..PolicyRule::default()
+            });
+        } else if let Some(resources) = list("resources:")? {
+            rules
+                .last_mut()
+                .ok_or("resources before apiGroups")?
+                .resources = Some(resources);
+        } else if let Some(verbs) = list("verbs:")? {
+            rules.last_mut().ok_or("verbs before apiGroups")?.verbs = verbs;
+        }
+    }
+    Ok(rules)
+}
+
+fn grants(rules: &[PolicyRule]) -> BTreeSet<(String, String, String)> {
+    let mut granted = BTreeSet::new();
+    for rule in rules {
+        for group in rule.api_groups.iter().flatten() {
+            for resource in rule.resources.iter().flatten() {
+                for verb in &rule.verbs {
+                    granted.insert((group.clone(), resource.clone(), verb.clone()));
+                }
+            }
+        }
+    }
+    granted
+}
+
+#[test]
+fn the_role_grants_exactly_what_is_used() -> Result {
+    let mut needed = BTreeSet::new();
+    for kind in WorkloadKind::ALL {
+        for op in [Operation::GetWorkload(kind), Operation::UpdateScale(kind)] {
+            needed.insert((
+                op.api_group().to_owned(),
+                op.resource().to_owned(),
+                op.verb().to_owned(),
+            ));
+        }
+    }
+    for op in [Operation::ListPods, Operation::PatchPod] {
+        needed.insert((
+            op.api_group().to_owned(),
+            op.resource().to_owned(),
+            op.verb().to_owned(),
+        ));
+    }
+    // crates/leader: leader election on a Lease.
+    for verb in ["get", "create", "update"] {
+        needed.insert((
+            "coordination.k8s.io".to_owned(),
+            "leases".to_owned(),
+            verb.to_owned(),
+        ));
+    }
+    assert_eq!(grants(&manifest_rules()?), needed);
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_manifest_objects_are_accepted_by_the_api_server() -> Result {
+    let namespace = rtc_testkit::kubernetes().await?;
+    let meta = || ObjectMeta {
+        name: Some("load-balancer".to_owned()),
+        ..ObjectMeta::default()
+    };
+    let params = PostParams::default();
+    namespace
+        .api::<ServiceAccount>()
+        .create(
+            &params,
+            &ServiceAccount {
+                metadata: meta(),
+                ..ServiceAccount::default()
+            },
+        )
+        .await?;
+    let role = Role {
+        metadata: meta(),
+        rules: Some(manifest_rules()?),
+    };
+    let created = namespace.api::<Role>().create(&params, &role).await?;
+    assert_eq!(created.rules, role.rules);
+    let binding = RoleBinding {
+        metadata: meta(),
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".to_owned()),
+            kind: "Role".to_owned(),
+            name: "load-balancer".to_owned(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".to_owned(),
+            name: "load-balancer".to_owned(),
+            namespace: Some(namespace.name().to_owned()),
+            ..Subject::default()
+        }]),
+    };
+    namespace
+        .api::<RoleBinding>()
+        .create(&params, &binding)
+        .await?;
+    namespace.cleanup().await?;
+    Ok(())
+}
