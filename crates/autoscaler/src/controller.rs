@@ -1,0 +1,357 @@
+//! One tick of the leader's scaling loop.
+
+use crate::signal::{ScaleSignal, SignalSink};
+use crate::state::StateRepo;
+use rtc_decision::{Action, Decision, Engine, NodeSample, Observation, Reason, State, Urgency};
+use rtc_workload::{
+    Fence, FenceError, ScaleError, ScaleInPlan, ScaleOutcome, WorkloadApi, WorkloadScaler,
+};
+use serde::Serialize;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::watch;
+use tracing::{Instrument, debug, info, warn};
+
+/// Why a tick did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum TickError {
+    /// This process may not write: it is not (or no longer) the leader.
+    #[error("not the leader: {0}")]
+    NotLeader(#[from] FenceError),
+    /// The workload could not be read, so nothing was decided.
+    #[error("reading the workload failed: {0}")]
+    Read(#[source] ScaleError),
+    /// The decision was made but the scaling write failed; the decision
+    /// state was not advanced, so the next tick decides again.
+    #[error("scaling failed: {0}")]
+    Scale(#[source] ScaleError),
+}
+
+impl TickError {
+    /// A short, bounded label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            TickError::NotLeader(_) => "not_leader",
+            TickError::Read(_) => "read_failed",
+            TickError::Scale(_) => "scale_failed",
+        }
+    }
+}
+
+/// One decision as operators and the dashboard see it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DecisionRecord {
+    /// Wall-clock time, ms since the Unix epoch.
+    pub timestamp_ms: u64,
+    /// The decision, with its aggregates.
+    pub decision: Decision,
+    /// The explanation lines.
+    pub explanation: Vec<String>,
+    /// What the scaler did: `scaled`, `unchanged`, `conflict`, an error
+    /// label, or `none` for a hold.
+    pub outcome: String,
+    /// The pod expected to go on scale-in (may differ from the decision's
+    /// victim; see the scaler's plan).
+    pub expected_victim: Option<String>,
+}
+
+/// What one tick did.
+#[derive(Debug, Clone)]
+pub struct TickReport {
+    /// The decision.
+    pub decision: Decision,
+    /// What the scaler did, for scaling decisions.
+    pub outcome: Option<ScaleOutcome>,
+    /// The scale-in plan, on scale-in.
+    pub plan: Option<ScaleInPlan>,
+    /// Whether the decision state was saved for a successor.
+    pub state_saved: bool,
+}
+
+/// The leader's scaling loop, one tick at a time: read the workload,
+/// decide, prepare a scale-in, write `/scale`, publish the signal, save the
+/// state. Ticks take `&mut self`, so they never overlap.
+pub struct Controller<A, R> {
+    engine: Engine,
+    scaler: WorkloadScaler<A>,
+    repo: R,
+    sink: Arc<dyn SignalSink>,
+    identity: String,
+    state: State,
+    last_logged: Option<(Reason, Urgency)>,
+    history: VecDeque<DecisionRecord>,
+    history_len: usize,
+    history_tx: watch::Sender<Arc<Vec<DecisionRecord>>>,
+}
+
+impl<A, R> std::fmt::Debug for Controller<A, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Controller")
+            .field("identity", &self.identity)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<A: WorkloadApi, R: StateRepo> Controller<A, R> {
+    /// A controller starting from an empty state; call
+    /// [`resume`](Self::resume) when leadership is acquired.
+    pub fn new(
+        engine: Engine,
+        scaler: WorkloadScaler<A>,
+        repo: R,
+        sink: Arc<dyn SignalSink>,
+        identity: impl Into<String>,
+        history_len: usize,
+    ) -> Self {
+        let (history_tx, _) = watch::channel(Arc::new(Vec::new()));
+        Self {
+            engine,
+            scaler,
+            repo,
+            sink,
+            identity: identity.into(),
+            state: State::default(),
+            last_logged: None,
+            history: VecDeque::new(),
+            history_len: history_len.max(1),
+            history_tx,
+        }
+    }
+
+    /// The last decisions, newest last, as they change.
+    pub fn decisions(&self) -> watch::Receiver<Arc<Vec<DecisionRecord>>> {
+        self.history_tx.subscribe()
+    }
+
+    /// The decision state in force.
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// The workload scaler.
+    pub fn scaler(&self) -> &WorkloadScaler<A> {
+        &self.scaler
+    }
+
+    /// Loads the stored decision state, so a new leader keeps the scale-in
+    /// clock and the scale-out history. A missing or unreadable state
+    /// starts from empty, which only makes the next scale-in wait longer.
+    pub async fn resume(&mut self) {
+        match self.repo.load().await {
+            Ok(Some(stored)) => {
+                info!(
+                    token = stored.token,
+                    "resumed the decision state of the previous leader"
+                );
+                self.state = stored.state;
+            }
+            Ok(None) => info!("no stored decision state; starting fresh"),
+            Err(e) => {
+                warn!(error = %e, "stored decision state unusable; keeping the one in memory");
+                metrics::counter!("rtc_lb_state_errors_total", "op" => "load", "error" => e.label())
+                    .increment(1);
+            }
+        }
+    }
+
+    /// Runs one tick at `now_ms` (wall clock, ms since the Unix epoch: the
+    /// state's times must mean the same on every replica) over the fleet's
+    /// latest samples, writing only while `fence` allows it.
+    pub async fn tick(
+        &mut self,
+        now_ms: u64,
+        samples: &[NodeSample],
+        fence: &dyn Fence,
+    ) -> Result<TickReport, TickError> {
+        let span = tracing::info_span!("tick", now_ms, nodes = samples.len());
+        let result = self
+            .tick_inner(now_ms, samples, fence)
+            .instrument(span)
+            .await;
+        let label = match &result {
+            Ok(_) => "ok",
+            Err(e) => e.label(),
+        };
+        metrics::counter!("rtc_lb_ticks_total", "result" => label).increment(1);
+        result
+    }
+
+    async fn tick_inner(
+        &mut self,
+        now_ms: u64,
+        samples: &[NodeSample],
+        fence: &dyn Fence,
+    ) -> Result<TickReport, TickError> {
+        let token = fence.check()?;
+        let read = self.scaler.current().await.map_err(TickError::Read)?;
+
+        let started = Instant::now();
+        let obs = Observation {
+            now_ms,
+            replicas: read.spec_replicas,
+            nodes: samples,
+        };
+        let (decision, next) = self.engine.decide(&self.state, &obs);
+        metrics::histogram!("rtc_lb_decision_seconds").record(started.elapsed().as_secs_f64());
+        metrics::counter!(
+            "rtc_lb_scale_signals_total",
+            "direction" => direction(decision.action),
+            "urgency" => decision.urgency.as_str(),
+            "reason" => decision.reason.as_str(),
+        )
+        .increment(1);
+        metrics::gauge!("rtc_lb_desired_replicas").set(f64::from(decision.to));
+        self.log(&decision);
+
+        let mut plan = None;
+        let outcome = match decision.action {
+            Action::Hold => None,
+            Action::ScaleOut => {
+                let why = format!(
+                    "{} (urgency={}, adding {} nodes)",
+                    decision.reason,
+                    decision.urgency.level(),
+                    decision.delta()
+                );
+                Some(self.scaler.scale_to(&read, decision.to, &why, fence).await)
+            }
+            Action::ScaleIn => {
+                let chosen = decision.victim.clone().unwrap_or_default();
+                let loads: BTreeMap<String, u64> = samples
+                    .iter()
+                    .filter(|s| s.conn.is_finite() && s.conn >= 0.0)
+                    .map(|s| (s.id.clone(), s.conn.round() as u64))
+                    .collect();
+                match self
+                    .scaler
+                    .prepare_scale_in(&read, &chosen, &loads, fence)
+                    .await
+                {
+                    Ok(p) => {
+                        if p.overridden.is_some() {
+                            warn!(
+                                chosen = %p.chosen,
+                                victim = %p.victim,
+                                why = ?p.overridden,
+                                "the controller will remove another pod than the least loaded"
+                            );
+                        }
+                        let why = format!("{} (urgency=0, removing {})", decision.reason, p.victim);
+                        plan = Some(p);
+                        Some(self.scaler.scale_to(&read, decision.to, &why, fence).await)
+                    }
+                    Err(e) => Some(Err(e)),
+                }
+            }
+        };
+
+        let outcome = match outcome {
+            None => {
+                self.state = next;
+                None
+            }
+            Some(Ok(o)) => {
+                match &o {
+                    ScaleOutcome::Scaled { .. } => {
+                        self.state = next;
+                        self.publish(&decision, plan.as_ref(), token, now_ms);
+                    }
+                    ScaleOutcome::Conflict { from, to, .. } => warn!(
+                        from,
+                        to,
+                        "replicas changed by another writer since they were read; deciding again next tick"
+                    ),
+                    ScaleOutcome::Unchanged { replicas, .. } => {
+                        info!(replicas, "the scaler's bounds left replicas unchanged")
+                    }
+                }
+                Some(o)
+            }
+            Some(Err(e)) => {
+                self.remember(now_ms, &decision, e.label(), None);
+                return Err(TickError::Scale(e));
+            }
+        };
+
+        let state_saved = match self.repo.save(token, &self.state).await {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(error = %e, "saving the decision state failed");
+                metrics::counter!("rtc_lb_state_errors_total", "op" => "save", "error" => e.label())
+                    .increment(1);
+                false
+            }
+        };
+        let label = outcome.as_ref().map_or("none", ScaleOutcome::label);
+        self.remember(
+            now_ms,
+            &decision,
+            label,
+            plan.as_ref().map(|p| p.victim.clone()),
+        );
+        Ok(TickReport {
+            decision,
+            outcome,
+            plan,
+            state_saved,
+        })
+    }
+
+    fn log(&mut self, d: &Decision) {
+        let key = (d.reason, d.urgency);
+        if d.action == Action::Hold && self.last_logged == Some(key) {
+            for line in d.explain() {
+                debug!("{line}");
+            }
+            return;
+        }
+        self.last_logged = Some(key);
+        for line in d.explain() {
+            info!("{line}");
+        }
+    }
+
+    fn publish(&self, d: &Decision, plan: Option<&ScaleInPlan>, token: u64, now_ms: u64) {
+        let signal = ScaleSignal {
+            action: d.action,
+            from: d.from,
+            to: d.to,
+            delta: d.delta(),
+            urgency: d.urgency,
+            reason: d.reason,
+            victim: plan.map(|p| p.victim.clone()).or_else(|| d.victim.clone()),
+            aggregates: d.aggregates,
+            leader: self.identity.clone(),
+            fencing_token: token,
+            timestamp_ms: now_ms,
+        };
+        if !self.sink.offer(&signal) {
+            metrics::counter!("rtc_lb_signals_dropped_total").increment(1);
+        }
+    }
+
+    fn remember(&mut self, now_ms: u64, d: &Decision, outcome: &str, victim: Option<String>) {
+        if self.history.len() == self.history_len {
+            self.history.pop_front();
+        }
+        self.history.push_back(DecisionRecord {
+            timestamp_ms: now_ms,
+            decision: d.clone(),
+            explanation: d.explain().map(|l| l.to_string()).collect(),
+            outcome: outcome.to_owned(),
+            expected_victim: victim,
+        });
+        let snapshot: Vec<DecisionRecord> = self.history.iter().cloned().collect();
+        self.history_tx.send_replace(Arc::new(snapshot));
+    }
+}
+
+fn direction(a: Action) -> &'static str {
+    match a {
+        Action::ScaleOut => "out",
+        Action::ScaleIn => "in",
+        Action::Hold => "hold",
+    }
+}

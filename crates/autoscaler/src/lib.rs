@@ -1,0 +1,33 @@
+//! The load-balancer leader's scaling loop, one tick at a time.
+//!
+//! A [`Controller`] composes the decision core, the workload scaler and the
+//! stored decision state. Each [`Controller::tick`]:
+//!
+//! 1. checks the fence (the leader guard) and reads the workload's spec
+//!    replicas and resourceVersion;
+//! 2. decides over the fleet's latest heartbeat samples, logging the
+//!    explanation (holds at debug level unless their reason changes) and
+//!    counting `rtc_lb_scale_signals_total{direction,urgency,reason}`;
+//! 3. on scale-in, sets pod deletion costs (Deployment) or names the top
+//!    ordinal (StatefulSet), then writes `/scale` with the resourceVersion
+//!    read; the fence is checked again before every write;
+//! 4. on success, advances the decision state, offers a [`ScaleSignal`] to
+//!    the [`SignalSink`] (which never blocks), and saves the state, fenced by
+//!    the leader's token, for a successor.
+//!
+//! A conflict (409) or a failed write leaves the decision state where it
+//! was, so the next tick re-reads and decides again instead of repeating a
+//! step blindly. Ticks take `&mut self`: they cannot overlap.
+
+mod controller;
+mod kafka;
+mod signal;
+mod state;
+
+pub use controller::{Controller, DecisionRecord, TickError, TickReport};
+pub use kafka::{KafkaSignalSink, SIGNAL_TOPIC};
+pub use signal::{NoSignals, RecordingSink, ScaleSignal, SignalSink};
+pub use state::{MemoryStateRepo, StateRepo};
+
+#[cfg(test)]
+mod tests;
