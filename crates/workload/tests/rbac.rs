@@ -82,8 +82,9 @@ fn the_role_grants_exactly_what_is_used() -> Result {
             op.verb().to_owned(),
         ));
     }
-    // crates/leader: leader election on a Lease.
-    for verb in ["get", "create", "update"] {
+    // crates/leader: leader election on a Lease (reads, creates it once,
+    // renews with merge patches that carry the resourceVersion).
+    for verb in ["get", "create", "patch"] {
         needed.insert((
             "coordination.k8s.io".to_owned(),
             "leases".to_owned(),
