@@ -219,6 +219,9 @@ async fn run<S: HeartbeatStore, C: WallClock>(
             () = tokio::time::sleep_until(next) => {}
         }
         let span = tracing::debug_span!("heartbeat_poll");
+        // Polls start at a fixed rate (not a fixed pause after each poll),
+        // so a departure is seen within one poll interval plus one poll.
+        let started = Instant::now();
         let result = tokio::select! {
             biased;
             _ = stop.changed() => break,
@@ -233,7 +236,7 @@ async fn run<S: HeartbeatStore, C: WallClock>(
                     // No subscribers is fine.
                     let _ = events.send(event);
                 }
-                next = now + ingestor.config.poll_interval;
+                next = started + ingestor.config.poll_interval;
             }
             Err(error) => {
                 metrics::counter!("rtc_heartbeat_poll_failures_total", "error" => error.label())

@@ -72,7 +72,8 @@
 //!   [`Departed`](FleetEvent::Departed) with [`DepartReason::Expired`].
 //!   Before that it stays in the view, aging.
 //! - **A node deregisters:** its entries are gone at once; the next poll
-//!   (within `poll_interval`, 1 s) reports [`DepartReason::Removed`].
+//!   (polls start every `poll_interval`, 1 s, so within one interval plus
+//!   one poll) reports [`DepartReason::Removed`].
 //! - **A reader loses Redis:** polls fail and are retried with backoff; the
 //!   view is kept as it was and its ages keep growing; the status watch says
 //!   since when it fails. On reconnection the next poll resynchronises
