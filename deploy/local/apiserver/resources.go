@@ -70,7 +70,7 @@ var (
 	events = eventsv1.SchemeGroupVersion
 )
 
-func obj[T any, PT interface {
+func newOf[T any, PT interface {
 	*T
 	runtime.Object
 }]() func() runtime.Object {
@@ -80,62 +80,62 @@ func obj[T any, PT interface {
 // resources is everything this server serves.
 var resources = []*resource{
 	{gv: core, plural: "namespaces", kind: "Namespace", shortNames: []string{"ns"},
-		newObj: obj[corev1.Namespace](), newList: obj[corev1.NamespaceList](),
+		newObj: newOf[corev1.Namespace](), newList: newOf[corev1.NamespaceList](),
 		nameFn: apivalidation.NameIsDNSLabel, status: true, onCreate: namespaceOnCreate,
 		fields: namespaceFields},
 	{gv: core, plural: "pods", kind: "Pod", namespaced: true, shortNames: []string{"po"}, categories: []string{"all"},
-		newObj: obj[corev1.Pod](), newList: obj[corev1.PodList](),
+		newObj: newOf[corev1.Pod](), newList: newOf[corev1.PodList](),
 		status: true, defaults: defaultPod, onCreate: podOnCreate, validate: validatePod,
 		validateUpdate: validatePodUpdate, graceful: podGracefulDelete, fields: podFields},
 	{gv: core, plural: "configmaps", kind: "ConfigMap", namespaced: true, shortNames: []string{"cm"},
-		newObj: obj[corev1.ConfigMap](), newList: obj[corev1.ConfigMapList](), validate: validateConfigMap},
+		newObj: newOf[corev1.ConfigMap](), newList: newOf[corev1.ConfigMapList](), validate: validateConfigMap},
 	{gv: core, plural: "secrets", kind: "Secret", namespaced: true,
-		newObj: obj[corev1.Secret](), newList: obj[corev1.SecretList](), defaults: defaultSecret},
+		newObj: newOf[corev1.Secret](), newList: newOf[corev1.SecretList](), defaults: defaultSecret},
 	{gv: core, plural: "services", kind: "Service", namespaced: true, shortNames: []string{"svc"}, categories: []string{"all"},
-		newObj: obj[corev1.Service](), newList: obj[corev1.ServiceList](),
+		newObj: newOf[corev1.Service](), newList: newOf[corev1.ServiceList](),
 		nameFn: apivalidation.NameIsDNS1035Label, status: true, defaults: defaultService, validate: validateService},
 	{gv: core, plural: "serviceaccounts", kind: "ServiceAccount", namespaced: true, shortNames: []string{"sa"},
-		newObj: obj[corev1.ServiceAccount](), newList: obj[corev1.ServiceAccountList]()},
+		newObj: newOf[corev1.ServiceAccount](), newList: newOf[corev1.ServiceAccountList]()},
 	{gv: core, plural: "events", kind: "Event", namespaced: true, shortNames: []string{"ev"},
-		newObj: obj[corev1.Event](), newList: obj[corev1.EventList](), ttl: time.Hour, fields: coreEventFields},
+		newObj: newOf[corev1.Event](), newList: newOf[corev1.EventList](), ttl: time.Hour, fields: coreEventFields},
 	{gv: core, plural: "nodes", kind: "Node", shortNames: []string{"no"},
-		newObj: obj[corev1.Node](), newList: obj[corev1.NodeList](), status: true},
+		newObj: newOf[corev1.Node](), newList: newOf[corev1.NodeList](), status: true},
 
 	{gv: apps, plural: "deployments", kind: "Deployment", namespaced: true, shortNames: []string{"deploy"}, categories: []string{"all"},
-		newObj: obj[appsv1.Deployment](), newList: obj[appsv1.DeploymentList](),
+		newObj: newOf[appsv1.Deployment](), newList: newOf[appsv1.DeploymentList](),
 		status: true, scale: deploymentScale, defaults: defaultDeployment,
 		validate: validateDeployment, validateUpdate: validateSelectorImmutable},
 	{gv: apps, plural: "statefulsets", kind: "StatefulSet", namespaced: true, shortNames: []string{"sts"}, categories: []string{"all"},
-		newObj: obj[appsv1.StatefulSet](), newList: obj[appsv1.StatefulSetList](),
+		newObj: newOf[appsv1.StatefulSet](), newList: newOf[appsv1.StatefulSetList](),
 		status: true, scale: statefulSetScale, defaults: defaultStatefulSet,
 		validate: validateStatefulSet, validateUpdate: validateStatefulSetUpdate},
 	{gv: apps, plural: "replicasets", kind: "ReplicaSet", namespaced: true, shortNames: []string{"rs"}, categories: []string{"all"},
-		newObj: obj[appsv1.ReplicaSet](), newList: obj[appsv1.ReplicaSetList](),
+		newObj: newOf[appsv1.ReplicaSet](), newList: newOf[appsv1.ReplicaSetList](),
 		status: true, scale: replicaSetScale, defaults: defaultReplicaSet,
 		validate: validateReplicaSet, validateUpdate: validateSelectorImmutable},
 	{gv: apps, plural: "controllerrevisions", kind: "ControllerRevision", namespaced: true,
-		newObj: obj[appsv1.ControllerRevision](), newList: obj[appsv1.ControllerRevisionList]()},
+		newObj: newOf[appsv1.ControllerRevision](), newList: newOf[appsv1.ControllerRevisionList]()},
 
 	{gv: coord, plural: "leases", kind: "Lease", namespaced: true,
-		newObj: obj[coordinationv1.Lease](), newList: obj[coordinationv1.LeaseList](), validate: validateLease},
+		newObj: newOf[coordinationv1.Lease](), newList: newOf[coordinationv1.LeaseList](), validate: validateLease},
 
 	{gv: policy, plural: "poddisruptionbudgets", kind: "PodDisruptionBudget", namespaced: true, shortNames: []string{"pdb"},
-		newObj: obj[policyv1.PodDisruptionBudget](), newList: obj[policyv1.PodDisruptionBudgetList](),
+		newObj: newOf[policyv1.PodDisruptionBudget](), newList: newOf[policyv1.PodDisruptionBudgetList](),
 		status: true, validate: validatePDB},
 
 	{gv: rbac, plural: "roles", kind: "Role", namespaced: true,
-		newObj: obj[rbacv1.Role](), newList: obj[rbacv1.RoleList](), nameFn: path.ValidatePathSegmentName, validate: validateRBAC},
+		newObj: newOf[rbacv1.Role](), newList: newOf[rbacv1.RoleList](), nameFn: path.ValidatePathSegmentName, validate: validateRBAC},
 	{gv: rbac, plural: "rolebindings", kind: "RoleBinding", namespaced: true,
-		newObj: obj[rbacv1.RoleBinding](), newList: obj[rbacv1.RoleBindingList](), nameFn: path.ValidatePathSegmentName,
+		newObj: newOf[rbacv1.RoleBinding](), newList: newOf[rbacv1.RoleBindingList](), nameFn: path.ValidatePathSegmentName,
 		validate: validateRBAC, validateUpdate: validateRoleRefImmutable},
 	{gv: rbac, plural: "clusterroles", kind: "ClusterRole",
-		newObj: obj[rbacv1.ClusterRole](), newList: obj[rbacv1.ClusterRoleList](), nameFn: path.ValidatePathSegmentName, validate: validateRBAC},
+		newObj: newOf[rbacv1.ClusterRole](), newList: newOf[rbacv1.ClusterRoleList](), nameFn: path.ValidatePathSegmentName, validate: validateRBAC},
 	{gv: rbac, plural: "clusterrolebindings", kind: "ClusterRoleBinding",
-		newObj: obj[rbacv1.ClusterRoleBinding](), newList: obj[rbacv1.ClusterRoleBindingList](), nameFn: path.ValidatePathSegmentName,
+		newObj: newOf[rbacv1.ClusterRoleBinding](), newList: newOf[rbacv1.ClusterRoleBindingList](), nameFn: path.ValidatePathSegmentName,
 		validate: validateRBAC, validateUpdate: validateRoleRefImmutable},
 
 	{gv: events, plural: "events", kind: "Event", namespaced: true, shortNames: []string{"ev"},
-		newObj: obj[eventsv1.Event](), newList: obj[eventsv1.EventList](), ttl: time.Hour},
+		newObj: newOf[eventsv1.Event](), newList: newOf[eventsv1.EventList](), ttl: time.Hour},
 }
 
 // registry keeps the stores the server-wide pieces need.
@@ -362,11 +362,13 @@ func (s *strategy) ValidateUpdate(ctx context.Context, obj, old runtime.Object) 
 	return errs
 }
 
-func (s *strategy) WarningsOnCreate(context.Context, runtime.Object) []string         { return nil }
-func (s *strategy) WarningsOnUpdate(context.Context, runtime.Object, runtime.Object) []string { return nil }
-func (s *strategy) Canonicalize(runtime.Object)                                        {}
-func (s *strategy) AllowCreateOnUpdate() bool                                          { return false }
-func (s *strategy) AllowUnconditionalUpdate() bool                                     { return true }
+func (s *strategy) WarningsOnCreate(context.Context, runtime.Object) []string { return nil }
+func (s *strategy) WarningsOnUpdate(context.Context, runtime.Object, runtime.Object) []string {
+	return nil
+}
+func (s *strategy) Canonicalize(runtime.Object)    {}
+func (s *strategy) AllowCreateOnUpdate() bool      { return false }
+func (s *strategy) AllowUnconditionalUpdate() bool { return true }
 
 // GetResetFields tells server-side apply which fields an endpoint discards,
 // so appliers are not recorded as owning them.
@@ -402,8 +404,8 @@ func setField(obj runtime.Object, name string, v reflect.Value) {
 }
 
 // ensureNamespaces creates the given namespaces when they do not exist.
-func (reg *registry) ensureNamespaces(ctx context.Context, names ...string) error {
-	for _, n := range names {
+func (reg *registry) ensureNamespaces(ctx context.Context, nsNames ...string) error {
+	for _, n := range nsNames {
 		ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: n}}
 		_, err := reg.namespaces.Create(genericapirequest.WithNamespace(ctx, ""), ns, rest.ValidateAllObjectFunc, &metav1.CreateOptions{})
 		if err != nil && !apierrors.IsAlreadyExists(err) {

@@ -13,7 +13,7 @@
 # stop stops the API server only; etcd has its own script.
 # status exits 0 when running and ready, 3 otherwise.
 
-# shellcheck source=../lib.sh
+# shellcheck source=deploy/local/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
 NAME=apiserver

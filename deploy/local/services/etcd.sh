@@ -11,7 +11,7 @@
 # system's etcd-server package is used instead (see apiserver/README.md).
 # status exits 0 when running and healthy, 3 otherwise.
 
-# shellcheck source=../lib.sh
+# shellcheck source=deploy/local/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
 NAME=etcd
