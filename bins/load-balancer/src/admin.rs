@@ -15,6 +15,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
+/// Heartbeat ingestion counts as working while its last successful poll is
+/// at most this old (polls run every second).
+const INGEST_FRESH: Duration = Duration::from_secs(3);
+
 /// What the admin handlers read.
 #[derive(Clone)]
 pub(crate) struct AdminState {
@@ -57,8 +61,14 @@ struct Readiness {
 
 /// Ready when heartbeat ingestion works and the Kubernetes API answers.
 async fn readyz(State(s): State<AdminState>) -> Response {
+    // A poll hanging on an unreachable Redis has not failed yet: also
+    // require a recent success.
     let heartbeats = match &*s.ingest.borrow() {
-        LinkStatus::Connected { .. } => Ok(()),
+        LinkStatus::Connected { last, .. } if last.elapsed() <= INGEST_FRESH => Ok(()),
+        LinkStatus::Connected { last, .. } => Err(format!(
+            "no successful heartbeat poll for {:?}",
+            last.elapsed()
+        )),
         other => Err(format!("{other:?}")),
     };
     let kubernetes =

@@ -2,269 +2,14 @@
 //! Kubernetes API server, socket nodes simulated by heartbeat publishers.
 //! Windows are shortened through configuration, never by changing defaults.
 
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, StatefulSet, StatefulSetSpec};
+mod common;
+
+use common::*;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodTemplateSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
-use kube::api::{Patch, PatchParams, PostParams};
-use rtc_heartbeat::{
-    KeyLayout, Load, PublisherConfig, PublisherHandle, RedisOptions, RedisStore, SystemClock,
-    publisher,
-};
-use rtc_testkit::{Endpoints, TestNamespace};
-use serde_json::json;
+use k8s_openapi::api::core::v1::Pod;
+use rtc_testkit::Endpoints;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
-
-type Result<T = (), E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
-
-const NAME: &str = "socket";
-const INTERVAL: Duration = Duration::from_millis(300);
-
-fn labels() -> BTreeMap<String, String> {
-    BTreeMap::from([("app".to_owned(), NAME.to_owned())])
-}
-
-fn template() -> PodTemplateSpec {
-    PodTemplateSpec {
-        metadata: Some(ObjectMeta {
-            labels: Some(labels()),
-            ..ObjectMeta::default()
-        }),
-        spec: Some(PodSpec {
-            containers: vec![Container {
-                name: NAME.to_owned(),
-                image: Some("socket-node:test".to_owned()),
-                ..Container::default()
-            }],
-            ..PodSpec::default()
-        }),
-    }
-}
-
-fn meta() -> ObjectMeta {
-    ObjectMeta {
-        name: Some(NAME.to_owned()),
-        labels: Some(labels()),
-        ..ObjectMeta::default()
-    }
-}
-
-fn selector() -> LabelSelector {
-    LabelSelector {
-        match_labels: Some(labels()),
-        ..LabelSelector::default()
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Kind {
-    Deployment,
-    StatefulSet,
-}
-
-async fn create_workload(ns: &TestNamespace, kind: Kind, replicas: i32) -> Result {
-    let pp = PostParams::default();
-    match kind {
-        Kind::Deployment => {
-            let d = Deployment {
-                metadata: meta(),
-                spec: Some(DeploymentSpec {
-                    replicas: Some(replicas),
-                    selector: selector(),
-                    template: template(),
-                    ..DeploymentSpec::default()
-                }),
-                ..Deployment::default()
-            };
-            ns.api::<Deployment>().create(&pp, &d).await?;
-        }
-        Kind::StatefulSet => {
-            let s = StatefulSet {
-                metadata: meta(),
-                spec: Some(StatefulSetSpec {
-                    replicas: Some(replicas),
-                    selector: selector(),
-                    service_name: Some(NAME.to_owned()),
-                    template: template(),
-                    ..StatefulSetSpec::default()
-                }),
-                ..StatefulSet::default()
-            };
-            ns.api::<StatefulSet>().create(&pp, &s).await?;
-        }
-    }
-    Ok(())
-}
-
-async fn replicas(ns: &TestNamespace, kind: Kind) -> Result<i32> {
-    Ok(match kind {
-        Kind::Deployment => ns
-            .api::<Deployment>()
-            .get(NAME)
-            .await?
-            .spec
-            .and_then(|s| s.replicas),
-        Kind::StatefulSet => ns
-            .api::<StatefulSet>()
-            .get(NAME)
-            .await?
-            .spec
-            .and_then(|s| s.replicas),
-    }
-    .unwrap_or(1))
-}
-
-/// A scheduled, running, ready pod with the workload's labels, as the
-/// (absent) ReplicaSet controller and kubelet would have made it.
-async fn create_pod(ns: &TestNamespace, name: &str) -> Result {
-    let pods = ns.api::<Pod>();
-    let mut spec = template().spec.unwrap_or_default();
-    spec.node_name = Some("node-a".to_owned());
-    let pod = Pod {
-        metadata: ObjectMeta {
-            name: Some(name.to_owned()),
-            labels: Some(labels()),
-            ..ObjectMeta::default()
-        },
-        spec: Some(spec),
-        ..Pod::default()
-    };
-    pods.create(&PostParams::default(), &pod).await?;
-    let status = json!({ "status": {
-        "phase": "Running",
-        "conditions": [{ "type": "Ready", "status": "True" }],
-    }});
-    pods.patch_status(name, &PatchParams::default(), &Patch::Merge(status))
-        .await?;
-    Ok(())
-}
-
-/// Simulated socket nodes publishing heartbeats under a prefix.
-struct Fleet {
-    store: RedisStore,
-    nodes: Vec<(String, watch::Sender<Load>, PublisherHandle<RedisStore>)>,
-}
-
-fn load(cpu: f64, conn: u64) -> Load {
-    Load {
-        cpu,
-        mem: cpu,
-        conn,
-        mps: 5.0,
-        p95_ms: 20.0,
-        lag_ms: 1.0,
-        ..Load::IDLE
-    }
-}
-
-impl Fleet {
-    fn new(prefix: &str) -> Result<Self> {
-        let client = rtc_heartbeat::connect(&RedisOptions::new(Endpoints::from_env().redis_url))?;
-        Ok(Self {
-            store: RedisStore::new(client, KeyLayout::new(prefix)),
-            nodes: Vec::new(),
-        })
-    }
-
-    fn add(&mut self, id: &str, l: Load) -> Result {
-        let (tx, rx) = watch::channel(l);
-        let config = PublisherConfig {
-            interval: INTERVAL,
-            stale_after: Duration::from_millis(1_500),
-            ..PublisherConfig::new(id, "boot-1")
-        };
-        let handle = publisher::spawn(config, self.store.clone(), SystemClock, rx)?;
-        self.nodes.push((id.to_owned(), tx, handle));
-        Ok(())
-    }
-
-    /// Stops a node's heartbeats without deregistering: it goes silent.
-    fn silence(&mut self, id: &str) {
-        self.nodes.retain(|(n, _, _)| n != id);
-    }
-}
-
-/// One load-balancer process, killed on drop.
-struct Lb {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Lb {
-    fn start(
-        identity: &str,
-        ns: &TestNamespace,
-        prefix: &str,
-        extra: &[(&str, &str)],
-    ) -> Result<Self> {
-        let endpoints = Endpoints::from_env();
-        let log = std::env::temp_dir().join(format!("{}-{identity}.log", ns.name()));
-        let out = std::fs::File::create(&log)?;
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_load-balancer"));
-        cmd.arg("run")
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("POD_NAME", identity)
-            .env("KUBECONFIG", &endpoints.kubeconfig)
-            .env("KUBERNETES_NAMESPACE", ns.name())
-            .env("SOCKET_WORKLOAD_NAME", NAME)
-            .env("REDIS_URL", &endpoints.redis_url)
-            .env("HEARTBEAT_PREFIX", prefix)
-            .env("DECISION_STATE_KEY", format!("{prefix}decision-state"))
-            .env("ADMIN_ADDR", "127.0.0.1:0")
-            .env("TICK_INTERVAL_MS", "500")
-            .env("STALE_AFTER_MS", "1500")
-            .env("LEASE_DURATION_MS", "3000")
-            .env("RENEW_DEADLINE_MS", "2000")
-            .env("RETRY_PERIOD_MS", "500")
-            .env("LEADER_SAFETY_MARGIN_MS", "500")
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(out);
-        for (k, v) in extra {
-            cmd.env(k, v);
-        }
-        Ok(Self {
-            child: cmd.spawn()?,
-            log,
-        })
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Lb {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Polls `f` every 100 ms until it gives `Some`, for at most `limit`.
-async fn eventually<T, F, Fut>(limit: Duration, mut f: F) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if let Some(v) = f().await {
-            return Some(v);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    None
-}
-
-fn prefix(ns: &TestNamespace) -> String {
-    format!("{}:", ns.name())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overload_scales_out_both_kinds_by_the_critical_step() -> Result {
@@ -272,7 +17,14 @@ async fn overload_scales_out_both_kinds_by_the_critical_step() -> Result {
         let ns = rtc_testkit::kubernetes().await?;
         create_workload(&ns, kind, 5).await?;
         let mut fleet = Fleet::new(&prefix(&ns))?;
-        let lb = Lb::start("lb-0", &ns, &prefix(&ns), &[])?;
+        let identity = format!("lb-{}", ns.name());
+        let bootstrap = Endpoints::from_env().kafka_bootstrap;
+        let lb = Lb::start(
+            &identity,
+            &ns,
+            &prefix(&ns),
+            &[("KAFKA_BOOTSTRAP", &bootstrap)],
+        )?;
         // Let the replica become leader on a calm fleet first, so the
         // measured time is heartbeat-to-write, not process start.
         for i in 0..5 {
@@ -307,6 +59,30 @@ async fn overload_scales_out_both_kinds_by_the_critical_step() -> Result {
         );
         assert!(log.contains("SCALE_OUT nodes=5->8 (+3)"), "{log}");
         assert!(log.contains("Successfully scaled"), "{log}");
+        let signal = eventually(Duration::from_secs(15), || scale_signal(&identity))
+            .await
+            .ok_or_else(|| {
+                format!(
+                    "{kind:?}: no scaling signal on {SIGNAL_TOPIC}:\n{}",
+                    lb.log()
+                )
+            })?;
+        assert_eq!(signal["action"], "scale_out", "{signal}");
+        assert_eq!(
+            (
+                signal["from"].as_u64(),
+                signal["to"].as_u64(),
+                signal["delta"].as_i64()
+            ),
+            (Some(5), Some(8), Some(3))
+        );
+        assert_eq!(signal["urgency"], "critical");
+        assert_eq!(signal["reason"], "resource-overload");
+        assert!(
+            signal["fencing_token"].is_u64() && signal["timestamp_ms"].is_u64(),
+            "{signal}"
+        );
+        assert_eq!(signal["aggregates"]["n"], 5);
         // The new pods never report: the leader settles instead of compounding.
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert_eq!(replicas(&ns, kind).await?, 8, "{}", lb.log());

@@ -1,0 +1,351 @@
+//! Fixtures shared by the end-to-end tests of the load-balancer binary.
+#![allow(dead_code, unreachable_pub)]
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, StatefulSet, StatefulSetSpec};
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodTemplateSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use kube::api::{Patch, PatchParams, PostParams};
+use rtc_heartbeat::{
+    KeyLayout, Load, PublisherConfig, PublisherHandle, RedisOptions, RedisStore, SystemClock,
+    publisher,
+};
+use rtc_testkit::{Endpoints, TestNamespace};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+pub type Result<T = (), E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
+
+pub const NAME: &str = "socket";
+pub const INTERVAL: Duration = Duration::from_millis(300);
+
+pub fn labels() -> BTreeMap<String, String> {
+    BTreeMap::from([("app".to_owned(), NAME.to_owned())])
+}
+
+pub fn template() -> PodTemplateSpec {
+    PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels()),
+            ..ObjectMeta::default()
+        }),
+        spec: Some(PodSpec {
+            containers: vec![Container {
+                name: NAME.to_owned(),
+                image: Some("socket-node:test".to_owned()),
+                ..Container::default()
+            }],
+            ..PodSpec::default()
+        }),
+    }
+}
+
+pub fn meta() -> ObjectMeta {
+    ObjectMeta {
+        name: Some(NAME.to_owned()),
+        labels: Some(labels()),
+        ..ObjectMeta::default()
+    }
+}
+
+pub fn selector() -> LabelSelector {
+    LabelSelector {
+        match_labels: Some(labels()),
+        ..LabelSelector::default()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Kind {
+    Deployment,
+    StatefulSet,
+}
+
+pub async fn create_workload(ns: &TestNamespace, kind: Kind, replicas: i32) -> Result {
+    let pp = PostParams::default();
+    match kind {
+        Kind::Deployment => {
+            let d = Deployment {
+                metadata: meta(),
+                spec: Some(DeploymentSpec {
+                    replicas: Some(replicas),
+                    selector: selector(),
+                    template: template(),
+                    ..DeploymentSpec::default()
+                }),
+                ..Deployment::default()
+            };
+            ns.api::<Deployment>().create(&pp, &d).await?;
+        }
+        Kind::StatefulSet => {
+            let s = StatefulSet {
+                metadata: meta(),
+                spec: Some(StatefulSetSpec {
+                    replicas: Some(replicas),
+                    selector: selector(),
+                    service_name: Some(NAME.to_owned()),
+                    template: template(),
+                    ..StatefulSetSpec::default()
+                }),
+                ..StatefulSet::default()
+            };
+            ns.api::<StatefulSet>().create(&pp, &s).await?;
+        }
+    }
+    Ok(())
+}
+
+pub async fn replicas(ns: &TestNamespace, kind: Kind) -> Result<i32> {
+    Ok(match kind {
+        Kind::Deployment => ns
+            .api::<Deployment>()
+            .get(NAME)
+            .await?
+            .spec
+            .and_then(|s| s.replicas),
+        Kind::StatefulSet => ns
+            .api::<StatefulSet>()
+            .get(NAME)
+            .await?
+            .spec
+            .and_then(|s| s.replicas),
+    }
+    .unwrap_or(1))
+}
+
+/// A scheduled, running, ready pod with the workload's labels, as the
+/// (absent) ReplicaSet controller and kubelet would have made it.
+pub async fn create_pod(ns: &TestNamespace, name: &str) -> Result {
+    let pods = ns.api::<Pod>();
+    let mut spec = template().spec.unwrap_or_default();
+    spec.node_name = Some("node-a".to_owned());
+    let pod = Pod {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            labels: Some(labels()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(spec),
+        ..Pod::default()
+    };
+    pods.create(&PostParams::default(), &pod).await?;
+    let status = json!({ "status": {
+        "phase": "Running",
+        "conditions": [{ "type": "Ready", "status": "True" }],
+    }});
+    pods.patch_status(name, &PatchParams::default(), &Patch::Merge(status))
+        .await?;
+    Ok(())
+}
+
+/// Simulated socket nodes publishing heartbeats under a prefix.
+pub struct Fleet {
+    store: RedisStore,
+    pub nodes: Vec<(String, watch::Sender<Load>, PublisherHandle<RedisStore>)>,
+}
+
+pub fn load(cpu: f64, conn: u64) -> Load {
+    Load {
+        cpu,
+        mem: cpu,
+        conn,
+        mps: 5.0,
+        p95_ms: 20.0,
+        lag_ms: 1.0,
+        ..Load::IDLE
+    }
+}
+
+impl Fleet {
+    pub fn new(prefix: &str) -> Result<Self> {
+        let client = rtc_heartbeat::connect(&RedisOptions::new(Endpoints::from_env().redis_url))?;
+        Ok(Self {
+            store: RedisStore::new(client, KeyLayout::new(prefix)),
+            nodes: Vec::new(),
+        })
+    }
+
+    pub fn add(&mut self, id: &str, l: Load) -> Result {
+        let (tx, rx) = watch::channel(l);
+        let config = PublisherConfig {
+            interval: INTERVAL,
+            stale_after: Duration::from_millis(1_500),
+            ..PublisherConfig::new(id, "boot-1")
+        };
+        let handle = publisher::spawn(config, self.store.clone(), SystemClock, rx)?;
+        self.nodes.push((id.to_owned(), tx, handle));
+        Ok(())
+    }
+
+    /// Stops a node's heartbeats without deregistering: it goes silent.
+    pub fn silence(&mut self, id: &str) {
+        self.nodes.retain(|(n, _, _)| n != id);
+    }
+}
+
+/// One load-balancer process, killed on drop.
+pub struct Lb {
+    pub child: Child,
+    log: PathBuf,
+}
+
+impl Lb {
+    pub fn start(
+        identity: &str,
+        ns: &TestNamespace,
+        prefix: &str,
+        extra: &[(&str, &str)],
+    ) -> Result<Self> {
+        let endpoints = Endpoints::from_env();
+        let log = std::env::temp_dir().join(format!("{}-{identity}.log", ns.name()));
+        let out = std::fs::File::create(&log)?;
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_load-balancer"));
+        cmd.arg("run")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("POD_NAME", identity)
+            .env("KUBECONFIG", &endpoints.kubeconfig)
+            .env("KUBERNETES_NAMESPACE", ns.name())
+            .env("SOCKET_WORKLOAD_NAME", NAME)
+            .env("REDIS_URL", &endpoints.redis_url)
+            .env("HEARTBEAT_PREFIX", prefix)
+            .env("DECISION_STATE_KEY", format!("{prefix}decision-state"))
+            .env("ADMIN_ADDR", "127.0.0.1:0")
+            .env("TICK_INTERVAL_MS", "500")
+            .env("STALE_AFTER_MS", "1500")
+            .env("LEASE_DURATION_MS", "3000")
+            .env("RENEW_DEADLINE_MS", "2000")
+            .env("RETRY_PERIOD_MS", "500")
+            .env("LEADER_SAFETY_MARGIN_MS", "500")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(out);
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        Ok(Self {
+            child: cmd.spawn()?,
+            log,
+        })
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Lb {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `f` every 100 ms until it gives `Some`, for at most `limit`.
+pub async fn eventually<T, F, Fut>(limit: Duration, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
+pub const SIGNAL_TOPIC: &str = "rtc.control.scale";
+
+/// The scaling signal `leader` published, if it is on the topic yet.
+pub async fn scale_signal(leader: &str) -> Option<serde_json::Value> {
+    let client = rskafka::client::ClientBuilder::new(vec![Endpoints::from_env().kafka_bootstrap])
+        .build()
+        .await
+        .ok()?;
+    let partition = client
+        .partition_client(
+            SIGNAL_TOPIC,
+            0,
+            rskafka::client::partition::UnknownTopicHandling::Error,
+        )
+        .await
+        .ok()?;
+    let mut offset = 0;
+    loop {
+        let (records, high_watermark) = partition
+            .fetch_records(offset, 1..10_000_000, 200)
+            .await
+            .ok()?;
+        for r in &records {
+            let value: serde_json::Value =
+                serde_json::from_slice(r.record.value.as_deref()?).ok()?;
+            if value["leader"] == leader {
+                return Some(value);
+            }
+            offset = r.offset + 1;
+        }
+        if records.is_empty() || offset >= high_watermark {
+            return None;
+        }
+    }
+}
+
+pub fn prefix(ns: &TestNamespace) -> String {
+    format!("{}:", ns.name())
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Runs one of the stack's service scripts (`redis`, `apiserver`, ...).
+pub fn service(name: &str, action: &str) -> Result {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../deploy/local/services")
+        .join(format!("{name}.sh"));
+    let status = Command::new("bash")
+        .arg(&script)
+        .arg(action)
+        .stdout(Stdio::null())
+        .status()?;
+    if !status.success() {
+        return Err(format!("{} {action} failed: {status}", script.display()).into());
+    }
+    Ok(())
+}
+
+/// Starts a stack service again when dropped, even if the test failed.
+pub struct Restart(pub &'static str);
+
+impl Drop for Restart {
+    fn drop(&mut self) {
+        if let Err(e) = service(self.0, "start") {
+            eprintln!("could not restart {}: {e}", self.0);
+        }
+    }
+}
+
+/// GET on the admin port: status code and body.
+pub async fn admin_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.ok()?;
+    let code = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let body = buf.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    Some((code, body))
+}
