@@ -59,6 +59,14 @@ clippy:
 bench:
     cargo bench -p rtc-decision --bench decide
 
+# The load-balancer on the local stack with default timings: heartbeat-to-/scale reaction, and CPU and memory with 1 000 live nodes (about 3 minutes).
+bench-loop:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    deploy/local/stack up
+    eval "$(deploy/local/stack env)"
+    cargo bench -p rtc-load-balancer --bench loop
+
 # Heartbeat ingestion benchmark: 10 000 simulated nodes against the stack's Redis (about 90 s).
 bench-heartbeat:
     #!/usr/bin/env bash

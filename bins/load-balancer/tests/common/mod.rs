@@ -144,6 +144,8 @@ pub async fn create_pod(ns: &TestNamespace, name: &str) -> Result {
 /// Simulated socket nodes publishing heartbeats under a prefix.
 pub struct Fleet {
     store: RedisStore,
+    interval: Duration,
+    stale_after: Duration,
     pub nodes: Vec<(String, watch::Sender<Load>, PublisherHandle<RedisStore>)>,
 }
 
@@ -161,9 +163,15 @@ pub fn load(cpu: f64, conn: u64) -> Load {
 
 impl Fleet {
     pub fn new(prefix: &str) -> Result<Self> {
+        Self::with_timing(prefix, INTERVAL, Duration::from_millis(1_500))
+    }
+
+    pub fn with_timing(prefix: &str, interval: Duration, stale_after: Duration) -> Result<Self> {
         let client = rtc_heartbeat::connect(&RedisOptions::new(Endpoints::from_env().redis_url))?;
         Ok(Self {
             store: RedisStore::new(client, KeyLayout::new(prefix)),
+            interval,
+            stale_after,
             nodes: Vec::new(),
         })
     }
@@ -171,8 +179,8 @@ impl Fleet {
     pub fn add(&mut self, id: &str, l: Load) -> Result {
         let (tx, rx) = watch::channel(l);
         let config = PublisherConfig {
-            interval: INTERVAL,
-            stale_after: Duration::from_millis(1_500),
+            interval: self.interval,
+            stale_after: self.stale_after,
             ..PublisherConfig::new(id, "boot-1")
         };
         let handle = publisher::spawn(config, self.store.clone(), SystemClock, rx)?;
