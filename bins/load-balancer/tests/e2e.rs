@@ -278,3 +278,50 @@ async fn two_replicas_never_both_scale_and_a_successor_resumes_the_state() -> Re
     ns.cleanup().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_releases_the_lease_and_exits_zero() -> Result {
+    let ns = rtc_testkit::kubernetes().await?;
+    create_workload(&ns, Kind::Deployment, 5).await?;
+    let mut fleet = Fleet::new(&prefix(&ns))?;
+    for i in 0..5 {
+        fleet.add(&format!("socket-{i}"), load(0.4, 100))?;
+    }
+    let mut a = Lb::start("lb-a", &ns, &prefix(&ns), &[])?;
+    eventually(Duration::from_secs(20), || async {
+        a.log().contains("reason=balanced").then_some(())
+    })
+    .await
+    .ok_or_else(|| format!("never led:\n{}", a.log()))?;
+    let b = Lb::start("lb-b", &ns, &prefix(&ns), &[])?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let stopped = Instant::now();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &a.child.id().to_string()])
+        .status()?;
+    assert!(status.success());
+    let exit = eventually(Duration::from_secs(10), || {
+        let done = a.child.try_wait().ok().flatten();
+        async move { done }
+    })
+    .await
+    .ok_or("did not exit after SIGTERM")?;
+    assert!(exit.success(), "exit status {exit}:\n{}", a.log());
+    assert!(a.log().contains("released the lease"), "{}", a.log());
+    let took = eventually(Duration::from_secs(10), || async {
+        b.log()
+            .contains("acquired leadership")
+            .then(|| stopped.elapsed())
+    })
+    .await
+    .ok_or_else(|| format!("no handover:\n{}", b.log()))?;
+    println!("handover after SIGTERM: {took:?} (retry period 0.5 s)");
+    assert!(
+        took < Duration::from_secs(3),
+        "handover took {took:?}, well over one retry period"
+    );
+    drop(b);
+    ns.cleanup().await?;
+    Ok(())
+}

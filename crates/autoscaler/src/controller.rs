@@ -203,6 +203,14 @@ impl<A: WorkloadApi, R: StateRepo> Controller<A, R> {
         )
         .increment(1);
         metrics::gauge!("rtc_lb_desired_replicas").set(f64::from(decision.to));
+        let ex = decision.excluded;
+        for (cause, count) in [
+            ("stale", ex.stale),
+            ("draining", ex.draining),
+            ("invalid", ex.invalid),
+        ] {
+            metrics::gauge!("rtc_lb_excluded_nodes", "cause" => cause).set(f64::from(count));
+        }
         self.log(&decision);
 
         let mut plan = None;

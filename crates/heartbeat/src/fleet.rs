@@ -122,6 +122,8 @@ pub struct ApplyReport {
     pub rejected: Vec<Rejection>,
     /// The store's epoch changed: its data was lost since the last poll.
     pub epoch_changed: bool,
+    /// New heartbeats taken into the view (a sequence number not seen before).
+    pub accepted: u64,
 }
 
 /// What the store held at one poll.
@@ -224,8 +226,11 @@ impl FleetView {
                 continue;
             };
             match self.accept(&node, &payload, now, now_ms, limits) {
-                Ok(Some(event)) => report.events.push(event),
-                Ok(None) => {}
+                Ok(Accepted::New(event)) => {
+                    report.accepted += 1;
+                    report.events.extend(event);
+                }
+                Ok(Accepted::Seen) => {}
                 Err(error) => self.reject(&mut report, &node, &payload, error),
             }
         }
@@ -256,7 +261,7 @@ impl FleetView {
         now: Instant,
         now_ms: u64,
         limits: &DecodeLimits,
-    ) -> Result<Option<FleetEvent>, DecodeError> {
+    ) -> Result<Accepted, DecodeError> {
         let heartbeat = decode(payload, now_ms, limits)?;
         if heartbeat.node != node {
             return Err(DecodeError::NodeMismatch {
@@ -286,7 +291,7 @@ impl FleetView {
                 let found = received.heartbeat.seq;
                 if found == last {
                     // Already seen: its receive time, and so its age, stays.
-                    return Ok(None);
+                    return Ok(Accepted::Seen);
                 }
                 if found < last {
                     return Err(DecodeError::SequenceRegressed { last, found });
@@ -306,7 +311,7 @@ impl FleetView {
             }
         };
         self.nodes.insert(node.to_owned(), Arc::new(entry));
-        Ok(event)
+        Ok(Accepted::New(event))
     }
 
     /// The view as it is now.
@@ -316,6 +321,14 @@ impl FleetView {
             rejected_total: self.rejected_total.clone(),
         }
     }
+}
+
+/// What folding one payload did.
+enum Accepted {
+    /// The same heartbeat as last time: nothing changed.
+    Seen,
+    /// A new heartbeat, with the fleet event it caused, if any.
+    New(Option<FleetEvent>),
 }
 
 fn fresh(received: Received) -> NodeEntry {
@@ -423,6 +436,7 @@ mod tests {
             ),
         );
         assert_eq!(r.events, [joined("a", "b1"), joined("b", "b1")]);
+        assert_eq!(r.accepted, 2);
 
         tokio::time::advance(Duration::from_secs(2)).await;
         // `a` unchanged: its age grows; `b` sent a new one: its age resets.
@@ -434,6 +448,7 @@ mod tests {
             ),
         );
         assert!(r.events.is_empty());
+        assert_eq!(r.accepted, 1, "only b's heartbeat is new");
         let ages: Vec<u64> = view
             .snapshot()
             .samples(Instant::now())

@@ -231,6 +231,7 @@ async fn run<S: HeartbeatStore, C: WallClock>(
         match result {
             Ok(report) => {
                 status.send_modify(|s| *s = s.succeeded(now));
+                metrics::counter!("rtc_heartbeat_accepted_total").increment(report.accepted);
                 snapshot.send_replace(Arc::new(ingestor.snapshot()));
                 for event in report.events {
                     // No subscribers is fine.
