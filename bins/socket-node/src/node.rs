@@ -1,0 +1,339 @@
+//! Wiring: start a node from validated [`Settings`], drain it, stop it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use metrics_exporter_prometheus::PrometheusHandle;
+use rtc_drain::{Drain, DrainConfig, DrainWait, FinishReport};
+use rtc_heartbeat::{
+    KeyLayout, Load, PublisherConfig, PublisherHandle, RedisOptions, RedisStore, SystemClock,
+    publisher,
+};
+use tokio::sync::{Mutex, watch};
+use tokio::task::JoinHandle;
+
+use crate::admin::{self, Admin};
+use crate::bus::Bus;
+use crate::relay::Relay;
+use crate::resources::Sampler;
+use crate::store::{BufferLimits, RelayStore};
+use crate::ws::{self, Limits, Public};
+
+/// Everything a node needs, validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Node id: the pod name.
+    pub node_id: String,
+    /// Differs on every start.
+    pub boot_id: String,
+    /// The WebSocket port.
+    pub public_addr: SocketAddr,
+    /// The admin port.
+    pub admin_addr: SocketAddr,
+    /// Redis URL.
+    pub redis_url: String,
+    /// Kafka bootstrap servers.
+    pub kafka_bootstrap: Vec<String>,
+    /// Key prefix of presence, buffers and positions.
+    pub relay_prefix: String,
+    /// Key prefix of heartbeats.
+    pub heartbeat_prefix: String,
+    /// Delivery topics are `<prefix><node id>`.
+    pub topic_prefix: String,
+    /// HEARTBEAT_INTERVAL.
+    pub heartbeat_interval: Duration,
+    /// STALE_AFTER.
+    pub stale_after: Duration,
+    /// Lifetime of a presence claim; renewed every third of it.
+    pub presence_ttl: Duration,
+    /// Connection limits.
+    pub limits: Limits,
+    /// Offline buffers.
+    pub buffer: BufferLimits,
+    /// Frames queued per connection before it counts as too slow.
+    pub send_queue: usize,
+    /// Seconds in the messages/s and p95 windows.
+    pub window_secs: usize,
+    /// The drain.
+    pub drain: DrainConfig,
+    /// After the last client has left, how long to keep reading the delivery
+    /// topic for messages sent just before their recipient's presence moved.
+    pub handoff_grace: Duration,
+}
+
+/// The parts of a running node the admin port and signals act on.
+#[derive(Debug)]
+pub struct NodeCore {
+    relay: Arc<Relay>,
+    drain: Drain,
+    load: watch::Sender<Load>,
+    publisher: Mutex<Option<PublisherHandle<RedisStore>>>,
+    consumer_stop: watch::Sender<bool>,
+    consumer: Mutex<Option<JoinHandle<bool>>>,
+    handoff_grace: Duration,
+}
+
+impl NodeCore {
+    /// The drain.
+    pub fn drain(&self) -> &Drain {
+        &self.drain
+    }
+
+    /// The relay.
+    pub fn relay(&self) -> &Arc<Relay> {
+        &self.relay
+    }
+
+    /// Starts the drain, or joins the one under way.
+    pub fn drain_now(self: &Arc<Self>) -> DrainWait {
+        let core = Arc::clone(self);
+        let wait = self.drain.start(async move { core.finish().await });
+        // Published at once by the heartbeat publisher, not at its next tick.
+        self.load.send_modify(|l| l.draining = true);
+        wait
+    }
+
+    /// Runs once the node is empty: hand on what is left in the delivery
+    /// topic, commit the position, deregister.
+    async fn finish(&self) -> FinishReport {
+        let mut report = FinishReport::default();
+        tokio::time::sleep(self.handoff_grace).await;
+        let _ = self.consumer_stop.send(true);
+        if let Some(task) = self.consumer.lock().await.take() {
+            match tokio::time::timeout(Duration::from_secs(30), task).await {
+                Ok(Ok(committed)) => report.committed = committed,
+                Ok(Err(e)) => report.errors.push(format!("consumer task: {e}")),
+                Err(_) => report
+                    .errors
+                    .push("consumer did not catch up within 30s".to_owned()),
+            }
+        }
+        report.handed_off = self.relay.handed_off();
+        if let Some(p) = self.publisher.lock().await.take() {
+            match p.deregister().await {
+                Ok(()) => report.deregistered = true,
+                Err(e) => report.errors.push(format!("deregister: {e}")),
+            }
+        }
+        report
+    }
+}
+
+/// A running node.
+#[derive(Debug)]
+pub struct Node {
+    core: Arc<NodeCore>,
+    public_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Node {
+    /// The bound WebSocket address.
+    pub fn public_addr(&self) -> SocketAddr {
+        self.public_addr
+    }
+
+    /// The bound admin address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// The core (drain, relay).
+    pub fn core(&self) -> &Arc<NodeCore> {
+        &self.core
+    }
+
+    /// Stops serving. Without a drain first, the heartbeat entry expires
+    /// after STALE_AFTER and open sockets are dropped with the runtime.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.core.consumer_stop.send(true);
+        if let Some(p) = self.core.publisher.lock().await.take() {
+            p.stop().await;
+        }
+        for task in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
+    }
+}
+
+/// Connects, creates the delivery topic, binds both ports and starts every
+/// task. Call on a multi-threaded tokio runtime.
+///
+/// # Errors
+///
+/// When Redis's URL is bad, the broker cannot be reached or a port cannot be
+/// bound; the message names the setting.
+pub async fn start(
+    settings: Settings,
+    prometheus: Option<PrometheusHandle>,
+) -> anyhow::Result<Node> {
+    let redis =
+        rtc_heartbeat::connect(&RedisOptions::new(settings.redis_url.clone())).map_err(|e| {
+            anyhow::anyhow!("bad setting REDIS_URL: value {:?}: {e}", settings.redis_url)
+        })?;
+    let store = RelayStore::new(
+        redis.clone(),
+        settings.relay_prefix.clone(),
+        settings.node_id.clone(),
+        settings.presence_ttl,
+        settings.buffer,
+    );
+    let bus = Bus::connect(
+        settings.kafka_bootstrap.clone(),
+        settings.topic_prefix.clone(),
+        &settings.node_id,
+        Duration::from_secs(10),
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "KAFKA_BOOTSTRAP {:?}: the broker cannot be reached",
+            settings.kafka_bootstrap.join(",")
+        )
+    })?;
+    let partition = bus
+        .own_topic(&settings.node_id)
+        .await
+        .context("creating this node's delivery topic")?;
+    let relay = Arc::new(Relay::new(
+        settings.node_id.clone(),
+        settings.boot_id.clone(),
+        store,
+        bus,
+        settings.send_queue,
+        settings.window_secs,
+    ));
+
+    let (consumer_stop, consumer_stop_rx) = watch::channel(false);
+    let consumer = tokio::spawn(Arc::clone(&relay).consume(partition, consumer_stop_rx));
+
+    let (load, load_rx) = watch::channel(Load::IDLE);
+    let mut heartbeat = PublisherConfig::new(settings.node_id.clone(), settings.boot_id.clone());
+    heartbeat.interval = settings.heartbeat_interval;
+    heartbeat.stale_after = settings.stale_after;
+    let publisher = publisher::spawn(
+        heartbeat,
+        RedisStore::new(redis, KeyLayout::new(settings.heartbeat_prefix.clone())),
+        SystemClock,
+        load_rx,
+    )
+    .map_err(|e| anyhow::anyhow!("bad heartbeat setting: {e}"))?;
+
+    let drain = Drain::new(settings.drain);
+    let core = Arc::new(NodeCore {
+        relay: Arc::clone(&relay),
+        drain: drain.clone(),
+        load,
+        publisher: Mutex::new(Some(publisher)),
+        consumer_stop,
+        consumer: Mutex::new(Some(consumer)),
+        handoff_grace: settings.handoff_grace,
+    });
+
+    let public = tokio::net::TcpListener::bind(settings.public_addr)
+        .await
+        .with_context(|| {
+            format!(
+                "bad setting PUBLIC_ADDR: cannot listen on {}",
+                settings.public_addr
+            )
+        })?;
+    let admin = tokio::net::TcpListener::bind(settings.admin_addr)
+        .await
+        .with_context(|| {
+            format!(
+                "bad setting ADMIN_ADDR: cannot listen on {}",
+                settings.admin_addr
+            )
+        })?;
+    let public_addr = public.local_addr().context("public address")?;
+    let admin_addr = admin.local_addr().context("admin address")?;
+
+    let (stop, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let public_router = ws::router(Public {
+        relay: Arc::clone(&relay),
+        drain: drain.clone(),
+        limits: settings.limits,
+    });
+    let public_task = tokio::spawn({
+        let shutdown = stopped(stop_rx.clone());
+        async move {
+            if let Err(e) = axum::serve(public, public_router)
+                .with_graceful_shutdown(shutdown)
+                .await
+            {
+                tracing::error!(error = %e, "public port failed");
+            }
+        }
+    });
+    let admin_router = admin::router(Admin {
+        core: Arc::clone(&core),
+        prometheus,
+    });
+    let admin_task = tokio::spawn({
+        let shutdown = stopped(stop_rx.clone());
+        async move {
+            if let Err(e) = axum::serve(admin, admin_router)
+                .with_graceful_shutdown(shutdown)
+                .await
+            {
+                tracing::error!(error = %e, "admin port failed");
+            }
+        }
+    });
+    let sampler_task = tokio::spawn(sample(Arc::clone(&core), stop_rx));
+    tracing::info!(node = %settings.node_id, %public_addr, %admin_addr, "socket node started");
+    Ok(Node {
+        core,
+        public_addr,
+        admin_addr,
+        stop,
+        tasks: vec![public_task, admin_task, sampler_task],
+    })
+}
+
+/// Measures the node once a second into the heartbeat's load and the gauges.
+async fn sample(core: Arc<NodeCore>, mut stop: watch::Receiver<bool>) {
+    let mut sampler = Sampler::system();
+    let origin = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => break,
+            _ = tick.tick() => {}
+        }
+        let now = u64::try_from(origin.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let usage = sampler.sample(now);
+        let measured = core.relay.measured();
+        let conn = u64::try_from(core.drain.active()).unwrap_or(u64::MAX);
+        let draining = core.drain.is_draining();
+        core.load.send_replace(Load {
+            cpu: usage.cpu,
+            mem: usage.mem,
+            limit_source: usage.source,
+            conn,
+            mps: measured.mps,
+            p95_ms: measured.p95_ms,
+            lag_records: measured.lag_records,
+            lag_ms: measured.lag_ms,
+            draining,
+        });
+        metrics::gauge!("rtc_socket_cpu_ratio").set(usage.cpu);
+        metrics::gauge!("rtc_socket_memory_ratio").set(usage.mem);
+        metrics::gauge!("rtc_socket_connections").set(conn as f64);
+        metrics::gauge!("rtc_socket_messages_per_second").set(measured.mps);
+        metrics::gauge!("rtc_socket_delivery_p95_seconds").set(measured.p95_ms / 1000.0);
+        metrics::gauge!("rtc_socket_kafka_lag_records").set(measured.lag_records as f64);
+        metrics::gauge!("rtc_socket_kafka_lag_seconds").set(measured.lag_ms / 1000.0);
+        metrics::gauge!("rtc_socket_draining").set(if draining { 1.0 } else { 0.0 });
+    }
+}

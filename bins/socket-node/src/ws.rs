@@ -1,0 +1,363 @@
+//! The public port: `/ws?client_id=…`, one task per connection, tracked by
+//! the drain.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use rtc_drain::{Connection, Drain, Instruction};
+use serde::Deserialize;
+use tokio::time::Instant;
+
+use crate::protocol::{self, Control, close};
+use crate::relay::{KickReason, Relay, wall_ms};
+use crate::stats::TokenBucket;
+
+/// Per-connection limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Connections this node holds at most.
+    pub max_connections: usize,
+    /// Largest text frame accepted, bytes.
+    pub max_frame_bytes: usize,
+    /// Sustained messages per second per connection.
+    pub rate_per_second: u32,
+    /// Burst allowance per connection.
+    pub burst: u32,
+    /// Presence claims are renewed this often.
+    pub presence_refresh: Duration,
+}
+
+/// What the handlers share.
+#[derive(Debug, Clone)]
+pub struct Public {
+    /// The relay.
+    pub relay: Arc<Relay>,
+    /// The drain.
+    pub drain: Drain,
+    /// The limits.
+    pub limits: Limits,
+}
+
+/// The public router.
+pub fn router(state: Public) -> Router {
+    Router::new().route("/ws", get(upgrade)).with_state(state)
+}
+
+#[derive(Debug, Deserialize)]
+struct Params {
+    client_id: Option<String>,
+}
+
+fn closing(code: u16, reason: &'static str) -> Message {
+    metrics::counter!("rtc_socket_closes_total", "code" => code.to_string()).increment(1);
+    Message::Close(Some(CloseFrame {
+        code,
+        reason: Utf8Bytes::from_static(reason),
+    }))
+}
+
+async fn upgrade(
+    State(state): State<Public>,
+    Query(params): Query<Params>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    // Refused before the upgrade, so a load balancer retries elsewhere.
+    let conn = match state.drain.register() {
+        Ok(conn) => conn,
+        Err(_) => {
+            metrics::counter!("rtc_socket_refused_total", "reason" => "draining").increment(1);
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [("retry-after", "1")],
+                "draining: connect to another node",
+            )
+                .into_response();
+        }
+    };
+    let client_id = params.client_id;
+    // Frames up to 4x the limit reach the handler, which closes with a
+    // clear 1009; beyond that the WebSocket layer stops reading.
+    let ceiling = state.limits.max_frame_bytes.saturating_mul(4).max(1024);
+    ws.max_message_size(ceiling)
+        .max_frame_size(ceiling)
+        .on_upgrade(move |socket| async move {
+            session(state, socket, client_id, conn).await;
+        })
+}
+
+/// After sending a close frame: read (and drop) what the client still sends
+/// until its close arrives, for at most a second, so the connection ends with
+/// a closing handshake rather than a reset that could destroy the frames
+/// sent just before the close.
+async fn linger(socket: &mut WebSocket) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while let Some(Ok(message)) = socket.recv().await {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+async fn reject(mut socket: WebSocket, code: u16, reason: &'static str, error_code: &str) {
+    let _ = socket
+        .send(Message::Text(
+            Control::Error {
+                code: error_code,
+                message: reason,
+                reference: None,
+            }
+            .encode()
+            .into(),
+        ))
+        .await;
+    if socket.send(closing(code, reason)).await.is_ok() {
+        linger(&mut socket).await;
+    }
+}
+
+async fn session(state: Public, socket: WebSocket, client_id: Option<String>, conn: Connection) {
+    let client = match client_id {
+        Some(id) if protocol::valid_client_id(&id) => id,
+        _ => {
+            metrics::counter!("rtc_socket_refused_total", "reason" => "bad_client_id").increment(1);
+            reject(
+                socket,
+                close::POLICY,
+                "missing or malformed client_id: 1-128 characters from [A-Za-z0-9._~@-]",
+                "bad_client_id",
+            )
+            .await;
+            return;
+        }
+    };
+    if state.drain.active() > state.limits.max_connections {
+        metrics::counter!("rtc_socket_refused_total", "reason" => "full").increment(1);
+        reject(
+            socket,
+            close::TRY_AGAIN_LATER,
+            "node full: try again later",
+            "node_full",
+        )
+        .await;
+        return;
+    }
+    metrics::counter!("rtc_socket_connections_total").increment(1);
+    let span = tracing::debug_span!("session", client = %client, conn = conn.id());
+    let _ = tracing::Instrument::instrument(serve(state, socket, client, conn), span).await;
+}
+
+async fn serve(state: Public, mut socket: WebSocket, client: String, mut conn: Connection) {
+    let relay = Arc::clone(&state.relay);
+    let (mut rx, kick) = relay.attach(&client, conn.id());
+    let pending = match relay.store().connect(&client).await {
+        Ok(frames) => frames,
+        Err(e) => {
+            tracing::warn!(error = %e, "claiming the client failed");
+            let _ = socket
+                .send(closing(
+                    close::TRY_AGAIN_LATER,
+                    "presence store unavailable",
+                ))
+                .await;
+            relay.detach(&client, conn.id(), rx).await;
+            return;
+        }
+    };
+    let welcome = Control::Welcome {
+        client_id: &client,
+        node: relay.node(),
+    }
+    .encode();
+    let mut open = socket.send(Message::Text(welcome.into())).await.is_ok();
+    for frame in pending {
+        if !open {
+            // Not written: back into the buffer.
+            let sent = protocol::frame_head(&frame).map_or(0, |h| h.sent_ms);
+            let _ = relay.route(&client, Arc::from(frame.as_str()), sent).await;
+            continue;
+        }
+        let sent = protocol::frame_head(&frame).map_or(0, |h| h.sent_ms);
+        open = socket.send(Message::Text(frame.into())).await.is_ok();
+        if open {
+            relay.delivered(sent);
+        }
+    }
+
+    let origin = Instant::now();
+    let now_ms = || u64::try_from(origin.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let mut bucket = TokenBucket::new(state.limits.rate_per_second, state.limits.burst, 0);
+    let mut refresh = tokio::time::interval_at(
+        Instant::now() + state.limits.presence_refresh,
+        state.limits.presence_refresh,
+    );
+    if !open {
+        relay.detach(&client, conn.id(), rx).await;
+        return;
+    }
+    loop {
+        tokio::select! {
+            instruction = conn.instruction() => {
+                let frame = match instruction {
+                    Instruction::Reconnect { retry_after } => Control::Reconnect {
+                        retry_after_ms: u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX),
+                    },
+                    Instruction::Close => Control::Reconnect { retry_after_ms: 0 },
+                };
+                let _ = socket.send(Message::Text(frame.encode().into())).await;
+                let _ = socket
+                    .send(closing(close::SERVICE_RESTART, "node draining: reconnect to another node"))
+                    .await;
+                break;
+            }
+            reason = kick.wait() => {
+                let (code, text) = match reason {
+                    KickReason::Slow => (close::TRY_AGAIN_LATER, "too slow to keep up: reconnect"),
+                    KickReason::Superseded => (close::SUPERSEDED, "replaced by a newer connection"),
+                };
+                let _ = socket.send(closing(code, text)).await;
+                break;
+            }
+            out = rx.recv() => {
+                let Some(out) = out else { break };
+                let text = Utf8Bytes::from(out.frame.as_ref());
+                if socket.send(Message::Text(text)).await.is_err() {
+                    // Not written: hand it on with the rest at detach.
+                    let _ = relay.route(&client, out.frame, out.sent_ms).await;
+                    break;
+                }
+                relay.delivered(out.sent_ms);
+            }
+            _ = refresh.tick() => {
+                match relay.store().refresh(&client).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        let _ = socket.send(closing(close::SUPERSEDED, "connected on another node")).await;
+                        break;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "renewing presence failed"),
+                }
+            }
+            incoming = socket.recv() => {
+                let Some(Ok(message)) = incoming else {
+                    if let Some(Err(e)) = incoming {
+                        tracing::debug!(error = %e, "socket error");
+                        let text = e.to_string();
+                        if text.contains("too long") || text.contains("Space limit") || text.contains("size") {
+                            metrics::counter!("rtc_socket_rejected_total", "reason" => "too_big").increment(1);
+                            let _ = socket.send(closing(close::TOO_BIG, "frame too large")).await;
+                        }
+                    }
+                    break;
+                };
+                match message {
+                    Message::Text(text) => {
+                        if !handle_text(&state, &relay, &mut socket, &client, &mut bucket, now_ms(), text.as_str()).await {
+                            break;
+                        }
+                    }
+                    Message::Binary(_) => {
+                        metrics::counter!("rtc_socket_rejected_total", "reason" => "binary").increment(1);
+                        reject(socket, close::UNSUPPORTED_DATA, "binary frames are not supported: send JSON text", "binary_not_supported").await;
+                        relay.detach(&client, conn.id(), rx).await;
+                        return;
+                    }
+                    Message::Close(_) => break,
+                    Message::Ping(_) | Message::Pong(_) => {}
+                }
+            }
+        }
+    }
+    linger(&mut socket).await;
+    drop(socket);
+    relay.detach(&client, conn.id(), rx).await;
+    drop(conn);
+}
+
+/// Handles one text frame; `false` when the connection must close.
+async fn handle_text(
+    state: &Public,
+    relay: &Relay,
+    socket: &mut WebSocket,
+    client: &str,
+    bucket: &mut TokenBucket,
+    now_ms: u64,
+    text: &str,
+) -> bool {
+    if text.len() > state.limits.max_frame_bytes {
+        metrics::counter!("rtc_socket_rejected_total", "reason" => "too_big").increment(1);
+        let _ = socket
+            .send(closing(close::TOO_BIG, "frame larger than MAX_FRAME_BYTES"))
+            .await;
+        return false;
+    }
+    if !bucket.take(now_ms) {
+        metrics::counter!("rtc_socket_rejected_total", "reason" => "flood").increment(1);
+        let _ = socket
+            .send(Message::Text(
+                Control::Error {
+                    code: "rate_limited",
+                    message: "more messages than RATE_LIMIT_PER_SEC allows",
+                    reference: None,
+                }
+                .encode()
+                .into(),
+            ))
+            .await;
+        let _ = socket
+            .send(closing(close::POLICY, "rate limit exceeded"))
+            .await;
+        return false;
+    }
+    let outgoing = match protocol::parse_outgoing(text) {
+        Ok(o) => o,
+        Err(e) => {
+            metrics::counter!("rtc_socket_rejected_total", "reason" => e.code()).increment(1);
+            let message = e.to_string();
+            let reply = Control::Error {
+                code: e.code(),
+                message: &message,
+                reference: None,
+            };
+            return socket
+                .send(Message::Text(reply.encode().into()))
+                .await
+                .is_ok();
+        }
+    };
+    let id = relay.next_id();
+    let sent_ms = wall_ms();
+    let Some(frame) = protocol::message_frame(&id, client, &outgoing.to, sent_ms, &outgoing.body)
+    else {
+        return true;
+    };
+    let reply = match relay.route(&outgoing.to, Arc::from(frame), sent_ms).await {
+        Ok(status) => {
+            metrics::counter!("rtc_socket_messages_total", "status" => status.label()).increment(1);
+            Control::Ack {
+                id: &id,
+                reference: outgoing.reference.as_deref(),
+                status,
+            }
+            .encode()
+        }
+        Err(e) => {
+            metrics::counter!("rtc_socket_rejected_total", "reason" => "unavailable").increment(1);
+            let message = e.to_string();
+            Control::Error {
+                code: "unavailable",
+                message: &message,
+                reference: outgoing.reference.as_deref(),
+            }
+            .encode()
+        }
+    };
+    socket.send(Message::Text(reply.into())).await.is_ok()
+}
