@@ -1,0 +1,136 @@
+//! deploy/k8s is accepted by a real API server, and its settings are ones
+//! the binaries know.
+
+use kube::api::{DynamicObject, PostParams};
+use kube::core::GroupVersionKind;
+use kube::discovery::{Discovery, Scope};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+type Result<T = (), E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
+
+/// Kinds that need a cluster add-on the local API server does not serve.
+const ADD_ON_KINDS: &[&str] = &["keda.sh/v1alpha1/ScaledObject"];
+
+fn manifests() -> Result<Vec<(PathBuf, serde_json::Value)>> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/k8s");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    let mut docs = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file)?;
+        let values: Vec<serde_json::Value> =
+            serde_saphyr::from_multiple(&text).map_err(|e| format!("{}: {e}", file.display()))?;
+        for v in values.into_iter().filter(|v| !v.is_null()) {
+            docs.push((file.clone(), v));
+        }
+    }
+    Ok(docs)
+}
+
+fn gvk(v: &serde_json::Value) -> Result<GroupVersionKind> {
+    let api_version = v["apiVersion"].as_str().ok_or("no apiVersion")?;
+    let kind = v["kind"].as_str().ok_or("no kind")?;
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+    Ok(GroupVersionKind::gvk(group, version, kind))
+}
+
+#[tokio::test]
+async fn every_object_is_accepted_by_the_api_server() -> Result {
+    let ns = rtc_testkit::kubernetes().await?;
+    let client = ns.client().clone();
+    let discovery = Discovery::new(client.clone()).run().await?;
+    let mut created = 0;
+    for (file, mut doc) in manifests()? {
+        let gvk = gvk(&doc)?;
+        let id = format!("{}/{}", doc["apiVersion"].as_str().unwrap_or(""), gvk.kind);
+        if ADD_ON_KINDS.contains(&id.as_str()) {
+            continue;
+        }
+        let (resource, caps) = discovery
+            .resolve_gvk(&gvk)
+            .ok_or_else(|| format!("{}: {id} is not served", file.display()))?;
+        if gvk.kind == "Namespace" {
+            assert_eq!(doc["metadata"]["name"], "rtc");
+            continue;
+        }
+        assert_eq!(caps.scope, Scope::Namespaced, "{}: {id}", file.display());
+        // Everything goes into the test's own namespace, with subjects too.
+        doc["metadata"]["namespace"] = ns.name().into();
+        if let Some(subjects) = doc["subjects"].as_array_mut() {
+            for s in subjects {
+                s["namespace"] = ns.name().into();
+            }
+        }
+        let object: DynamicObject = serde_json::from_value(doc)?;
+        let api = kube::Api::<DynamicObject>::namespaced_with(client.clone(), ns.name(), &resource);
+        api.create(&PostParams::default(), &object)
+            .await
+            .map_err(|e| {
+                format!(
+                    "{}: {id} {:?} refused: {e}",
+                    file.display(),
+                    object.metadata.name
+                )
+            })?;
+        created += 1;
+    }
+    assert!(created >= 15, "created {created} objects");
+    ns.cleanup().await?;
+    Ok(())
+}
+
+#[test]
+fn every_configured_key_is_a_setting_of_a_binary() -> Result {
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_load-balancer"))
+        .args(["run", "--help"])
+        .output()?;
+    let mut known: BTreeSet<String> = String::from_utf8(help.stdout)?
+        .split("[env: ")
+        .skip(1)
+        .filter_map(|s| s.split(['=', ']']).next().map(str::to_owned))
+        .collect();
+    assert!(known.contains("SOCKET_WORKLOAD_NAME"), "{known:?}");
+    let socket_config = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../socket-node/src/config.rs"),
+    )?;
+    known.extend(
+        socket_config
+            .split("env = \"")
+            .skip(1)
+            .filter_map(|s| s.split('"').next().map(str::to_owned)),
+    );
+    assert!(known.contains("DRAIN_TIMEOUT"), "{known:?}");
+    let mut checked = 0;
+    for (file, doc) in manifests()? {
+        if doc["kind"] == "ConfigMap" && doc["metadata"]["name"] == "rtc-config" {
+            for key in doc["data"].as_object().ok_or("no data")?.keys() {
+                assert!(
+                    known.contains(key),
+                    "{}: {key} is no setting of either binary",
+                    file.display()
+                );
+                checked += 1;
+            }
+        }
+        for container in doc["spec"]["template"]["spec"]["containers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            for env in container["env"].as_array().into_iter().flatten() {
+                let key = env["name"].as_str().ok_or("env without name")?;
+                assert!(
+                    known.contains(key) || key.starts_with("GF_"),
+                    "{}: {key}",
+                    file.display()
+                );
+            }
+        }
+    }
+    assert!(checked > 10, "checked {checked} keys");
+    Ok(())
+}
