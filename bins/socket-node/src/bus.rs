@@ -8,15 +8,31 @@ use std::time::Duration;
 
 use rskafka::BackoffConfig;
 use rskafka::chrono::{TimeZone, Utc};
-use rskafka::client::partition::{Compression, PartitionClient, UnknownTopicHandling};
+use rskafka::client::partition::{Compression, OffsetAt, PartitionClient, UnknownTopicHandling};
 use rskafka::client::{Client, ClientBuilder};
 use rskafka::record::Record;
 use tokio::sync::Mutex;
+
+use crate::offsets::OffsetClient;
 
 /// A broker call failed.
 #[derive(Debug, thiserror::Error)]
 #[error("kafka: {0}")]
 pub struct BusError(#[from] rskafka::client::error::Error);
+
+impl BusError {
+    /// The offset asked for is outside the partition (the topic was
+    /// recreated, or records were deleted by retention).
+    pub fn is_out_of_range(&self) -> bool {
+        matches!(
+            &self.0,
+            rskafka::client::error::Error::ServerError {
+                protocol_error: rskafka::client::error::ProtocolError::OffsetOutOfRange,
+                ..
+            }
+        )
+    }
+}
 
 /// One record read from a delivery topic.
 #[derive(Debug, Clone)]
@@ -35,6 +51,8 @@ pub struct Delivery {
 #[derive(Debug)]
 pub struct Bus {
     client: Client,
+    bootstrap: Vec<String>,
+    client_id: String,
     topic_prefix: String,
     producers: Mutex<HashMap<String, Arc<PartitionClient>>>,
 }
@@ -51,7 +69,7 @@ impl Bus {
         client_id: &str,
         deadline: Duration,
     ) -> Result<Self, BusError> {
-        let client = ClientBuilder::new(bootstrap)
+        let client = ClientBuilder::new(bootstrap.clone())
             .client_id(client_id.to_owned())
             .backoff_config(BackoffConfig {
                 init_backoff: Duration::from_millis(50),
@@ -63,6 +81,8 @@ impl Bus {
             .await?;
         Ok(Self {
             client,
+            bootstrap,
+            client_id: client_id.to_owned(),
             topic_prefix: topic_prefix.into(),
             producers: Mutex::new(HashMap::new()),
         })
@@ -103,6 +123,25 @@ impl Bus {
             .client
             .partition_client(topic, 0, UnknownTopicHandling::Retry)
             .await?)
+    }
+
+    /// A client for the committed offsets of `group`, on the same brokers.
+    pub fn offsets(&self, group: impl Into<String>, timeout: Duration) -> OffsetClient {
+        OffsetClient::new(
+            self.bootstrap.clone(),
+            self.client_id.clone(),
+            group,
+            timeout,
+        )
+    }
+
+    /// A client for `node`'s delivery topic, which must exist.
+    ///
+    /// # Errors
+    ///
+    /// [`BusError`] when the topic does not exist or the broker fails.
+    pub async fn partition(&self, node: &str) -> Result<Arc<PartitionClient>, BusError> {
+        self.producer(node).await
     }
 
     async fn producer(&self, node: &str) -> Result<Arc<PartitionClient>, BusError> {
@@ -155,6 +194,10 @@ impl Bus {
     }
 }
 
+/// The wait of a fetch that should not block: some brokers answer a fetch
+/// with no wait at all with an empty topic list, which reads as an error.
+pub const SHORT_WAIT_MS: i32 = 50;
+
 /// Reads records from `position`, waiting up to `max_wait_ms` when there are
 /// none; returns them with the partition's high watermark. Records before
 /// `position` (a fetch may return the start of a batch) are skipped.
@@ -194,4 +237,13 @@ pub async fn fetch(
         })
         .collect();
     Ok((deliveries, next, high_watermark))
+}
+
+/// The first offset still kept in `partition`.
+///
+/// # Errors
+///
+/// [`BusError`] when the broker fails.
+pub async fn earliest(partition: &PartitionClient) -> Result<i64, BusError> {
+    Ok(partition.get_offset(OffsetAt::Earliest).await?)
 }

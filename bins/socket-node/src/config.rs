@@ -7,6 +7,7 @@ use anyhow::bail;
 use clap::{Args, ValueEnum};
 use rtc_drain::DrainConfig;
 
+use crate::forward::ForwardConfig;
 use crate::node::Settings;
 use crate::store::BufferLimits;
 use crate::ws::Limits;
@@ -120,6 +121,23 @@ pub struct NodeArgs {
     /// topic before the final hand-off, ms.
     #[arg(long, env = "DRAIN_HANDOFF_GRACE_MS", default_value_t = 1_000)]
     pub drain_handoff_grace_ms: u64,
+
+    /// The consumer commits its position to the broker at most this often, ms.
+    #[arg(long, env = "OFFSET_COMMIT_INTERVAL_MS", default_value_t = 1_000)]
+    pub offset_commit_interval_ms: u64,
+
+    /// Time between scans for nodes that are gone, ms.
+    #[arg(long, env = "FORWARD_SCAN_INTERVAL_MS", default_value_t = 5_000)]
+    pub forward_scan_interval_ms: u64,
+
+    /// Lifetime of a claim on a gone node's topic, ms; renewed while forwarding.
+    #[arg(long, env = "FORWARD_CLAIM_TTL_MS", default_value_t = 30_000)]
+    pub forward_claim_ttl_ms: u64,
+
+    /// A gone node whose topic is read to the end leaves the registry after
+    /// this long, ms; more than PRESENCE_TTL_MS.
+    #[arg(long, env = "FORWARD_RETIRE_AFTER_MS", default_value_t = 600_000)]
+    pub forward_retire_after_ms: u64,
 
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
@@ -277,6 +295,27 @@ impl NodeArgs {
             )
         })?;
         let presence_ttl = Duration::from_millis(presence_ttl_ms);
+        let offset_commit_interval = Duration::from_millis(positive(
+            "OFFSET_COMMIT_INTERVAL_MS",
+            self.offset_commit_interval_ms,
+        )?);
+        let scan_interval = Duration::from_millis(positive(
+            "FORWARD_SCAN_INTERVAL_MS",
+            self.forward_scan_interval_ms,
+        )?);
+        let claim_ttl = Duration::from_millis(self.forward_claim_ttl_ms);
+        if self.forward_claim_ttl_ms < 1_000 {
+            bail!(
+                "bad setting FORWARD_CLAIM_TTL_MS: value {} is not allowed; allowed: 1000 or more",
+                self.forward_claim_ttl_ms
+            );
+        }
+        if self.forward_retire_after_ms <= presence_ttl_ms {
+            bail!(
+                "bad setting FORWARD_RETIRE_AFTER_MS: value {} is not allowed; allowed: more than PRESENCE_TTL_MS ({presence_ttl_ms})",
+                self.forward_retire_after_ms
+            );
+        }
         Ok(Settings {
             node_id,
             boot_id: boot_id(),
@@ -305,6 +344,13 @@ impl NodeArgs {
             window_secs: self.window_secs,
             drain,
             handoff_grace: Duration::from_millis(self.drain_handoff_grace_ms),
+            offset_commit_interval,
+            forward: ForwardConfig {
+                scan_interval,
+                claim_ttl,
+                retire_after: Duration::from_millis(self.forward_retire_after_ms),
+                offset_timeout: Duration::from_secs(5),
+            },
         })
     }
 }
@@ -368,6 +414,19 @@ mod tests {
             (vec!["--node-id", "a b"], "POD_NAME"),
             (vec!["--topic-prefix", "a/b"], "DELIVERY_TOPIC_PREFIX"),
             (vec!["--window-secs", "0"], "METRICS_WINDOW_SECS"),
+            (
+                vec!["--offset-commit-interval-ms", "0"],
+                "OFFSET_COMMIT_INTERVAL_MS",
+            ),
+            (
+                vec!["--forward-scan-interval-ms", "0"],
+                "FORWARD_SCAN_INTERVAL_MS",
+            ),
+            (vec!["--forward-claim-ttl-ms", "10"], "FORWARD_CLAIM_TTL_MS"),
+            (
+                vec!["--forward-retire-after-ms", "30000"],
+                "FORWARD_RETIRE_AFTER_MS",
+            ),
             (
                 vec!["--drain-timeout", "5s", "--drain-endpoint-delay-ms", "5000"],
                 "DRAIN_TIMEOUT",

@@ -20,6 +20,10 @@
 //! - **At least once.** A message accepted with an ack is delivered, relayed
 //!   to a delivery topic, or buffered; a frame queued for a connection that
 //!   closes is handed on, never dropped. Clients drop duplicates by id.
+//! - **A node that dies loses nothing already in its topic.** Positions are
+//!   committed to the broker under the group `rtc-node-<node>`
+//!   ([`offsets`]); another node forwards the topic of a node whose
+//!   heartbeat is gone from its committed offset ([`forward`]).
 //! - **No race between buffering and connecting.** Both are single Redis
 //!   scripts: a message finds either the recipient's presence or its
 //!   buffer, and a connecting client takes its buffer as it claims presence.
@@ -30,7 +34,9 @@
 pub mod admin;
 pub mod bus;
 pub mod config;
+pub mod forward;
 pub mod node;
+pub mod offsets;
 pub mod protocol;
 pub mod relay;
 pub mod resources;

@@ -16,6 +16,8 @@ use tokio::task::JoinHandle;
 
 use crate::admin::{self, Admin};
 use crate::bus::Bus;
+use crate::forward::{self, ForwardConfig};
+use crate::offsets::group_of;
 use crate::relay::Relay;
 use crate::resources::Sampler;
 use crate::store::{BufferLimits, RelayStore};
@@ -61,6 +63,11 @@ pub struct Settings {
     /// After the last client has left, how long to keep reading the delivery
     /// topic for messages sent just before their recipient's presence moved.
     pub handoff_grace: Duration,
+    /// OFFSET_COMMIT_INTERVAL: the consumer commits its position to the
+    /// broker at most this often while it moves.
+    pub offset_commit_interval: Duration,
+    /// The forwarder of topics of nodes that are gone.
+    pub forward: ForwardConfig,
 }
 
 /// The parts of a running node the admin port and signals act on.
@@ -200,6 +207,7 @@ pub async fn start(
         .own_topic(&settings.node_id)
         .await
         .context("creating this node's delivery topic")?;
+    let offsets = bus.offsets(group_of(&settings.node_id), settings.forward.offset_timeout);
     let relay = Arc::new(Relay::new(
         settings.node_id.clone(),
         settings.boot_id.clone(),
@@ -210,15 +218,21 @@ pub async fn start(
     ));
 
     let (consumer_stop, consumer_stop_rx) = watch::channel(false);
-    let consumer = tokio::spawn(Arc::clone(&relay).consume(partition, consumer_stop_rx));
+    let consumer = tokio::spawn(Arc::clone(&relay).consume(
+        partition,
+        offsets,
+        settings.offset_commit_interval,
+        consumer_stop_rx,
+    ));
 
     let (load, load_rx) = watch::channel(Load::IDLE);
     let mut heartbeat = PublisherConfig::new(settings.node_id.clone(), settings.boot_id.clone());
     heartbeat.interval = settings.heartbeat_interval;
     heartbeat.stale_after = settings.stale_after;
+    let heartbeat_keys = KeyLayout::new(settings.heartbeat_prefix.clone());
     let publisher = publisher::spawn(
         heartbeat,
-        RedisStore::new(redis, KeyLayout::new(settings.heartbeat_prefix.clone())),
+        RedisStore::new(redis, heartbeat_keys.clone()),
         SystemClock,
         load_rx,
     )
@@ -289,6 +303,12 @@ pub async fn start(
             }
         }
     });
+    let forwarder_task = tokio::spawn(forward::run(
+        Arc::clone(&relay),
+        settings.forward,
+        heartbeat_keys,
+        stop_rx.clone(),
+    ));
     let sampler_task = tokio::spawn(sample(Arc::clone(&core), stop_rx));
     tracing::info!(node = %settings.node_id, %public_addr, %admin_addr, "socket node started");
     Ok(Node {
@@ -296,7 +316,7 @@ pub async fn start(
         public_addr,
         admin_addr,
         stop,
-        tasks: vec![public_task, admin_task, sampler_task],
+        tasks: vec![public_task, admin_task, sampler_task, forwarder_task],
     })
 }
 

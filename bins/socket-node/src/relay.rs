@@ -12,6 +12,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
 
 use crate::bus::{self, Bus};
+use crate::offsets::OffsetClient;
 use crate::protocol::Status;
 use crate::stats::{LatencyWindow, RateWindow};
 use crate::store::{RelayStore, Route, StoreError};
@@ -226,7 +227,10 @@ impl Relay {
         rx.close();
         while let Ok(out) = rx.try_recv() {
             self.handed_off.fetch_add(1, Ordering::Relaxed);
-            if let Err(e) = self.route_remote(client, &out.frame, out.sent_ms).await {
+            if let Err(e) = self
+                .route_remote(client, &out.frame, out.sent_ms, None)
+                .await
+            {
                 tracing::warn!(error = %e, client, "a queued frame could not be handed on");
                 metrics::counter!("rtc_socket_lost_total", "reason" => "redis").increment(1);
             }
@@ -268,18 +272,24 @@ impl Relay {
             Attempt::Full(kick) => kick.fire(KickReason::Slow),
             Attempt::NotHere => {}
         }
-        Ok(self.route_remote(to, &frame, sent_ms).await?)
+        Ok(self.route_remote(to, &frame, sent_ms, None).await?)
     }
 
     /// Routes through Redis: the recipient's node, or its buffer.
+    /// A presence naming `avoid` (a node that is gone) counts as none.
     async fn route_remote(
         &self,
         to: &str,
         frame: &str,
         sent_ms: u64,
+        avoid: Option<&str>,
     ) -> Result<Status, StoreError> {
         match self.store.route(to, frame).await? {
             Route::Buffered => Ok(Status::Buffered),
+            Route::Node(node) if Some(node.as_str()) == avoid => {
+                self.store.buffer(to, frame).await?;
+                Ok(Status::Buffered)
+            }
             Route::Node(node) => match self.bus.publish(&node, to, frame, sent_ms).await {
                 Ok(()) => Ok(Status::Relayed),
                 Err(e) => {
@@ -328,38 +338,72 @@ impl Relay {
         self.position.load(Ordering::Relaxed)
     }
 
-    /// Consumes this node's delivery topic from the committed position (or
-    /// the start) until `stop` is set and everything up to the high
-    /// watermark has been handled; commits the position to Redis as it goes
-    /// and at the end. Returns whether the last commit succeeded.
+    /// Consumes this node's delivery topic from the committed offset of its
+    /// consumer group (or the start) until `stop` is set and everything up to
+    /// the high watermark has been handled. Commits the position to the
+    /// broker at most every `commit_interval` while it moves, and at the end;
+    /// a failed commit is logged, counted and tried again at the next one.
+    /// Returns whether the last commit succeeded.
     pub async fn consume(
         self: Arc<Self>,
         partition: PartitionClient,
+        offsets: OffsetClient,
+        commit_interval: Duration,
         mut stop: watch::Receiver<bool>,
     ) -> bool {
+        let topic = self.bus.topic(&self.node);
         let mut position = loop {
-            match self.store.committed().await {
-                Ok(p) => break p.unwrap_or(0).max(0),
+            match offsets.fetch(&topic, 0).await {
+                Ok(p) => {
+                    let p = p.unwrap_or(0).max(0);
+                    tracing::info!(
+                        position = p,
+                        group = offsets.group(),
+                        "resuming the delivery topic"
+                    );
+                    break p;
+                }
                 Err(e) => {
-                    tracing::warn!(error = %e, "reading the committed position; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    tracing::warn!(error = %e, "reading the committed offset; retrying");
+                    metrics::counter!("rtc_socket_offset_errors_total", "op" => "fetch", "reason" => e.label())
+                        .increment(1);
+                    if *stop.borrow() {
+                        return false;
+                    }
+                    tokio::select! {
+                        _ = stop.changed() => {}
+                        () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    }
                 }
             }
         };
+        self.position
+            .store(u64::try_from(position).unwrap_or(0), Ordering::Relaxed);
         let mut committed = position;
-        let mut committed_ok = true;
+        let mut last_commit = Instant::now();
         let mut failures: u32 = 0;
         loop {
             let stopping = *stop.borrow();
             let fetched = tokio::select! {
                 biased;
                 _ = stop.changed(), if !stopping => continue,
-                r = bus::fetch(&partition, position, if stopping { 0 } else { 250 }) => r,
+                r = bus::fetch(&partition, position, if stopping { bus::SHORT_WAIT_MS } else { 250 }) => r,
             };
             let (deliveries, next, high_watermark) = match fetched {
                 Ok(r) => {
                     failures = 0;
                     r
+                }
+                Err(e) if e.is_out_of_range() => {
+                    // The topic was recreated or trimmed: go on from what it has.
+                    let earliest = bus::earliest(&partition).await.unwrap_or(0);
+                    tracing::warn!(
+                        position,
+                        earliest,
+                        "the committed offset is not in the topic; going on from its first record"
+                    );
+                    position = earliest;
+                    continue;
                 }
                 Err(e) => {
                     failures += 1;
@@ -386,9 +430,9 @@ impl Relay {
                 (_, Some(sent)) => wall_ms().saturating_sub(sent),
             };
             self.lag_ms.store(behind, Ordering::Relaxed);
-            if position != committed {
-                committed_ok = self.store.commit(position).await.is_ok();
-                if committed_ok {
+            if position != committed && last_commit.elapsed() >= commit_interval {
+                last_commit = Instant::now();
+                if commit(&offsets, &topic, position).await {
                     committed = position;
                 }
             }
@@ -396,11 +440,36 @@ impl Relay {
                 break;
             }
         }
-        if position != committed {
-            committed_ok = self.store.commit(position).await.is_ok();
-        }
+        let committed_ok = position == committed || commit(&offsets, &topic, position).await;
         tracing::info!(position, committed_ok, "delivery-topic consumer stopped");
         committed_ok
+    }
+
+    /// Hands on a record read from `dead`'s delivery topic: to the
+    /// recipient here, on its node, or into its buffer, never back into
+    /// `dead`'s topic. Retries until Redis takes it.
+    pub async fn forward(&self, dead: &str, d: &bus::Delivery) {
+        let frame: Arc<str> = Arc::from(d.frame.as_str());
+        let out = Outbound {
+            frame: Arc::clone(&frame),
+            sent_ms: d.sent_ms,
+        };
+        let sent = {
+            let local = lock(&self.local);
+            local.get(&d.to).is_some_and(|l| l.tx.try_send(out).is_ok())
+        };
+        if sent {
+            return;
+        }
+        let mut delay = Duration::from_millis(100);
+        while let Err(e) = self
+            .route_remote(&d.to, &frame, d.sent_ms, Some(dead))
+            .await
+        {
+            tracing::warn!(error = %e, dead, "forwarding a record failed; retrying");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
     }
 
     async fn deliver_from_topic(&self, d: &bus::Delivery) {
@@ -420,7 +489,7 @@ impl Relay {
         self.handed_off.fetch_add(1, Ordering::Relaxed);
         let mut delay = Duration::from_millis(100);
         loop {
-            match self.route_remote(&d.to, &frame, d.sent_ms).await {
+            match self.route_remote(&d.to, &frame, d.sent_ms, None).await {
                 Ok(_) => return,
                 Err(e) => {
                     // Never skip a record: the position must not pass a
@@ -430,6 +499,19 @@ impl Relay {
                     delay = (delay * 2).min(Duration::from_secs(2));
                 }
             }
+        }
+    }
+}
+
+/// Commits `position` of `topic`; logs and counts a failure.
+pub(crate) async fn commit(offsets: &OffsetClient, topic: &str, position: i64) -> bool {
+    match offsets.commit(topic, 0, position).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, position, group = offsets.group(), "committing the offset failed; it is tried again at the next commit");
+            metrics::counter!("rtc_socket_offset_errors_total", "op" => "commit", "reason" => e.label())
+                .increment(1);
+            false
         }
     }
 }

@@ -1,10 +1,16 @@
-//! Presence, offline buffers and the committed consumer position in Redis.
+//! Presence, offline buffers and the registry of delivery topics in Redis.
 //!
 //! | key | type | content |
 //! |---|---|---|
 //! | `<prefix>presence:<client>` | string, TTL PRESENCE_TTL | the node serving the client |
 //! | `<prefix>inbox:<client>` | list, TTL OFFLINE_BUFFER_TTL, at most OFFLINE_BUFFER_MAX | message frames kept for the client |
-//! | `<prefix>offset:<node>` | string | the next offset of the node's delivery topic to read |
+//! | `<prefix>nodes` | sorted set | nodes whose delivery topic may hold records, scored by their last start (ms) |
+//! | `<prefix>forward:<node>` | string, TTL FORWARD_CLAIM_TTL | the node forwarding `<node>`'s topic now |
+//! | `<prefix>dead:<node>` | string | when `<node>` was first found without a heartbeat (ms) |
+//!
+//! The consumer position of each delivery topic is not here: it is the
+//! committed offset of the node's consumer group on the broker
+//! ([`crate::offsets`]).
 //!
 //! Buffering and connecting are one script each, so a message is either
 //! buffered before the recipient connects (and handed to it on connect) or
@@ -54,6 +60,16 @@ return 1";
 const LEAVE: &str = "
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0";
+
+/// KEYS: claim. ARGV: node, ttl ms. Extends the claim if it is still ours.
+const RENEW: &str = "
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0";
+
+/// KEYS: dead marker. ARGV: now ms. Sets it unless set; returns it.
+const DEAD_SINCE: &str = "
+redis.call('SET', KEYS[1], ARGV[1], 'NX')
+return redis.call('GET', KEYS[1])";
 
 /// A Redis command failed.
 #[derive(Debug, thiserror::Error)]
@@ -126,8 +142,26 @@ impl RelayStore {
         format!("{}inbox:{client}", self.prefix)
     }
 
-    fn offset(&self) -> String {
-        format!("{}offset:{}", self.prefix, self.node)
+    fn nodes(&self) -> String {
+        format!("{}nodes", self.prefix)
+    }
+
+    fn claim(&self, node: &str) -> String {
+        format!("{}forward:{node}", self.prefix)
+    }
+
+    fn dead(&self, node: &str) -> String {
+        format!("{}dead:{node}", self.prefix)
+    }
+
+    async fn command(&self, name: &'static str, args: Vec<Value>) -> Result<Value, StoreError> {
+        Ok(self
+            .client
+            .custom(
+                CustomCommand::new_static(name, ClusterHash::FirstKey, false),
+                args,
+            )
+            .await?)
     }
 
     async fn eval(
@@ -240,35 +274,129 @@ impl RelayStore {
         Ok(())
     }
 
-    /// The committed position of this node's delivery topic.
-    ///
-    /// # Errors
-    ///
-    /// [`StoreError`] when Redis fails.
-    pub async fn committed(&self) -> Result<Option<i64>, StoreError> {
-        let reply: Value = self
-            .client
-            .custom(
-                CustomCommand::new_static("GET", ClusterHash::FirstKey, false),
-                vec![self.offset()],
-            )
-            .await?;
-        Ok(text(reply).and_then(|t| t.parse().ok()))
+    /// This node's id.
+    pub fn node(&self) -> &str {
+        &self.node
     }
 
-    /// Commits the position of this node's delivery topic.
+    /// Adds this node to the registry of delivery topics, scored `now_ms`,
+    /// and clears a dead mark left from an earlier life.
     ///
     /// # Errors
     ///
     /// [`StoreError`] when Redis fails.
-    pub async fn commit(&self, position: i64) -> Result<(), StoreError> {
-        let _: Value = self
-            .client
-            .custom(
-                CustomCommand::new_static("SET", ClusterHash::FirstKey, false),
-                vec![self.offset(), position.to_string()],
+    pub async fn register(&self, now_ms: u64) -> Result<(), StoreError> {
+        self.command(
+            "ZADD",
+            vec![
+                self.nodes().into(),
+                now_ms.to_string().into(),
+                self.node.clone().into(),
+            ],
+        )
+        .await?;
+        self.command("DEL", vec![self.dead(&self.node).into()])
+            .await?;
+        Ok(())
+    }
+
+    /// Every registered node.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when Redis fails.
+    pub async fn registered(&self) -> Result<Vec<String>, StoreError> {
+        let reply = self
+            .command("ZRANGE", vec![self.nodes().into(), "0".into(), "-1".into()])
+            .await?;
+        Ok(match reply {
+            Value::Array(items) => items.into_iter().filter_map(text).collect(),
+            _ => Vec::new(),
+        })
+    }
+
+    /// Whether `key` exists (a heartbeat's liveness entry).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when Redis fails.
+    pub async fn exists(&self, key: &str) -> Result<bool, StoreError> {
+        let reply = self.command("EXISTS", vec![key.into()]).await?;
+        Ok(matches!(reply, Value::Integer(n) if n > 0))
+    }
+
+    /// Claims the forwarding of `node`'s topic for `ttl`; `false` when
+    /// another node holds the claim.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when Redis fails.
+    pub async fn claim_forward(&self, node: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let reply = self
+            .command(
+                "SET",
+                vec![
+                    self.claim(node).into(),
+                    self.node.clone().into(),
+                    "NX".into(),
+                    "PX".into(),
+                    ms(ttl).into(),
+                ],
             )
             .await?;
+        Ok(!matches!(reply, Value::Null))
+    }
+
+    /// Extends the claim on `node`'s topic; `false` when it is no longer
+    /// ours.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when Redis fails.
+    pub async fn renew_forward(&self, node: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let reply = self
+            .eval(
+                RENEW,
+                vec![self.claim(node)],
+                vec![self.node.clone(), ms(ttl)],
+            )
+            .await?;
+        Ok(matches!(reply, Value::Integer(1)))
+    }
+
+    /// Releases the claim on `node`'s topic if it is still ours.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when Redis fails (the claim then expires).
+    pub async fn release_forward(&self, node: &str) -> Result<(), StoreError> {
+        self.eval(LEAVE, vec![self.claim(node)], vec![self.node.clone()])
+            .await?;
+        Ok(())
+    }
+
+    /// When `node` was first found dead (marking it `now_ms` if it was not).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when Redis fails.
+    pub async fn dead_since(&self, node: &str, now_ms: u64) -> Result<u64, StoreError> {
+        let reply = self
+            .eval(DEAD_SINCE, vec![self.dead(node)], vec![now_ms.to_string()])
+            .await?;
+        Ok(text(reply).and_then(|t| t.parse().ok()).unwrap_or(now_ms))
+    }
+
+    /// Removes `node` from the registry: its topic is read to the end and
+    /// nothing routes to it any more.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when Redis fails.
+    pub async fn retire(&self, node: &str) -> Result<(), StoreError> {
+        self.command("ZREM", vec![self.nodes().into(), node.into()])
+            .await?;
+        self.command("DEL", vec![self.dead(node).into()]).await?;
         Ok(())
     }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use rtc_drain::DrainConfig;
+use rtc_socket_node::forward::ForwardConfig;
 use rtc_socket_node::node::{Node, Settings};
 use rtc_socket_node::store::BufferLimits;
 use rtc_socket_node::ws::Limits;
@@ -78,6 +79,13 @@ impl Cluster {
                 seed: 7,
             },
             handoff_grace: Duration::from_millis(500),
+            offset_commit_interval: Duration::from_millis(100),
+            forward: ForwardConfig {
+                scan_interval: Duration::from_millis(300),
+                claim_ttl: Duration::from_secs(5),
+                retire_after: Duration::from_secs(4),
+                offset_timeout: Duration::from_secs(5),
+            },
         }
     }
 

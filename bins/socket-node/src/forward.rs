@@ -1,0 +1,289 @@
+//! The forwarder: hands on what is left in the delivery topic of a node
+//! that is gone, so a node killed without a drain loses nothing that was
+//! already published to its topic.
+//!
+//! Every node runs one. Each `scan_interval` it lists the registry of
+//! delivery topics (`<relay prefix>nodes`, where every node adds itself on
+//! start) and, for each other node whose heartbeat liveness entry
+//! (`<heartbeat prefix>live:<node>`, TTL STALE_AFTER, removed at the end of a
+//! drain) is gone:
+//!
+//! 1. claims it with `SET <relay prefix>forward:<node> <self> NX PX
+//!    claim_ttl`, so one forwarder at a time reads a topic;
+//! 2. reads the dead node's committed offset (OffsetFetch, group
+//!    `rtc-node-<node>`), then its topic from there to the high watermark,
+//!    handing each record to its recipient here, on the recipient's current
+//!    node, or into its offline buffer (a presence still naming the dead
+//!    node counts as none), and commits under the dead node's group after
+//!    each batch, renewing the claim;
+//! 3. stops early when the node's heartbeat comes back (it restarted under
+//!    the same name and reads its topic itself) or the claim is lost;
+//! 4. once the topic is read to the end and the node has been gone for
+//!    `retire_after` (longer than PRESENCE_TTL, so no presence can still
+//!    send messages there), removes it from the registry.
+//!
+//! At least once: a record is committed only after it was handed on, so a
+//! forwarder that dies mid-way leaves the rest (and perhaps a few records
+//! again) to the next.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rtc_heartbeat::KeyLayout;
+use tokio::sync::watch;
+
+use crate::bus;
+use crate::offsets::{OffsetError, group_of};
+use crate::relay::{Relay, wall_ms};
+use crate::store::StoreError;
+
+/// How the forwarder runs.
+#[derive(Debug, Clone, Copy)]
+pub struct ForwardConfig {
+    /// Time between scans of the registry.
+    pub scan_interval: Duration,
+    /// Lifetime of a claim; renewed after every batch.
+    pub claim_ttl: Duration,
+    /// How long a node must have been gone, its topic read to the end,
+    /// before it leaves the registry.
+    pub retire_after: Duration,
+    /// Deadline of each offset request.
+    pub offset_timeout: Duration,
+}
+
+/// A forwarding pass failed; the next scan tries again from the last
+/// committed offset.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    /// Redis failed.
+    #[error("forwarding {node}: {source}")]
+    Store {
+        /// The dead node.
+        node: String,
+        /// Why.
+        source: StoreError,
+    },
+    /// The committed offset could not be read or written.
+    #[error("forwarding {node}: {source}")]
+    Offsets {
+        /// The dead node.
+        node: String,
+        /// Why.
+        source: OffsetError,
+    },
+    /// The topic could not be read.
+    #[error("forwarding {node}: reading its delivery topic: {source}")]
+    Bus {
+        /// The dead node.
+        node: String,
+        /// Why.
+        source: bus::BusError,
+    },
+}
+
+/// What one pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pass {
+    /// Records handed on.
+    pub forwarded: u64,
+    /// The topic was read to the end.
+    pub caught_up: bool,
+    /// The node left the registry.
+    pub retired: bool,
+    /// Stopped early: the node came back or the claim was lost.
+    pub interrupted: bool,
+}
+
+/// Registers this node's topic, then scans every `scan_interval` until
+/// `stop` is set.
+pub async fn run(
+    relay: Arc<Relay>,
+    config: ForwardConfig,
+    heartbeats: KeyLayout,
+    mut stop: watch::Receiver<bool>,
+) {
+    // In the registry first, so that a forwarder finds this topic if this
+    // node dies.
+    let mut delay = Duration::from_millis(200);
+    while let Err(e) = relay.store().register(wall_ms()).await {
+        tracing::warn!(error = %e, "registering the delivery topic; retrying");
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(config.scan_interval);
+    }
+    let mut tick = tokio::time::interval(config.scan_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => break,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = scan(&relay, &config, &heartbeats).await {
+            tracing::warn!(error = %e, "scanning for nodes that are gone failed");
+        }
+    }
+}
+
+/// One scan: forwards the topic of every registered node without a
+/// heartbeat that no other node is forwarding.
+///
+/// # Errors
+///
+/// [`StoreError`] when the registry cannot be read; a failed pass is logged
+/// and counted, and does not stop the scan.
+pub async fn scan(
+    relay: &Relay,
+    config: &ForwardConfig,
+    heartbeats: &KeyLayout,
+) -> Result<(), StoreError> {
+    let store = relay.store();
+    for node in store.registered().await? {
+        if node == relay.node() || store.exists(&heartbeats.live(&node)).await? {
+            continue;
+        }
+        if !store.claim_forward(&node, config.claim_ttl).await? {
+            continue;
+        }
+        match forward(relay, &node, config, heartbeats).await {
+            Ok(pass) if pass.forwarded > 0 || pass.retired => {
+                tracing::info!(%node, forwarded = pass.forwarded, retired = pass.retired, "forwarded the topic of a node that is gone");
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "forwarding failed; the next scan resumes from the committed offset");
+                metrics::counter!("rtc_socket_forward_errors_total").increment(1);
+            }
+        }
+        if let Err(e) = store.release_forward(&node).await {
+            tracing::debug!(error = %e, %node, "releasing the forward claim; it expires");
+        }
+    }
+    Ok(())
+}
+
+/// Forwards `dead`'s topic from its committed offset to the high watermark.
+/// The caller holds the claim.
+///
+/// # Errors
+///
+/// [`ForwardError`] when Redis, the offsets or the topic fail.
+pub async fn forward(
+    relay: &Relay,
+    dead: &str,
+    config: &ForwardConfig,
+    heartbeats: &KeyLayout,
+) -> Result<Pass, ForwardError> {
+    let store = relay.store();
+    let store_err = |source| ForwardError::Store {
+        node: dead.to_owned(),
+        source,
+    };
+    let offsets_err = |source| ForwardError::Offsets {
+        node: dead.to_owned(),
+        source,
+    };
+    let bus_err = |source| ForwardError::Bus {
+        node: dead.to_owned(),
+        source,
+    };
+    let since = store.dead_since(dead, wall_ms()).await.map_err(store_err)?;
+    let topic = relay.bus().topic(dead);
+    let offsets = relay.bus().offsets(group_of(dead), config.offset_timeout);
+    let mut pass = Pass::default();
+    let partition = match relay.bus().partition(dead).await {
+        Ok(p) => p,
+        Err(e) => {
+            // No topic: nothing was ever sent there, or it was deleted.
+            tracing::info!(error = %e, dead, "the delivery topic of a node that is gone cannot be read");
+            pass.caught_up = true;
+            return retire(relay, dead, since, config, pass).await;
+        }
+    };
+    let mut position = offsets
+        .fetch(&topic, 0)
+        .await
+        .map_err(offsets_err)?
+        .unwrap_or(0)
+        .max(0);
+    loop {
+        let (deliveries, next, high_watermark) =
+            match bus::fetch(&partition, position, bus::SHORT_WAIT_MS).await {
+                Ok(r) => r,
+                Err(e) if e.is_out_of_range() => {
+                    position = bus::earliest(&partition).await.map_err(bus_err)?;
+                    continue;
+                }
+                Err(e) => return Err(bus_err(e)),
+            };
+        for d in &deliveries {
+            relay.forward(dead, d).await;
+        }
+        pass.forwarded += deliveries.len() as u64;
+        metrics::counter!("rtc_socket_forwarded_total").increment(deliveries.len() as u64);
+        if next != position {
+            position = next;
+            offsets
+                .commit(&topic, 0, position)
+                .await
+                .map_err(offsets_err)?;
+        }
+        if position >= high_watermark {
+            pass.caught_up = true;
+            break;
+        }
+        let back = store
+            .exists(&heartbeats.live(dead))
+            .await
+            .map_err(store_err)?;
+        let ours = store
+            .renew_forward(dead, config.claim_ttl)
+            .await
+            .map_err(store_err)?;
+        if back || !ours {
+            pass.interrupted = true;
+            return Ok(pass);
+        }
+    }
+    retire(relay, dead, since, config, pass).await
+}
+
+async fn retire(
+    relay: &Relay,
+    dead: &str,
+    since: u64,
+    config: &ForwardConfig,
+    mut pass: Pass,
+) -> Result<Pass, ForwardError> {
+    let gone_for = wall_ms().saturating_sub(since);
+    if u128::from(gone_for) >= config.retire_after.as_millis() {
+        relay
+            .store()
+            .retire(dead)
+            .await
+            .map_err(|source| ForwardError::Store {
+                node: dead.to_owned(),
+                source,
+            })?;
+        pass.retired = true;
+    }
+    Ok(pass)
+}
+
+/// The committed offset of `node`'s topic, for tests and tools.
+///
+/// # Errors
+///
+/// [`OffsetError`] when the broker cannot be reached or refuses.
+pub async fn committed(
+    relay: &Relay,
+    node: &str,
+    timeout: Duration,
+) -> Result<Option<i64>, OffsetError> {
+    relay
+        .bus()
+        .offsets(group_of(node), timeout)
+        .fetch(&relay.bus().topic(node), 0)
+        .await
+}
