@@ -67,6 +67,14 @@ bench-loop:
     eval "$(deploy/local/stack env)"
     cargo bench -p rtc-load-balancer --bench loop
 
+# Socket node against a Node.js `ws` relay in the same run: idle memory, relay throughput and latency, drain of 10 000 (about 3 minutes; needs npm).
+bench-socket *ARGS:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    deploy/local/stack up redis kafka
+    eval "$(deploy/local/stack env redis kafka)"
+    cargo bench -p rtc-socket-node --bench relay -- {{ARGS}}
+
 # Heartbeat ingestion benchmark: 10 000 simulated nodes against the stack's Redis (about 90 s).
 bench-heartbeat:
     #!/usr/bin/env bash

@@ -62,6 +62,12 @@ fn closing(code: u16, reason: &'static str) -> Message {
     }))
 }
 
+/// Initial read buffer of a connection; larger frames grow it.
+const READ_BUFFER_BYTES: usize = 1024;
+/// Outgoing frames are written at once: every send is flushed anyway, so a
+/// gathering buffer would only cost memory on idle connections.
+const WRITE_BUFFER_BYTES: usize = 0;
+
 async fn upgrade(
     State(state): State<Public>,
     Query(params): Query<Params>,
@@ -84,8 +90,13 @@ async fn upgrade(
     // Frames up to 4x the limit reach the handler, which closes with a
     // clear 1009; beyond that the WebSocket layer stops reading.
     let ceiling = state.limits.max_frame_bytes.saturating_mul(4).max(1024);
+    // The WebSocket layer preallocates its read buffer per connection (128
+    // KiB by default): most connections are idle, so a small one, grown on
+    // demand by larger frames, keeps memory per connection low.
     ws.max_message_size(ceiling)
         .max_frame_size(ceiling)
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(WRITE_BUFFER_BYTES)
         .on_upgrade(move |socket| async move {
             session(state, socket, client_id, conn).await;
         })
@@ -154,10 +165,13 @@ async fn session(state: Public, socket: WebSocket, client_id: Option<String>, co
     let _ = tracing::Instrument::instrument(serve(state, socket, client, conn), span).await;
 }
 
+/// The life of one accepted connection. Rarely taken, large awaits (Redis,
+/// the broker, frame handling) are boxed, so an idle connection's future
+/// stays small: most connections are idle most of the time.
 async fn serve(state: Public, mut socket: WebSocket, client: String, mut conn: Connection) {
     let relay = Arc::clone(&state.relay);
     let (mut rx, kick) = relay.attach(&client, conn.id());
-    let pending = match relay.store().connect(&client).await {
+    let pending = match Box::pin(relay.store().connect(&client)).await {
         Ok(frames) => frames,
         Err(e) => {
             tracing::warn!(error = %e, "claiming the client failed");
@@ -167,7 +181,7 @@ async fn serve(state: Public, mut socket: WebSocket, client: String, mut conn: C
                     "presence store unavailable",
                 ))
                 .await;
-            relay.detach(&client, conn.id(), rx).await;
+            Box::pin(relay.detach(&client, conn.id(), rx)).await;
             return;
         }
     };
@@ -181,7 +195,7 @@ async fn serve(state: Public, mut socket: WebSocket, client: String, mut conn: C
         if !open {
             // Not written: back into the buffer.
             let sent = protocol::frame_head(&frame).map_or(0, |h| h.sent_ms);
-            let _ = relay.route(&client, Arc::from(frame.as_str()), sent).await;
+            let _ = Box::pin(relay.route(&client, Arc::from(frame.as_str()), sent)).await;
             continue;
         }
         let sent = protocol::frame_head(&frame).map_or(0, |h| h.sent_ms);
@@ -199,7 +213,7 @@ async fn serve(state: Public, mut socket: WebSocket, client: String, mut conn: C
         state.limits.presence_refresh,
     );
     if !open {
-        relay.detach(&client, conn.id(), rx).await;
+        Box::pin(relay.detach(&client, conn.id(), rx)).await;
         return;
     }
     loop {
@@ -230,13 +244,13 @@ async fn serve(state: Public, mut socket: WebSocket, client: String, mut conn: C
                 let text = Utf8Bytes::from(out.frame.as_ref());
                 if socket.send(Message::Text(text)).await.is_err() {
                     // Not written: hand it on with the rest at detach.
-                    let _ = relay.route(&client, out.frame, out.sent_ms).await;
+                    let _ = Box::pin(relay.route(&client, out.frame, out.sent_ms)).await;
                     break;
                 }
                 relay.delivered(out.sent_ms);
             }
             _ = refresh.tick() => {
-                match relay.store().refresh(&client).await {
+                match Box::pin(relay.store().refresh(&client)).await {
                     Ok(true) => {}
                     Ok(false) => {
                         let _ = socket.send(closing(close::SUPERSEDED, "connected on another node")).await;
@@ -259,14 +273,14 @@ async fn serve(state: Public, mut socket: WebSocket, client: String, mut conn: C
                 };
                 match message {
                     Message::Text(text) => {
-                        if !handle_text(&state, &relay, &mut socket, &client, &mut bucket, now_ms(), text.as_str()).await {
+                        if !Box::pin(handle_text(&state, &relay, &mut socket, &client, &mut bucket, now_ms(), text.as_str())).await {
                             break;
                         }
                     }
                     Message::Binary(_) => {
                         metrics::counter!("rtc_socket_rejected_total", "reason" => "binary").increment(1);
-                        reject(socket, close::UNSUPPORTED_DATA, "binary frames are not supported: send JSON text", "binary_not_supported").await;
-                        relay.detach(&client, conn.id(), rx).await;
+                        Box::pin(reject(socket, close::UNSUPPORTED_DATA, "binary frames are not supported: send JSON text", "binary_not_supported")).await;
+                        Box::pin(relay.detach(&client, conn.id(), rx)).await;
                         return;
                     }
                     Message::Close(_) => break,
@@ -277,7 +291,7 @@ async fn serve(state: Public, mut socket: WebSocket, client: String, mut conn: C
     }
     linger(&mut socket).await;
     drop(socket);
-    relay.detach(&client, conn.id(), rx).await;
+    Box::pin(relay.detach(&client, conn.id(), rx)).await;
     drop(conn);
 }
 
