@@ -1151,7 +1151,7 @@ fn print_report(args: &Args, r: &Report, deleted: i64) {
     );
     println!();
     println!(
-        "One tick = the poll interval plus the median poll ({tick_ms:.0} ms): the loop sleeps a poll interval after each poll."
+        "One tick = the poll interval plus the median poll ({tick_ms:.0} ms): polls start every interval, and a departure lands in the view when the poll that sees it ends."
     );
     println!("| departure | nodes | median | max | bound |");
     println!("|---|---|---|---|---|");

@@ -142,6 +142,9 @@ pub struct FleetView {
     nodes: BTreeMap<String, Arc<NodeEntry>>,
     /// node -> hash of the last rejected payload, to report it once.
     rejected_payloads: BTreeMap<String, u64>,
+    /// node -> the payload last taken into the view: an unchanged payload
+    /// (most of them, between two publishes) is not decoded again.
+    accepted_payloads: BTreeMap<String, Vec<u8>>,
     rejected_total: BTreeMap<&'static str, u64>,
     epoch: Option<String>,
     grace_until: Option<Instant>,
@@ -157,6 +160,7 @@ impl FleetView {
         Self {
             nodes: BTreeMap::new(),
             rejected_payloads: BTreeMap::new(),
+            accepted_payloads: BTreeMap::new(),
             rejected_total: BTreeMap::new(),
             epoch: None,
             grace_until: None,
@@ -223,14 +227,22 @@ impl FleetView {
                     });
                 }
                 self.rejected_payloads.remove(&node);
+                self.accepted_payloads.remove(&node);
                 continue;
             };
+            if self.nodes.contains_key(&node) && self.accepted_payloads.get(&node) == Some(&payload)
+            {
+                continue;
+            }
             match self.accept(&node, &payload, now, now_ms, limits) {
                 Ok(Accepted::New(event)) => {
                     report.accepted += 1;
                     report.events.extend(event);
+                    self.accepted_payloads.insert(node, payload);
                 }
-                Ok(Accepted::Seen) => {}
+                Ok(Accepted::Seen) => {
+                    self.accepted_payloads.insert(node, payload);
+                }
                 Err(error) => self.reject(&mut report, &node, &payload, error),
             }
         }
@@ -245,6 +257,7 @@ impl FleetView {
             for node in gone {
                 self.nodes.remove(&node);
                 self.rejected_payloads.remove(&node);
+                self.accepted_payloads.remove(&node);
                 report.events.push(FleetEvent::Departed {
                     node,
                     reason: DepartReason::Removed,
@@ -423,6 +436,26 @@ mod tests {
             node: node.into(),
             reason,
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unchanged_payload_is_not_decoded_again() {
+        let mut view = FleetView::new(3, Duration::from_secs(15));
+        let r = apply(&mut view, read("e1", &[("a", payload("a", "b1", 1))]));
+        assert_eq!(r.accepted, 1);
+        // Limits under which this very payload would now be refused: it is
+        // not looked at again, because its bytes did not change.
+        let strict = DecodeLimits {
+            max_bytes: 8,
+            ..DecodeLimits::default()
+        };
+        let same = read("e1", &[("a", payload("a", "b1", 1))]);
+        let r = view.apply(same, Instant::now(), NOW_MS, &strict);
+        assert!(r.rejected.is_empty() && r.events.is_empty(), "{r:?}");
+        // A new payload is decoded, and so refused under those limits.
+        let next = read("e1", &[("a", payload("a", "b1", 2))]);
+        let r = view.apply(next, Instant::now(), NOW_MS, &strict);
+        assert_eq!(r.rejected.len(), 1, "{r:?}");
     }
 
     #[tokio::test(start_paused = true)]
