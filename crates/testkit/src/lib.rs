@@ -28,6 +28,7 @@
 
 mod endpoints;
 mod error;
+pub mod fixtures;
 mod kafka;
 mod kubernetes;
 mod names;

@@ -2,84 +2,20 @@
 //! subresource of Deployments and StatefulSets, and optimistic concurrency on
 //! coordination.k8s.io/v1 Leases, the two things the load balancer relies on.
 
-use std::collections::BTreeMap;
 use std::fmt::Debug;
 
 use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, StatefulSet, StatefulSetSpec};
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v1::Scale;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::api::core::v1::{Container, Namespace, PodSpec, PodTemplateSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Resource};
-use rtc_testkit::{Error, TestNamespace};
+use rtc_testkit::{Error, TestNamespace, fixtures};
 use serde_json::json;
 
 const NAME: &str = "socket";
-
-fn labels() -> BTreeMap<String, String> {
-    BTreeMap::from([("app".to_owned(), NAME.to_owned())])
-}
-
-fn meta(name: &str) -> ObjectMeta {
-    ObjectMeta {
-        name: Some(name.to_owned()),
-        labels: Some(labels()),
-        ..ObjectMeta::default()
-    }
-}
-
-fn pod_template() -> PodTemplateSpec {
-    PodTemplateSpec {
-        metadata: Some(ObjectMeta {
-            labels: Some(labels()),
-            ..ObjectMeta::default()
-        }),
-        spec: Some(PodSpec {
-            containers: vec![Container {
-                name: NAME.to_owned(),
-                image: Some("socket-node:test".to_owned()),
-                ..Container::default()
-            }],
-            ..PodSpec::default()
-        }),
-    }
-}
-
-fn selector() -> LabelSelector {
-    LabelSelector {
-        match_labels: Some(labels()),
-        ..LabelSelector::default()
-    }
-}
-
-fn deployment(replicas: i32) -> Deployment {
-    Deployment {
-        metadata: meta(NAME),
-        spec: Some(DeploymentSpec {
-            replicas: Some(replicas),
-            selector: selector(),
-            template: pod_template(),
-            ..DeploymentSpec::default()
-        }),
-        ..Deployment::default()
-    }
-}
-
-fn stateful_set(replicas: i32) -> StatefulSet {
-    StatefulSet {
-        metadata: meta(NAME),
-        spec: Some(StatefulSetSpec {
-            replicas: Some(replicas),
-            selector: selector(),
-            service_name: Some(NAME.to_owned()),
-            template: pod_template(),
-            ..StatefulSetSpec::default()
-        }),
-        ..StatefulSet::default()
-    }
-}
 
 fn scale_replicas(scale: &Scale) -> Option<i32> {
     scale.spec.as_ref().and_then(|spec| spec.replicas)
@@ -144,9 +80,11 @@ where
 #[tokio::test]
 async fn deployment_scale_subresource_reads_patches_and_replaces() -> Result<(), Error> {
     let namespace = rtc_testkit::kubernetes().await?;
-    exercise_scale(namespace.api::<Deployment>(), deployment(1), |d| {
-        d.spec.as_ref().and_then(|spec| spec.replicas)
-    })
+    exercise_scale(
+        namespace.api::<Deployment>(),
+        fixtures::deployment(NAME, 1),
+        |d| d.spec.as_ref().and_then(|spec| spec.replicas),
+    )
     .await?;
     namespace.cleanup().await
 }
@@ -154,9 +92,11 @@ async fn deployment_scale_subresource_reads_patches_and_replaces() -> Result<(),
 #[tokio::test]
 async fn stateful_set_scale_subresource_reads_patches_and_replaces() -> Result<(), Error> {
     let namespace = rtc_testkit::kubernetes().await?;
-    exercise_scale(namespace.api::<StatefulSet>(), stateful_set(1), |s| {
-        s.spec.as_ref().and_then(|spec| spec.replicas)
-    })
+    exercise_scale(
+        namespace.api::<StatefulSet>(),
+        fixtures::stateful_set(NAME, 1),
+        |s| s.spec.as_ref().and_then(|spec| spec.replicas),
+    )
     .await?;
     namespace.cleanup().await
 }

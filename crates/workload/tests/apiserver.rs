@@ -7,12 +7,11 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, StatefulSet, StatefulSetSpec};
-use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodTemplateSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
-use rtc_testkit::TestNamespace;
+use rtc_testkit::{TestNamespace, fixtures};
 use rtc_workload::{
     AlwaysValid, Bound, DELETION_COST_ANNOTATION, KubeWorkloadApi, Override, ScaleError,
     ScaleOutcome, ScalerConfig, WorkloadKind, WorkloadScaler,
@@ -24,78 +23,18 @@ type Result<T = (), E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
 const NAME: &str = "socket";
 const OTHER_ANNOTATION: &str = "example.com/owner";
 
-fn labels() -> BTreeMap<String, String> {
-    BTreeMap::from([("app".to_owned(), NAME.to_owned())])
-}
-
-fn template() -> PodTemplateSpec {
-    PodTemplateSpec {
-        metadata: Some(ObjectMeta {
-            labels: Some(labels()),
-            ..ObjectMeta::default()
-        }),
-        spec: Some(pod_spec()),
-    }
-}
-
-fn pod_spec() -> PodSpec {
-    PodSpec {
-        containers: vec![Container {
-            name: NAME.to_owned(),
-            image: Some("socket-node:test".to_owned()),
-            ..Container::default()
-        }],
-        node_name: Some("node-a".to_owned()),
-        ..PodSpec::default()
-    }
-}
-
-fn selector() -> LabelSelector {
-    LabelSelector {
-        match_labels: Some(labels()),
-        ..LabelSelector::default()
-    }
-}
-
-fn meta() -> ObjectMeta {
-    ObjectMeta {
-        name: Some(NAME.to_owned()),
-        labels: Some(labels()),
-        ..ObjectMeta::default()
-    }
-}
-
 async fn create(namespace: &TestNamespace, kind: WorkloadKind, replicas: i32) -> Result {
     let params = PostParams::default();
     match kind {
         WorkloadKind::Deployment => {
-            let deployment = Deployment {
-                metadata: meta(),
-                spec: Some(DeploymentSpec {
-                    replicas: Some(replicas),
-                    selector: selector(),
-                    template: template(),
-                    ..DeploymentSpec::default()
-                }),
-                ..Deployment::default()
-            };
+            let deployment = fixtures::deployment(NAME, replicas);
             namespace
                 .api::<Deployment>()
                 .create(&params, &deployment)
                 .await?;
         }
         WorkloadKind::StatefulSet => {
-            let stateful_set = StatefulSet {
-                metadata: meta(),
-                spec: Some(StatefulSetSpec {
-                    replicas: Some(replicas),
-                    selector: selector(),
-                    service_name: Some(NAME.to_owned()),
-                    template: template(),
-                    ..StatefulSetSpec::default()
-                }),
-                ..StatefulSet::default()
-            };
+            let stateful_set = fixtures::stateful_set(NAME, replicas);
             namespace
                 .api::<StatefulSet>()
                 .create(&params, &stateful_set)
@@ -139,26 +78,12 @@ async fn spec_replicas(namespace: &TestNamespace, kind: WorkloadKind) -> Result<
 /// Creates a running, ready pod with the workload's labels and an
 /// annotation of someone else's, standing in for a controller's pod.
 async fn create_pod(pods: &Api<Pod>, name: &str) -> Result {
-    let pod = Pod {
-        metadata: ObjectMeta {
-            name: Some(name.to_owned()),
-            labels: Some(labels()),
-            annotations: Some(BTreeMap::from([(
-                OTHER_ANNOTATION.to_owned(),
-                "team-rtc".to_owned(),
-            )])),
-            ..ObjectMeta::default()
-        },
-        spec: Some(pod_spec()),
-        ..Pod::default()
-    };
-    pods.create(&PostParams::default(), &pod).await?;
-    let status = json!({ "status": {
-        "phase": "Running",
-        "conditions": [{ "type": "Ready", "status": "True" }],
-    }});
-    pods.patch_status(name, &PatchParams::default(), &Patch::Merge(status))
-        .await?;
+    let mut pod = fixtures::scheduled_pod(NAME, name);
+    pod.metadata.annotations = Some(BTreeMap::from([(
+        OTHER_ANNOTATION.to_owned(),
+        "team-rtc".to_owned(),
+    )]));
+    fixtures::create_ready_pod(pods, &pod).await?;
     Ok(())
 }
 

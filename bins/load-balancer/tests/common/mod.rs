@@ -1,17 +1,14 @@
 //! Fixtures shared by the end-to-end tests of the load-balancer binary.
 #![allow(dead_code, unreachable_pub)]
 
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, StatefulSet, StatefulSetSpec};
-use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodTemplateSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
-use kube::api::{Patch, PatchParams, PostParams};
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::PostParams;
 use rtc_heartbeat::{
     KeyLayout, Load, PublisherConfig, PublisherHandle, RedisOptions, RedisStore, SystemClock,
     publisher,
 };
-use rtc_testkit::{Endpoints, TestNamespace};
-use serde_json::json;
-use std::collections::BTreeMap;
+use rtc_testkit::{Endpoints, TestNamespace, fixtures};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -21,42 +18,6 @@ pub type Result<T = (), E = Box<dyn std::error::Error>> = std::result::Result<T,
 
 pub const NAME: &str = "socket";
 pub const INTERVAL: Duration = Duration::from_millis(300);
-
-pub fn labels() -> BTreeMap<String, String> {
-    BTreeMap::from([("app".to_owned(), NAME.to_owned())])
-}
-
-pub fn template() -> PodTemplateSpec {
-    PodTemplateSpec {
-        metadata: Some(ObjectMeta {
-            labels: Some(labels()),
-            ..ObjectMeta::default()
-        }),
-        spec: Some(PodSpec {
-            containers: vec![Container {
-                name: NAME.to_owned(),
-                image: Some("socket-node:test".to_owned()),
-                ..Container::default()
-            }],
-            ..PodSpec::default()
-        }),
-    }
-}
-
-pub fn meta() -> ObjectMeta {
-    ObjectMeta {
-        name: Some(NAME.to_owned()),
-        labels: Some(labels()),
-        ..ObjectMeta::default()
-    }
-}
-
-pub fn selector() -> LabelSelector {
-    LabelSelector {
-        match_labels: Some(labels()),
-        ..LabelSelector::default()
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Kind {
@@ -68,30 +29,11 @@ pub async fn create_workload(ns: &TestNamespace, kind: Kind, replicas: i32) -> R
     let pp = PostParams::default();
     match kind {
         Kind::Deployment => {
-            let d = Deployment {
-                metadata: meta(),
-                spec: Some(DeploymentSpec {
-                    replicas: Some(replicas),
-                    selector: selector(),
-                    template: template(),
-                    ..DeploymentSpec::default()
-                }),
-                ..Deployment::default()
-            };
+            let d = fixtures::deployment(NAME, replicas);
             ns.api::<Deployment>().create(&pp, &d).await?;
         }
         Kind::StatefulSet => {
-            let s = StatefulSet {
-                metadata: meta(),
-                spec: Some(StatefulSetSpec {
-                    replicas: Some(replicas),
-                    selector: selector(),
-                    service_name: Some(NAME.to_owned()),
-                    template: template(),
-                    ..StatefulSetSpec::default()
-                }),
-                ..StatefulSet::default()
-            };
+            let s = fixtures::stateful_set(NAME, replicas);
             ns.api::<StatefulSet>().create(&pp, &s).await?;
         }
     }
@@ -119,25 +61,7 @@ pub async fn replicas(ns: &TestNamespace, kind: Kind) -> Result<i32> {
 /// A scheduled, running, ready pod with the workload's labels, as the
 /// (absent) ReplicaSet controller and kubelet would have made it.
 pub async fn create_pod(ns: &TestNamespace, name: &str) -> Result {
-    let pods = ns.api::<Pod>();
-    let mut spec = template().spec.unwrap_or_default();
-    spec.node_name = Some("node-a".to_owned());
-    let pod = Pod {
-        metadata: ObjectMeta {
-            name: Some(name.to_owned()),
-            labels: Some(labels()),
-            ..ObjectMeta::default()
-        },
-        spec: Some(spec),
-        ..Pod::default()
-    };
-    pods.create(&PostParams::default(), &pod).await?;
-    let status = json!({ "status": {
-        "phase": "Running",
-        "conditions": [{ "type": "Ready", "status": "True" }],
-    }});
-    pods.patch_status(name, &PatchParams::default(), &Patch::Merge(status))
-        .await?;
+    fixtures::create_ready_pod(&ns.api::<Pod>(), &fixtures::scheduled_pod(NAME, name)).await?;
     Ok(())
 }
 

@@ -1,0 +1,118 @@
+//! Small builders for the Kubernetes objects tests create: a socket
+//! workload of either kind and the pods its (absent) controller would have
+//! made. The local API server runs no controllers, so tests create pods
+//! themselves.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, StatefulSet, StatefulSetSpec};
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodTemplateSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use kube::Api;
+use kube::api::{Patch, PatchParams, PostParams};
+
+/// The labels of workload `name`'s pods: `app=<name>`.
+pub fn labels(name: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([("app".to_owned(), name.to_owned())])
+}
+
+fn meta(name: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_owned()),
+        labels: Some(labels(name)),
+        ..ObjectMeta::default()
+    }
+}
+
+fn selector(name: &str) -> LabelSelector {
+    LabelSelector {
+        match_labels: Some(labels(name)),
+        ..LabelSelector::default()
+    }
+}
+
+/// The pod spec of workload `name`: one container, not scheduled.
+pub fn pod_spec(name: &str) -> PodSpec {
+    PodSpec {
+        containers: vec![Container {
+            name: name.to_owned(),
+            image: Some("socket-node:test".to_owned()),
+            ..Container::default()
+        }],
+        ..PodSpec::default()
+    }
+}
+
+fn template(name: &str) -> PodTemplateSpec {
+    PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels(name)),
+            ..ObjectMeta::default()
+        }),
+        spec: Some(pod_spec(name)),
+    }
+}
+
+/// A Deployment `name` with `replicas`, selecting `app=<name>`.
+pub fn deployment(name: &str, replicas: i32) -> Deployment {
+    Deployment {
+        metadata: meta(name),
+        spec: Some(DeploymentSpec {
+            replicas: Some(replicas),
+            selector: selector(name),
+            template: template(name),
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    }
+}
+
+/// A StatefulSet `name` with `replicas`, selecting `app=<name>`.
+pub fn stateful_set(name: &str, replicas: i32) -> StatefulSet {
+    StatefulSet {
+        metadata: meta(name),
+        spec: Some(StatefulSetSpec {
+            replicas: Some(replicas),
+            selector: selector(name),
+            service_name: Some(name.to_owned()),
+            template: template(name),
+            ..StatefulSetSpec::default()
+        }),
+        ..StatefulSet::default()
+    }
+}
+
+/// Pod `pod` of workload `workload`, scheduled to a node; adjust its
+/// metadata before [`create_ready_pod`] as needed.
+pub fn scheduled_pod(workload: &str, pod: &str) -> Pod {
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(pod.to_owned()),
+            labels: Some(labels(workload)),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PodSpec {
+            node_name: Some("node-a".to_owned()),
+            ..pod_spec(workload)
+        }),
+        ..Pod::default()
+    }
+}
+
+/// Creates `pod`, then marks it Running and Ready through its status, as
+/// the kubelet would.
+///
+/// # Errors
+///
+/// The API server's error when it refuses either write.
+pub async fn create_ready_pod(pods: &Api<Pod>, pod: &Pod) -> Result<(), kube::Error> {
+    let created = pods.create(&PostParams::default(), pod).await?;
+    let name = created.metadata.name.unwrap_or_default();
+    let status = Patch::Merge(serde_json::json!({ "status": {
+        "phase": "Running",
+        "conditions": [{ "type": "Ready", "status": "True" }],
+    }}));
+    pods.patch_status(&name, &PatchParams::default(), &status)
+        .await?;
+    Ok(())
+}
