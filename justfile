@@ -29,9 +29,10 @@ test: check-decision-deps
     eval "$(deploy/local/stack env)"
     cargo test --workspace --locked
 
-# Unit and property tests only (no servers needed).
+# Unit, property and doc tests only (no servers needed).
 test-offline:
-    cargo test --workspace --locked --lib --bins --doc
+    cargo test --workspace --locked --lib --bins
+    cargo test --workspace --locked --doc
     cargo test --locked -p rtc-decision --tests
 
 # Fail if the decision core has any async, networking or Kubernetes crate under it.
