@@ -107,3 +107,32 @@ need_apt() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$pkg" >&2 \
     || die "could not install the Debian package '$pkg' (needs root and the Debian archive)"
 }
+
+# service_status NAME ADDRESS PROBE...: says whether NAME runs and answers
+# PROBE; exit 0 when it does, 3 (the LSB code for "not running") otherwise.
+service_status() {
+  local name="$1" address="$2"
+  shift 2
+  if ! is_running "$name"; then
+    log "$name: stopped"
+    return 3
+  fi
+  local pid
+  pid="$(cat "$(pidfile "$name")")"
+  if ! "$@" >/dev/null 2>&1; then
+    log "$name: running but not answering on $address (pid $pid); log $(logfile "$name")"
+    return 3
+  fi
+  log "$name: running on $address (pid $pid); log $(logfile "$name")"
+}
+
+# service_main ARG: the start|stop|status dispatch of a service script that
+# defines NAME and the functions start and status.
+service_main() {
+  case "${1:-}" in
+    start) start ;;
+    stop) stop_recorded "$NAME" ;;
+    status) status ;;
+    *) die "usage: $(basename "$0") start|stop|status" ;;
+  esac
+}

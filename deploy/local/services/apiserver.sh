@@ -11,7 +11,7 @@
 # The CA, serving certificate and token live in $RTC_STACK_RUN/apiserver and
 # are kept across restarts, so a kubeconfig stays valid.
 # stop stops the API server only; etcd has its own script.
-# status exits 0 when running and ready, 3 otherwise.
+# status exits 0 when running and ready, 3 otherwise (service_status).
 
 # shellcheck source=deploy/local/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
@@ -126,17 +126,8 @@ start() {
 }
 
 status() {
-  if is_running "$NAME" && ready; then
-    echo "apiserver: running (pid $(cat "$(pidfile "$NAME")")) on $URL, kubeconfig $KUBECONFIG_FILE, log $(logfile "$NAME")"
-  else
-    echo "apiserver: not running"
-    return 3
-  fi
+  service_status "$NAME" "$URL" ready || return
+  log "apiserver: kubeconfig $KUBECONFIG_FILE"
 }
 
-case "${1:-}" in
-  start) start ;;
-  stop) stop_recorded "$NAME" ;;
-  status) status ;;
-  *) die "usage: $0 start|stop|status" ;;
-esac
+service_main "$@"

@@ -9,7 +9,7 @@
 # etcd-server from deploy/local/apiserver/debian-packages.txt, unpacked into
 # $RTC_STACK_CACHE/bin by build.sh; if that pin can no longer be had, the
 # system's etcd-server package is used instead (see apiserver/README.md).
-# status exits 0 when running and healthy, 3 otherwise.
+# status exits 0 when running and healthy, 3 otherwise (service_status).
 
 # shellcheck source=deploy/local/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
@@ -57,18 +57,6 @@ start() {
   log "etcd: listening on $URL (log $(logfile "$NAME"))"
 }
 
-status() {
-  if is_running "$NAME" && healthy; then
-    echo "etcd: running (pid $(cat "$(pidfile "$NAME")")) on $URL, log $(logfile "$NAME")"
-  else
-    echo "etcd: not running"
-    return 3
-  fi
-}
+status() { service_status "$NAME" "$URL" healthy; }
 
-case "${1:-}" in
-  start) start ;;
-  stop) stop_recorded "$NAME" ;;
-  status) status ;;
-  *) die "usage: $0 start|stop|status" ;;
-esac
+service_main "$@"

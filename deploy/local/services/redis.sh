@@ -61,21 +61,6 @@ start() {
   where
 }
 
-status() {
-  if is_running "$NAME" && redis_ping; then
-    where
-  elif is_running "$NAME"; then
-    log "$NAME: running but not answering on $URL (pid $(cat "$(pidfile "$NAME")")); log $(logfile "$NAME")"
-    return 1
-  else
-    log "$NAME: stopped"
-    return 1
-  fi
-}
+status() { service_status "$NAME" "$URL" redis_ping; }
 
-case "${1:-}" in
-  start) start ;;
-  stop) stop_recorded "$NAME" ;;
-  status) status ;;
-  *) die "usage: $(basename "$0") start|stop|status" ;;
-esac
+service_main "$@"
