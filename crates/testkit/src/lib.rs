@@ -29,6 +29,7 @@
 mod endpoints;
 mod error;
 pub mod fixtures;
+mod http;
 mod kafka;
 mod kubernetes;
 mod names;
@@ -36,6 +37,7 @@ mod redis;
 
 pub use endpoints::Endpoints;
 pub use error::{Error, Service};
+pub use http::http;
 pub use kafka::TestKafka;
 pub use kubernetes::TestNamespace;
 pub use names::unique_name;
