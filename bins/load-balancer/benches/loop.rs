@@ -64,27 +64,25 @@ const DEFAULTS: &[(&str, &str)] = &[
 
 async fn reaction(trial: u64) -> Result<(Duration, Duration)> {
     let ns = rtc_testkit::kubernetes().await?;
-    create_workload(&ns, Kind::Deployment, 5).await?;
     let mut fleet = Fleet::with_timing(
         &prefix(&ns),
         Duration::from_secs(5),
         Duration::from_secs(15),
     )?;
-    for i in 0..5 {
-        fleet.add(&format!("socket-{i}"), load(0.4, 100))?;
-    }
-    let lb = Lb::start(&format!("lb-{trial}"), &ns, &prefix(&ns), DEFAULTS)?;
-    eventually(Duration::from_secs(60), || async {
-        lb.log().contains("reason=balanced").then_some(())
-    })
-    .await
-    .ok_or_else(|| format!("never ticked:\n{}", lb.log()))?;
+    let identity = format!("lb-{trial}");
+    let lb = start_balanced(
+        &ns,
+        Kind::Deployment,
+        &mut fleet,
+        &identity,
+        DEFAULTS,
+        Duration::from_secs(60),
+    )
+    .await?;
     // Start the overload at a random point of the heartbeat and tick cycles.
     tokio::time::sleep(Duration::from_millis(trial * 1_700 % 5_000)).await;
     let start = Instant::now();
-    for (_, tx, _) in &fleet.nodes {
-        tx.send_replace(load(0.9, 900));
-    }
+    fleet.set_all(load(0.9, 900));
     let took = eventually(Duration::from_secs(40), || async {
         (replicas(&ns, Kind::Deployment).await.ok() == Some(8)).then(|| start.elapsed())
     })

@@ -15,30 +15,23 @@ use std::time::{Duration, Instant};
 async fn overload_scales_out_both_kinds_by_the_critical_step() -> Result {
     for kind in [Kind::Deployment, Kind::StatefulSet] {
         let ns = rtc_testkit::kubernetes().await?;
-        create_workload(&ns, kind, 5).await?;
         let mut fleet = Fleet::new(&prefix(&ns))?;
         let identity = format!("lb-{}", ns.name());
         let bootstrap = Endpoints::from_env().kafka_bootstrap;
-        let lb = Lb::start(
-            &identity,
+        // The replica leads on a calm fleet first, so the measured time is
+        // heartbeat-to-write, not process start.
+        let extra = [("KAFKA_BOOTSTRAP", bootstrap.as_str())];
+        let lb = start_balanced(
             &ns,
-            &prefix(&ns),
-            &[("KAFKA_BOOTSTRAP", &bootstrap)],
-        )?;
-        // Let the replica become leader on a calm fleet first, so the
-        // measured time is heartbeat-to-write, not process start.
-        for i in 0..5 {
-            fleet.add(&format!("socket-{i}"), load(0.4, 100))?;
-        }
-        eventually(Duration::from_secs(20), || async {
-            lb.log().contains("reason=balanced").then_some(())
-        })
-        .await
-        .ok_or_else(|| format!("{kind:?}: never ticked on a balanced fleet:\n{}", lb.log()))?;
+            kind,
+            &mut fleet,
+            &identity,
+            &extra,
+            Duration::from_secs(20),
+        )
+        .await?;
         let overloaded = Instant::now();
-        for (_, tx, _) in &fleet.nodes {
-            tx.send_replace(load(0.8, 900));
-        }
+        fleet.set_all(load(0.8, 900));
         let took = eventually(Duration::from_secs(20), || async {
             (replicas(&ns, kind).await.ok() == Some(8)).then(|| overloaded.elapsed())
         })
@@ -282,17 +275,16 @@ async fn two_replicas_never_both_scale_and_a_successor_resumes_the_state() -> Re
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_releases_the_lease_and_exits_zero() -> Result {
     let ns = rtc_testkit::kubernetes().await?;
-    create_workload(&ns, Kind::Deployment, 5).await?;
     let mut fleet = Fleet::new(&prefix(&ns))?;
-    for i in 0..5 {
-        fleet.add(&format!("socket-{i}"), load(0.4, 100))?;
-    }
-    let mut a = Lb::start("lb-a", &ns, &prefix(&ns), &[])?;
-    eventually(Duration::from_secs(20), || async {
-        a.log().contains("reason=balanced").then_some(())
-    })
-    .await
-    .ok_or_else(|| format!("never led:\n{}", a.log()))?;
+    let mut a = start_balanced(
+        &ns,
+        Kind::Deployment,
+        &mut fleet,
+        "lb-a",
+        &[],
+        Duration::from_secs(20),
+    )
+    .await?;
     let b = Lb::start("lb-b", &ns, &prefix(&ns), &[])?;
     tokio::time::sleep(Duration::from_secs(1)).await;
 

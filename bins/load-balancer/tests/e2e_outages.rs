@@ -15,26 +15,24 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
 async fn redis_down_stops_scaling_without_a_crash_and_recovery_follows() -> Result {
     let _one = ONE_AT_A_TIME.lock().await;
     let ns = rtc_testkit::kubernetes().await?;
-    create_workload(&ns, Kind::Deployment, 5).await?;
     let mut fleet = Fleet::new(&prefix(&ns))?;
-    for i in 0..5 {
-        fleet.add(&format!("socket-{i}"), load(0.4, 100))?;
-    }
     let port = free_port()?;
     let admin = format!("127.0.0.1:{port}");
-    let mut lb = Lb::start("lb-0", &ns, &prefix(&ns), &[("ADMIN_ADDR", &admin)])?;
-    eventually(Duration::from_secs(20), || async {
-        lb.log().contains("reason=balanced").then_some(())
-    })
-    .await
-    .ok_or_else(|| format!("never ticked:\n{}", lb.log()))?;
+    let extra = [("ADMIN_ADDR", admin.as_str())];
+    let mut lb = start_balanced(
+        &ns,
+        Kind::Deployment,
+        &mut fleet,
+        "lb-0",
+        &extra,
+        Duration::from_secs(20),
+    )
+    .await?;
 
     let restart = Restart("redis");
     service("redis", "stop")?;
     // The fleet turns hot, but no heartbeat can say so.
-    for (_, tx, _) in &fleet.nodes {
-        tx.send_replace(load(0.9, 900));
-    }
+    fleet.set_all(load(0.9, 900));
     eventually(Duration::from_secs(10), || async {
         lb.log().contains("reason=no-data").then_some(())
     })
@@ -74,23 +72,20 @@ async fn redis_down_stops_scaling_without_a_crash_and_recovery_follows() -> Resu
 async fn api_server_down_fails_ticks_cleanly_and_recovery_follows() -> Result {
     let _one = ONE_AT_A_TIME.lock().await;
     let ns = rtc_testkit::kubernetes().await?;
-    create_workload(&ns, Kind::Deployment, 5).await?;
     let mut fleet = Fleet::new(&prefix(&ns))?;
-    for i in 0..5 {
-        fleet.add(&format!("socket-{i}"), load(0.4, 100))?;
-    }
-    let mut lb = Lb::start("lb-0", &ns, &prefix(&ns), &[])?;
-    eventually(Duration::from_secs(20), || async {
-        lb.log().contains("reason=balanced").then_some(())
-    })
-    .await
-    .ok_or_else(|| format!("never ticked:\n{}", lb.log()))?;
+    let mut lb = start_balanced(
+        &ns,
+        Kind::Deployment,
+        &mut fleet,
+        "lb-0",
+        &[],
+        Duration::from_secs(20),
+    )
+    .await?;
 
     let restart = Restart("apiserver");
     service("apiserver", "stop")?;
-    for (_, tx, _) in &fleet.nodes {
-        tx.send_replace(load(0.9, 900));
-    }
+    fleet.set_all(load(0.9, 900));
     // Ticks fail while the leader still holds its lease, then it steps down.
     eventually(Duration::from_secs(15), || async {
         lb.log().contains("stepped down").then_some(())

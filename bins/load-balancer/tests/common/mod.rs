@@ -112,6 +112,13 @@ impl Fleet {
         Ok(())
     }
 
+    /// Every node reports `l` from its next heartbeat on.
+    pub fn set_all(&self, l: Load) {
+        for (_, tx, _) in &self.nodes {
+            tx.send_replace(l);
+        }
+    }
+
     /// Stops a node's heartbeats without deregistering: it goes silent.
     pub fn silence(&mut self, id: &str) {
         self.nodes.retain(|(n, _, _)| n != id);
@@ -174,6 +181,30 @@ impl Drop for Lb {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Creates a 5-replica workload of `kind` in `ns` whose 5 nodes heartbeat
+/// through `fleet` with a balanced load, starts load-balancer `identity` on
+/// it, and waits (up to `within`) until it has led one tick.
+pub async fn start_balanced(
+    ns: &TestNamespace,
+    kind: Kind,
+    fleet: &mut Fleet,
+    identity: &str,
+    extra: &[(&str, &str)],
+    within: Duration,
+) -> Result<Lb> {
+    create_workload(ns, kind, 5).await?;
+    for i in 0..5 {
+        fleet.add(&format!("socket-{i}"), load(0.4, 100))?;
+    }
+    let lb = Lb::start(identity, ns, &prefix(ns), extra)?;
+    eventually(within, || async {
+        lb.log().contains("reason=balanced").then_some(())
+    })
+    .await
+    .ok_or_else(|| format!("{identity} never ticked on a balanced fleet:\n{}", lb.log()))?;
+    Ok(lb)
 }
 
 /// Polls `f` every 100 ms until it gives `Some`, for at most `limit`.
