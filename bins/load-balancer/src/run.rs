@@ -4,7 +4,7 @@
 
 use crate::admin::{self, AdminState};
 use crate::policy_args::PolicyArgs;
-use crate::telemetry::{self, LogFormat};
+use crate::telemetry;
 use anyhow::{Context, bail};
 use clap::Args;
 use rtc_autoscaler::{Controller, KafkaSignalSink, NoSignals, SIGNAL_TOPIC, SignalSink};
@@ -13,6 +13,7 @@ use rtc_heartbeat::{
     Ingestor, IngestorConfig, KeyLayout, RedisOptions, RedisStore, StateStore, SystemClock,
 };
 use rtc_leader::{ElectionConfig, Elector, KubeLeaseStore, LeaderGuard};
+use rtc_telemetry::LogFormat;
 use rtc_workload::{FenceError, KubeWorkloadApi, ScalerConfig, WorkloadScaler};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -313,7 +314,7 @@ async fn shutdown_signal() {
 
 pub(crate) fn run(args: &RunArgs) -> anyhow::Result<()> {
     let settings = args.settings()?;
-    telemetry::init(args.log_format)?;
+    rtc_telemetry::init_logs(args.log_format)?;
     let prometheus = telemetry::metrics()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -1,32 +1,7 @@
-//! Logs and metrics set up once at start.
+//! Metrics set up once at start (logs: rtc-telemetry).
 
 use anyhow::Context;
-use clap::ValueEnum;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use tracing_subscriber::EnvFilter;
-
-/// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub(crate) enum LogFormat {
-    /// Human-readable lines.
-    Plain,
-    /// One JSON object per line, for log pipelines.
-    Json,
-}
-
-/// Logs to standard error, filtered by `RUST_LOG` (default `info`).
-pub(crate) fn init(format: LogFormat) -> anyhow::Result<()> {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    let result = match format {
-        LogFormat::Plain => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-    };
-    result.map_err(|e| anyhow::anyhow!("setting up logging: {e}"))
-}
 
 /// Installs the Prometheus recorder; `/metrics` renders from the handle.
 pub(crate) fn metrics() -> anyhow::Result<PrometheusHandle> {

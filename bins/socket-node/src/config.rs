@@ -4,22 +4,14 @@ use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::bail;
-use clap::{Args, ValueEnum};
+use clap::Args;
 use rtc_drain::DrainConfig;
 
 use crate::forward::ForwardConfig;
 use crate::node::Settings;
 use crate::store::BufferLimits;
 use crate::ws::Limits;
-
-/// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Plain,
-    /// One JSON object per line.
-    Json,
-}
+pub use rtc_telemetry::LogFormat;
 
 /// The socket node's settings. Each flag can also be set through the
 /// environment key shown.

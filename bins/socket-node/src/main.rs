@@ -27,7 +27,7 @@ fn main() -> ExitCode {
 
 fn run(args: &NodeArgs) -> anyhow::Result<ExitCode> {
     let settings = args.settings()?;
-    telemetry::init(args.log_format)?;
+    rtc_telemetry::init_logs(args.log_format)?;
     let prometheus = telemetry::metrics(&settings.node_id)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -1,28 +1,7 @@
-//! Logs and metrics, set up once at start.
+//! Metrics, set up once at start (logs: rtc-telemetry).
 
 use anyhow::Context;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use tracing_subscriber::EnvFilter;
-
-use crate::config::LogFormat;
-
-/// Logs to standard error, filtered by `RUST_LOG` (default `info`).
-///
-/// # Errors
-///
-/// When a subscriber is already installed.
-pub fn init(format: LogFormat) -> anyhow::Result<()> {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    let result = match format {
-        LogFormat::Plain => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-    };
-    result.map_err(|e| anyhow::anyhow!("setting up logging: {e}"))
-}
 
 /// Installs the Prometheus recorder with a `node_id` label on every series.
 ///
