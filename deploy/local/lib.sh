@@ -22,9 +22,14 @@ RTC_LOCAL_DIR="$RTC_REPO_ROOT/deploy/local"
 : "${RTC_ETCD_PORT:=12379}"
 : "${RTC_ETCD_PEER_PORT:=12380}"
 : "${RTC_APISERVER_PORT:=16443}"
+: "${RTC_CONTROLLER_MANAGER_PORT:=16257}"
+: "${RTC_SCHEDULER_PORT:=16259}"
+# Node agents (crates/node-agent): how many Nodes the stack registers.
+: "${RTC_NODES:=2}"
 
 export RTC_STACK_CACHE RTC_STACK_RUN RTC_REDIS_PORT RTC_KAFKA_PORT \
-  RTC_ETCD_PORT RTC_ETCD_PEER_PORT RTC_APISERVER_PORT
+  RTC_ETCD_PORT RTC_ETCD_PEER_PORT RTC_APISERVER_PORT \
+  RTC_CONTROLLER_MANAGER_PORT RTC_SCHEDULER_PORT RTC_NODES
 
 mkdir -p "$RTC_STACK_CACHE" "$RTC_STACK_RUN"
 
@@ -135,4 +140,14 @@ service_main() {
     status) status ;;
     *) die "usage: $(basename "$0") start|stop|status" ;;
   esac
+}
+
+# port_free COMPONENT PORT VARIABLE: stop with the fix when something already
+# listens on 127.0.0.1:PORT (the stack never takes over a port).
+port_free() {
+  if (exec 3<>"/dev/tcp/127.0.0.1/$2") 2>/dev/null; then
+    local who=""
+    command -v ss >/dev/null 2>&1 && who="$(ss -ltnpH "sport = :$2" 2>/dev/null | grep -o 'users:(([^)]*' | head -n1 | sed 's/users:((//')"
+    die "$1: port 127.0.0.1:$2 is already in use${who:+ by $who}; stop that process or set $3 to a free port"
+  fi
 }

@@ -79,6 +79,21 @@ pub enum Error {
         path: PathBuf,
     },
 
+    /// A new namespace got no `default` service account in time: the
+    /// stack's controller-manager (its service-account controller) is not
+    /// running.
+    #[error(
+        "namespace {namespace} got no default service account within {waited:?}: is the \
+         controller-manager running? check with `deploy/local/stack status`, start with \
+         `deploy/local/stack up`"
+    )]
+    NoServiceAccount {
+        /// The test's namespace.
+        namespace: String,
+        /// How long the test waited.
+        waited: std::time::Duration,
+    },
+
     /// A Redis command failed on a working connection.
     #[error("redis: {0}")]
     Redis(#[from] fred::error::Error),
@@ -100,6 +115,7 @@ impl Error {
             Self::BadAddress { .. } => "bad_address",
             Self::Kubeconfig { .. } => "kubeconfig",
             Self::NotLoopback { .. } => "not_loopback",
+            Self::NoServiceAccount { .. } => "no_service_account",
             Self::Redis(_) => "redis",
             Self::Kafka(_) => "kafka",
             Self::Kube(_) => "kube",

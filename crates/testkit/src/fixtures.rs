@@ -1,7 +1,17 @@
 //! Small builders for the Kubernetes objects tests create: a socket
-//! workload of either kind and the pods its (absent) controller would have
-//! made. The local API server runs no controllers, so tests create pods
-//! themselves.
+//! workload of either kind, and pods standing in for the ones its
+//! controller would make.
+//!
+//! The local stack runs the real controllers. These fixtures are for tests
+//! of API semantics (detection, /scale compare-and-swap, deletion-cost
+//! patches) that need pods in an exact, test-chosen state, so they keep the
+//! controllers from making pods of their own: [`deployment`] is created
+//! paused (the deployment controller makes no ReplicaSet for a paused
+//! Deployment, so nothing adopts or deletes the test's pods, while /scale
+//! still writes `spec.replicas`), and the pods of [`stateful_set`] select a
+//! node that does not exist, so the StatefulSet controller's pods stay
+//! Pending and unscheduled. Tests of what the controllers really do run real
+//! pods on the stack's node agents instead.
 
 use std::collections::BTreeMap;
 
@@ -31,7 +41,12 @@ fn selector(name: &str) -> LabelSelector {
     }
 }
 
-/// The pod spec of workload `name`: one container, not scheduled.
+/// The node label no node of the stack carries: pods selecting it are never
+/// scheduled.
+pub const NO_NODE_LABEL: &str = "rtc.example/no-such-node";
+
+/// The pod spec of workload `name`: one container, never scheduled (it
+/// selects [`NO_NODE_LABEL`]).
 pub fn pod_spec(name: &str) -> PodSpec {
     PodSpec {
         containers: vec![Container {
@@ -39,6 +54,7 @@ pub fn pod_spec(name: &str) -> PodSpec {
             image: Some("socket-node:test".to_owned()),
             ..Container::default()
         }],
+        node_selector: Some(BTreeMap::from([(NO_NODE_LABEL.to_owned(), "true".to_owned())])),
         ..PodSpec::default()
     }
 }
@@ -53,12 +69,14 @@ fn template(name: &str) -> PodTemplateSpec {
     }
 }
 
-/// A Deployment `name` with `replicas`, selecting `app=<name>`.
+/// A paused Deployment `name` with `replicas`, selecting `app=<name>`: its
+/// controller makes no ReplicaSet and no pod (see the module docs).
 pub fn deployment(name: &str, replicas: i32) -> Deployment {
     Deployment {
         metadata: meta(name),
         spec: Some(DeploymentSpec {
             replicas: Some(replicas),
+            paused: Some(true),
             selector: selector(name),
             template: template(name),
             ..DeploymentSpec::default()
@@ -82,8 +100,9 @@ pub fn stateful_set(name: &str, replicas: i32) -> StatefulSet {
     }
 }
 
-/// Pod `pod` of workload `workload`, scheduled to a node; adjust its
-/// metadata before [`create_ready_pod`] as needed.
+/// Pod `pod` of workload `workload`, bound to a node no agent runs (so no
+/// kubelet overwrites the status a test gives it); adjust its metadata
+/// before [`create_ready_pod`] as needed.
 pub fn scheduled_pod(workload: &str, pod: &str) -> Pod {
     Pod {
         metadata: ObjectMeta {
@@ -99,8 +118,8 @@ pub fn scheduled_pod(workload: &str, pod: &str) -> Pod {
     }
 }
 
-/// Creates `pod`, then marks it Running and Ready through its status, as
-/// the kubelet would.
+/// Creates `pod`, then marks it Running and Ready through its status, as a
+/// kubelet would.
 ///
 /// # Errors
 ///

@@ -3,10 +3,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::config::{AuthInfo, KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config, Resource};
 
 use crate::error::NoAnswer;
@@ -15,13 +16,16 @@ use crate::{Endpoints, Error, Service, unique_name};
 /// How long the API server may take to answer before the test is told to start the stack.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long the service-account controller may take to fill a new namespace.
+const SERVICE_ACCOUNT_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// A connected Kubernetes client and a namespace created for one test.
 ///
 /// The namespace is deleted when this value is dropped, or earlier by
-/// [`cleanup`](Self::cleanup), which also reports failures. The stack's API
-/// server runs no controllers, so a deleted namespace may stay `Terminating`
-/// with its objects in place; every test gets a fresh name, so that does not
-/// get in anyone's way.
+/// [`cleanup`](Self::cleanup), which also reports failures. The stack's
+/// namespace controller then removes everything in it, pods through their
+/// graceful deletion; every test gets a fresh name, so a namespace still
+/// `Terminating` does not get in anyone's way.
 pub struct TestNamespace {
     client: Client,
     /// Kept to delete the namespace on drop with a client of its own, since
@@ -33,7 +37,9 @@ pub struct TestNamespace {
 
 impl TestNamespace {
     /// Reads the kubeconfig at `endpoints.kubeconfig` and creates a fresh
-    /// namespace on the API server it names.
+    /// namespace on the API server it names, then waits for the
+    /// service-account controller to give it its `default` service account,
+    /// without which the API server admits no pod into it.
     ///
     /// Only API servers on loopback are accepted, so a `KUBECONFIG` left
     /// pointing at a real cluster never receives test objects.
@@ -84,12 +90,68 @@ impl TestNamespace {
                 ));
             }
         }
-        Ok(Self {
+        let namespace = Self {
             client,
             config,
             name,
             deleted: false,
-        })
+        };
+        namespace.wait_for_default_service_account().await?;
+        Ok(namespace)
+    }
+
+    async fn wait_for_default_service_account(&self) -> Result<(), Error> {
+        let accounts: Api<ServiceAccount> = self.api();
+        let deadline = tokio::time::Instant::now() + SERVICE_ACCOUNT_TIMEOUT;
+        loop {
+            match accounts.get_opt("default").await {
+                Ok(Some(_)) => return Ok(()),
+                Ok(None) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Ok(None) => {
+                    return Err(Error::NoServiceAccount {
+                        namespace: self.name.clone(),
+                        waited: SERVICE_ACCOUNT_TIMEOUT,
+                    });
+                }
+                Err(error) => return Err(Error::Kube(error)),
+            }
+        }
+    }
+
+    /// A client that authenticates as service account `account` of this
+    /// namespace, with a bound token from the TokenRequest API, exactly as a
+    /// pod running under that account would: the API server's RBAC decides
+    /// what it may do.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Kube`] when the account does not exist or the token is
+    /// refused.
+    pub async fn service_account_client(&self, account: &str) -> Result<Client, Error> {
+        let request = TokenRequest {
+            spec: TokenRequestSpec {
+                audiences: Vec::new(),
+                expiration_seconds: Some(3_600),
+                ..TokenRequestSpec::default()
+            },
+            ..TokenRequest::default()
+        };
+        let issued = self
+            .api::<ServiceAccount>()
+            .create_token_request(account, &PostParams::default(), &request)
+            .await
+            .map_err(Error::Kube)?;
+        let token = issued.status.map(|s| s.token).unwrap_or_default();
+        let mut config = self.config.clone();
+        config.auth_info = AuthInfo {
+            token: Some(token.into()),
+            ..AuthInfo::default()
+        };
+        let address = config.cluster_url.to_string();
+        Client::try_from(config)
+            .map_err(|source| Error::unreachable(Service::KubernetesApi, address, source))
     }
 
     /// The connected client.

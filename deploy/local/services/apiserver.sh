@@ -1,88 +1,81 @@
 #!/usr/bin/env bash
-# The local stack's Kubernetes API server (rtc-apiserver, see
-# deploy/local/apiserver/README.md).
+# kube-apiserver of Kubernetes (the release pinned in deploy/local/kube/go.mod).
 #
 #   apiserver.sh start|stop|status
 #
-# start builds the server if needed (cached), starts etcd if it is not
-# running, serves HTTPS on 127.0.0.1:$RTC_APISERVER_PORT, waits for /readyz and
-# writes $RTC_STACK_RUN/kubeconfig (context rtc-local, namespace default):
-# the cluster's CA certificate is embedded, the user is a static bearer token.
-# The CA, serving certificate and token live in $RTC_STACK_RUN/apiserver and
-# are kept across restarts, so a kubeconfig stays valid.
-# stop stops the API server only; etcd has its own script.
+# start builds the control plane if needed (cached), makes the PKI on first
+# start (pki.sh), starts etcd if it is not running, serves HTTPS on
+# 127.0.0.1:$RTC_APISERVER_PORT with --authorization-mode=Node,RBAC and the
+# default admission plugins plus NodeRestriction, waits for /readyz, and writes
+# the admin kubeconfig $RTC_STACK_RUN/kubeconfig (context rtc-local, client
+# certificate in group system:masters) and the kubeconfigs of the other
+# components under $RTC_STACK_RUN/kubeconfigs. The service-account kubeconfigs
+# of deploy/k8s/01-rbac.yaml are written by accounts.sh once the controllers
+# run. stop stops the API server only; etcd has its own script.
 # status exits 0 when running and ready, 3 otherwise (service_status).
 
 # shellcheck source=deploy/local/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
 NAME=apiserver
-DIR="$RTC_STACK_RUN/apiserver"
-CA="$DIR/certs/ca.crt"
+PKI="$RTC_STACK_RUN/pki"
 URL="https://127.0.0.1:$RTC_APISERVER_PORT"
 KUBECONFIG_FILE="$RTC_STACK_RUN/kubeconfig"
 
-token() { cat "$DIR/token"; }
-
-api() { # api PATH [curl args...]: an authenticated request
-  local path="$1"; shift
-  curl -fsS --max-time 5 --cacert "$CA" -H "Authorization: Bearer $(token)" "$@" "$URL$path"
+ready() {
+  [[ "$(curl -fsS --max-time 2 --cacert "$PKI/ca.crt" --cert "$PKI/admin.crt" --key "$PKI/admin.key" \
+    "$URL/readyz" 2>/dev/null)" == ok ]]
 }
 
-ready() { [[ -f "$CA" ]] && [[ "$(api /readyz 2>/dev/null)" == ok ]]; }
-
-ensure_token() {
-  mkdir -p "$DIR" && chmod 700 "$DIR"
-  if [[ ! -s "$DIR/token" ]]; then
-    head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$DIR/token"
-  fi
-  # kube-apiserver's token file format: token,user,uid,"groups".
-  printf '%s,rtc-admin,rtc-admin,"system:masters"\n' "$(token)" >"$DIR/tokens.csv"
-  chmod 600 "$DIR/token" "$DIR/tokens.csv"
+kubeconfigs() {
+  local pki="$RTC_LOCAL_DIR/pki.sh"
+  bash "$pki" kubeconfig admin "$KUBECONFIG_FILE"
+  bash "$pki" kubeconfig controller-manager "$RTC_STACK_RUN/kubeconfigs/controller-manager.kubeconfig"
+  bash "$pki" kubeconfig scheduler "$RTC_STACK_RUN/kubeconfigs/scheduler.kubeconfig"
 }
 
-write_kubeconfig() {
-  local tmp="$KUBECONFIG_FILE.tmp"
-  (
-    umask 077
-    cat >"$tmp" <<EOF
+# accounts: the namespace and service accounts of deploy/k8s, and a
+# kubeconfig per service account (a bound token of 24 h), so a test or a
+# person can act exactly as the load-balancer would in a cluster.
+accounts() {
+  local k8s="$RTC_REPO_ROOT/deploy/k8s" sa ns token file
+  command -v kubectl >/dev/null 2>&1 \
+    || die "apiserver: kubectl is not on PATH; install kubectl 1.32 or newer and run 'deploy/local/stack up' again"
+  KUBECONFIG="$KUBECONFIG_FILE" kubectl apply --server-side --force-conflicts --field-manager rtc-stack \
+    -f "$k8s/00-namespace.yaml" -f "$k8s/01-rbac.yaml" >/dev/null \
+    || die "apiserver: could not apply deploy/k8s/00-namespace.yaml and 01-rbac.yaml; see the error above"
+  while read -r ns sa; do
+    [[ -n "$sa" ]] || continue
+    token="$(KUBECONFIG="$KUBECONFIG_FILE" kubectl create token "$sa" -n "$ns" --duration 24h)" \
+      || die "apiserver: could not get a token for service account $ns/$sa"
+    file="$RTC_STACK_RUN/kubeconfigs/sa-$ns-$sa.kubeconfig"
+    (
+      umask 077
+      cat >"$file.tmp" <<EOF
 apiVersion: v1
 kind: Config
 clusters:
 - name: rtc-local
   cluster:
     server: $URL
-    certificate-authority-data: $(base64 -w0 <"$CA")
+    certificate-authority-data: $(base64 -w0 <"$PKI/ca.crt")
 users:
-- name: rtc-admin
+- name: system:serviceaccount:$ns:$sa
   user:
-    token: $(token)
+    token: $token
 contexts:
 - name: rtc-local
   context:
     cluster: rtc-local
-    user: rtc-admin
-    namespace: default
+    user: system:serviceaccount:$ns:$sa
+    namespace: $ns
 current-context: rtc-local
 EOF
-  )
-  mv "$tmp" "$KUBECONFIG_FILE"
-}
-
-# An etcd without watch progress requests (older than 3.5.13, or a 3.4 older
-# than 3.4.31) cannot serve watch-list streams; turn the feature off then,
-# so plain watches from resourceVersion "0" keep working.
-feature_gates() {
-  local v
-  v="$(curl -fsS --max-time 2 "http://127.0.0.1:$RTC_ETCD_PORT/version" 2>/dev/null \
-    | sed -n 's/.*"etcdserver":"\([0-9.]*\)".*/\1/p')"
-  [[ -n "$v" ]] || return 0
-  local need="3.5.13"
-  [[ "$v" == 3.4.* ]] && need="3.4.31"
-  if [[ "$(printf '%s\n%s\n' "$need" "$v" | sort -V | head -n1)" != "$need" ]]; then
-    log "etcd $v has no watch progress requests: starting with WatchList=false"
-    echo "--feature-gates=WatchList=false"
-  fi
+    )
+    mv "$file.tmp" "$file"
+    log "apiserver: service account $ns/$sa: kubeconfig $file"
+  done < <(KUBECONFIG="$KUBECONFIG_FILE" kubectl get serviceaccounts -A -l app.kubernetes.io/part-of=rtc \
+    -o jsonpath='{range .items[*]}{.metadata.namespace} {.metadata.name}{"\n"}{end}')
 }
 
 report() {
@@ -91,37 +84,47 @@ report() {
 }
 
 start() {
+  "$RTC_LOCAL_DIR/build.sh" control-plane
+  bash "$RTC_LOCAL_DIR/pki.sh" ensure
   if is_running "$NAME"; then
     wait_for "$NAME" 60 ready
-    write_kubeconfig
+    kubeconfigs
+    accounts
     report
     return 0
   fi
-  if curl -sk --max-time 2 -o /dev/null "$URL/healthz" 2>/dev/null; then
-    die "something this stack did not start already answers on $URL; stop it or set RTC_APISERVER_PORT"
-  fi
-  "$RTC_LOCAL_DIR/apiserver/build.sh" apiserver
-  "$RTC_LOCAL_DIR/services/etcd.sh" start
-  ensure_token
-  local gates
-  gates="$(feature_gates)"
-  # shellcheck disable=SC2086 # $gates is empty or one flag
-  spawn "$NAME" "$RTC_STACK_CACHE/bin/rtc-apiserver" \
+  port_free apiserver "$RTC_APISERVER_PORT" RTC_APISERVER_PORT
+  bash "$RTC_LOCAL_DIR/services/etcd.sh" start
+  spawn "$NAME" "$("$RTC_LOCAL_DIR/build.sh" path kube-apiserver)" \
+    --advertise-address 127.0.0.1 \
     --bind-address 127.0.0.1 \
     --secure-port "$RTC_APISERVER_PORT" \
     --etcd-servers "http://127.0.0.1:$RTC_ETCD_PORT" \
-    --cert-dir "$DIR/certs" \
-    --token-file "$DIR/tokens.csv" \
-    $gates
-  wait_for "$NAME" 90 ready
-  # The server creates default, kube-system, kube-public and kube-node-lease
-  # before it reports ready; make sure anyway, e.g. after an etcd wipe.
-  if ! api /api/v1/namespaces/default -o /dev/null 2>/dev/null; then
-    api /api/v1/namespaces -o /dev/null -X POST -H 'Content-Type: application/json' \
-      -d '{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"default"}}' \
-      || die "could not create the namespace 'default'"
-  fi
-  write_kubeconfig
+    --tls-cert-file "$PKI/apiserver.crt" \
+    --tls-private-key-file "$PKI/apiserver.key" \
+    --client-ca-file "$PKI/ca.crt" \
+    --service-account-issuer https://kubernetes.default.svc.cluster.local \
+    --service-account-key-file "$PKI/sa.pub" \
+    --service-account-signing-key-file "$PKI/sa.key" \
+    --service-cluster-ip-range 10.96.0.0/16 \
+    --authorization-mode Node,RBAC \
+    --enable-admission-plugins NodeRestriction \
+    --allow-privileged=true \
+    --requestheader-client-ca-file "$PKI/front-proxy-ca.crt" \
+    --requestheader-allowed-names front-proxy-client \
+    --requestheader-username-headers X-Remote-User \
+    --requestheader-group-headers X-Remote-Group \
+    --requestheader-extra-headers-prefix X-Remote-Extra- \
+    --proxy-client-cert-file "$PKI/front-proxy-client.crt" \
+    --proxy-client-key-file "$PKI/front-proxy-client.key" \
+    --kubelet-preferred-address-types InternalIP \
+    --endpoint-reconciler-type none \
+    --profiling=false \
+    --v 1
+  # A cold start installs the RBAC bootstrap roles and priority levels first.
+  wait_for "$NAME" 120 ready
+  kubeconfigs
+  accounts
   report
 }
 

@@ -5,10 +5,8 @@
 #
 # Loopback only (client 127.0.0.1:$RTC_ETCD_PORT, peer 127.0.0.1:$RTC_ETCD_PEER_PORT),
 # a single member, data in $RTC_STACK_RUN/etcd (kept across restarts; delete
-# the directory for an empty cluster). The binary is the pinned Debian
-# etcd-server from deploy/local/apiserver/debian-packages.txt, unpacked into
-# $RTC_STACK_CACHE/bin by build.sh; if that pin can no longer be had, the
-# system's etcd-server package is used instead (see apiserver/README.md).
+# the directory for an empty cluster). The binary is etcd (the release pinned
+# in deploy/local/etcd/go.mod), built by deploy/local/build.sh.
 # status exits 0 when running and healthy, 3 otherwise (service_status).
 
 # shellcheck source=deploy/local/lib.sh
@@ -20,13 +18,8 @@ URL="http://127.0.0.1:$RTC_ETCD_PORT"
 healthy() { [[ "$(curl -fsS --max-time 2 "$URL/health" 2>/dev/null)" == *'"health":"true"'* ]]; }
 
 etcd_binary() {
-  if "$RTC_LOCAL_DIR/apiserver/build.sh" etcd; then
-    echo "$RTC_STACK_CACHE/bin/etcd"
-    return
-  fi
-  log "warning: the pinned etcd-server is not available; using the system's etcd-server package"
-  need_apt etcd-server etcd
-  command -v etcd
+  "$RTC_LOCAL_DIR/build.sh" etcd >&2
+  "$RTC_LOCAL_DIR/build.sh" path etcd
 }
 
 start() {
@@ -35,13 +28,12 @@ start() {
     log "etcd: already running (pid $(cat "$(pidfile "$NAME")")) on $URL"
     return 0
   fi
-  if healthy; then
-    die "something this stack did not start already answers on $URL; stop it or set RTC_ETCD_PORT"
-  fi
+  port_free etcd "$RTC_ETCD_PORT" RTC_ETCD_PORT
+  port_free etcd "$RTC_ETCD_PEER_PORT" RTC_ETCD_PEER_PORT
   local bin extra=()
   bin="$(etcd_binary)"
   # Throw-away test data: skipping fsync makes every API write much faster.
-  if "$bin" --help 2>&1 | grep -q -- '--unsafe-no-fsync'; then extra+=(--unsafe-no-fsync); fi
+  extra+=(--unsafe-no-fsync)
   mkdir -p "$RTC_STACK_RUN/etcd" && chmod 700 "$RTC_STACK_RUN/etcd"
   spawn "$NAME" "$bin" \
     --name rtc-local \

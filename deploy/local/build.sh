@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# Builds the local stack's Go components from the Go module proxy.
+#
+#   build.sh control-plane   kube-apiserver, kube-controller-manager and
+#                            kube-scheduler of k8s.io/kubernetes (kube/go.mod)
+#   build.sh etcd            etcd (etcd/go.mod)
+#   build.sh keda-crds       the KEDA CustomResourceDefinitions (config/crd of
+#                            the KEDA module), for the ScaledObject of deploy/k8s
+#   build.sh all             all of them (the default)
+#   build.sh path NAME       print where NAME's binary is (no build)
+#
+# Each component is a small Go module beside this script whose go.mod pins
+# every version and whose go.sum pins every checksum; nothing downloaded is
+# kept in the repository. Module downloads go to $GOMODCACHE (default
+# $RTC_STACK_CACHE/go/mod), compiled packages to $GOCACHE (default
+# Go's own, ~/.cache/go-build), binaries to $RTC_STACK_CACHE/<component>-<key>,
+# where the key is a hash of the module's go.mod and go.sum: a second run
+# with unchanged pins returns at once, a changed pin builds anew.
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=deploy/local/lib.sh
+source "$HERE/lib.sh"
+
+KUBE_VERSION="v1.37.2"
+ETCD_VERSION="v3.6.16"
+KEDA_VERSION="v2.21.0"
+
+: "${GOMODCACHE:=$RTC_STACK_CACHE/go/mod}"
+: "${GOCACHE:=${XDG_CACHE_HOME:-$HOME/.cache}/go-build}"
+export GOMODCACHE GOCACHE CGO_ENABLED=0 GOFLAGS="-mod=readonly -buildvcs=false"
+# The module proxy only; a module it does not serve is an error, not a clone.
+export GOPROXY="${RTC_GOPROXY:-https://proxy.golang.org}" GONOSUMDB="" GOTOOLCHAIN=local
+
+need_go() {
+  command -v go >/dev/null 2>&1 \
+    || die "$1: no Go toolchain on PATH; install Go 1.26 or newer (https://go.dev/dl) and run 'deploy/local/stack up' again"
+  local v
+  v="$(go env GOVERSION)"
+  v="${v#go}"
+  if [[ "$(printf '%s\n%s\n' 1.26 "$v" | sort -V | head -n1)" != 1.26 ]]; then
+    die "$1: Go $v is too old to build it (needs 1.26 or newer); install a newer Go and run 'deploy/local/stack up' again"
+  fi
+}
+
+# key MODULE_DIR: a short hash of the module's pins.
+key() { cat "$HERE/$1/go.mod" "$HERE/$1/go.sum" | sha256sum | cut -c1-12; }
+
+out_dir() {
+  case "$1" in
+    control-plane) echo "$RTC_STACK_CACHE/kube-$KUBE_VERSION-$(key kube)" ;;
+    etcd) echo "$RTC_STACK_CACHE/etcd-$ETCD_VERSION-$(key etcd)" ;;
+    keda-crds) echo "$RTC_STACK_CACHE/keda-crds-$KEDA_VERSION" ;;
+  esac
+}
+
+# go_build COMPONENT MODULE_DIR OUT PKG...: go build inside the wrapper module,
+# with the cause of a failure turned into one line.
+go_build() {
+  local component="$1" dir="$2" out="$3"
+  shift 3
+  need_go "$component"
+  local log="$RTC_STACK_CACHE/build-$component.log" start=$SECONDS
+  mkdir -p "$out.tmp"
+  log "$component: building $* (once; a cold build takes several minutes; log $log)"
+  if ! (cd "$HERE/$dir" && go build -trimpath -ldflags='-s -w' -o "$out.tmp/" "$@") >"$log" 2>&1; then
+    tail -n 20 "$log" >&2
+    if grep -qE 'reading https?://[^ ]*: (404|410)|not found: |unknown revision|no matching versions' "$log"; then
+      die "$component: a module is not served by $GOPROXY ($(grep -oE '[a-zA-Z0-9./_-]+@v[0-9][^: ]*' "$log" | head -n1)); fix the pin in deploy/local/$dir/go.mod"
+    fi
+    if grep -qE 'dial tcp|no such host|connection refused|TLS handshake' "$log"; then
+      die "$component: the module proxy $GOPROXY cannot be reached; check the network or set RTC_GOPROXY"
+    fi
+    die "$component: go build failed (see $log); fix the error above and run 'deploy/local/stack up' again"
+  fi
+  rm -rf "$out" && mv "$out.tmp" "$out"
+  log "$component: built in $((SECONDS - start))s into $out"
+}
+
+build_control_plane() {
+  local out; out="$(out_dir control-plane)"
+  [[ -x "$out/kube-apiserver" && -x "$out/kube-controller-manager" && -x "$out/kube-scheduler" ]] && return 0
+  go_build control-plane kube "$out" \
+    k8s.io/kubernetes/cmd/kube-apiserver \
+    k8s.io/kubernetes/cmd/kube-controller-manager \
+    k8s.io/kubernetes/cmd/kube-scheduler
+}
+
+build_etcd() {
+  local out; out="$(out_dir etcd)"
+  [[ -x "$out/etcd" ]] && return 0
+  go_build etcd etcd "$out.bin" go.etcd.io/etcd/server/v3
+  mkdir -p "$out" && mv "$out.bin/server" "$out/etcd" && rm -rf "$out.bin"
+}
+
+# The CRDs come from the KEDA module's own source zip, so the stack accepts
+# exactly the ScaledObject schema of that release.
+build_keda_crds() {
+  local out; out="$(out_dir keda-crds)"
+  compgen -G "$out/*.yaml" >/dev/null && return 0
+  need_go keda-crds
+  local dir
+  dir="$(cd "$RTC_STACK_CACHE" && GOFLAGS= go mod download -json "github.com/kedacore/keda/v2@$KEDA_VERSION" 2>/dev/null \
+    | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')"
+  [[ -n "$dir" && -d "$dir/config/crd/bases" ]] \
+    || die "keda-crds: github.com/kedacore/keda/v2@$KEDA_VERSION is not served by $GOPROXY or has no config/crd/bases; change KEDA_VERSION in deploy/local/build.sh"
+  mkdir -p "$out.tmp"
+  cp "$dir"/config/crd/bases/*.yaml "$out.tmp/"
+  chmod 644 "$out.tmp"/*.yaml
+  rm -rf "$out" && mv "$out.tmp" "$out"
+  log "keda-crds: $(find "$out" -name '*.yaml' | wc -l) CRDs of KEDA $KEDA_VERSION in $out"
+}
+
+case "${1:-all}" in
+  control-plane) build_control_plane ;;
+  etcd) build_etcd ;;
+  keda-crds) build_keda_crds ;;
+  all) build_etcd && build_control_plane && build_keda_crds ;;
+  path)
+    case "${2:-}" in
+      etcd) echo "$(out_dir etcd)/etcd" ;;
+      kube-apiserver | kube-controller-manager | kube-scheduler) echo "$(out_dir control-plane)/$2" ;;
+      keda-crds) out_dir keda-crds ;;
+      *) die "usage: build.sh path etcd|kube-apiserver|kube-controller-manager|kube-scheduler|keda-crds" ;;
+    esac
+    ;;
+  *) die "usage: build.sh [control-plane|etcd|keda-crds|all|path NAME]" ;;
+esac

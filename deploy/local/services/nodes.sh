@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# The stack's Nodes: $RTC_NODES node agents (crates/node-agent), named
+# rtc-node-0, rtc-node-1, ..., each running the pods the scheduler binds to
+# it as local processes (see crates/node-agent/README.md).
+#
+#   nodes.sh start|stop|status
+#
+# start builds the agent and the binaries pods run (cargo, dev profile, the
+# workspace's one target directory), makes each node's client certificate
+# (CN system:node:<name>, O system:nodes), starts one agent per node, and
+# waits until every Node is Ready. Pod IPs of rtc-node-I are 127.10.I.2 and
+# up; pod logs are under $RTC_STACK_RUN/nodes/<node>/pods.
+# Images the agents run: rtc/socket-node and rtc/load-balancer (this
+# workspace's binaries) and rtc/python (python3, for tests).
+# status exits 0 when every agent runs and its Node is Ready, 3 otherwise.
+
+# shellcheck source=deploy/local/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+
+NAME=nodes
+TARGET="${CARGO_TARGET_DIR:-$RTC_REPO_ROOT/target}"
+AGENT="$TARGET/debug/rtc-node-agent"
+ADMIN="$RTC_STACK_RUN/kubeconfig"
+
+node_name() { echo "rtc-node-$1"; }
+
+# node_ready NAME: the Node's Ready condition is True.
+node_ready() {
+  [[ "$(KUBECONFIG="$ADMIN" kubectl get node "$1" --request-timeout 3s \
+    -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" == True ]]
+}
+
+all_ready() {
+  local i
+  for ((i = 0; i < RTC_NODES; i++)); do
+    is_running "$(node_name "$i")" && node_ready "$(node_name "$i")" || return 1
+  done
+}
+
+build() {
+  command -v cargo >/dev/null 2>&1 || die "nodes: cargo is not on PATH; install Rust with rustup and run 'deploy/local/stack up' again"
+  log "nodes: building the node agent and the binaries pods run (cargo build)"
+  (cd "$RTC_REPO_ROOT" && cargo build --locked --quiet -p rtc-node-agent -p rtc-socket-node -p rtc-load-balancer --bins) \
+    || die "nodes: cargo build of rtc-node-agent, rtc-socket-node or rtc-load-balancer failed (see above); fix it and run 'deploy/local/stack up' again"
+}
+
+# images: the agent's --image flags, one image name to program each.
+images() {
+  local python
+  python="$(command -v python3 || true)"
+  echo "--image rtc/socket-node=$TARGET/debug/socket-node --image rtc/load-balancer=$TARGET/debug/load-balancer"
+  [[ -n "$python" ]] && echo "--image rtc/python=$python"
+}
+
+start() {
+  [[ -f "$ADMIN" ]] || die "nodes: $ADMIN is missing, so the API server was not started; start it first: deploy/local/stack up apiserver"
+  build
+  bash "$RTC_LOCAL_DIR/pki.sh" nodes "$RTC_NODES"
+  local i name kc map
+  read -ra map <<<"$(images | tr '\n' ' ')"
+  for ((i = 0; i < RTC_NODES; i++)); do
+    name="$(node_name "$i")"
+    if is_running "$name"; then continue; fi
+    kc="$RTC_STACK_RUN/kubeconfigs/node-$name.kubeconfig"
+    bash "$RTC_LOCAL_DIR/pki.sh" kubeconfig "node-$name" "$kc"
+    mkdir -p "$RTC_STACK_RUN/nodes/$name"
+    spawn "$name" "$AGENT" \
+      --kubeconfig "$kc" \
+      --node-name "$name" \
+      --pod-ip-prefix "127.10.$i" \
+      --state-dir "$RTC_STACK_RUN/nodes/$name" \
+      "${map[@]}"
+  done
+  for ((i = 0; i < RTC_NODES; i++)); do
+    name="$(node_name "$i")"
+    wait_for "$name" 60 node_ready "$name"
+    log "nodes: $name Ready (pid $(cat "$(pidfile "$name")"), pods 127.10.$i.0/24), log $(logfile "$name")"
+  done
+}
+
+stop() {
+  local f
+  for f in "$RTC_STACK_RUN"/rtc-node-*.pid; do
+    [[ -f "$f" ]] || continue
+    stop_recorded "$(basename "$f" .pid)"
+  done
+}
+
+status() {
+  local i name pids=() bad=0
+  for ((i = 0; i < RTC_NODES; i++)); do
+    name="$(node_name "$i")"
+    if is_running "$name"; then
+      pids+=("$(cat "$(pidfile "$name")")")
+      node_ready "$name" || { log "$name: running but its Node is not Ready"; bad=1; }
+    else
+      log "$name: stopped"
+      bad=1
+    fi
+  done
+  ((bad == 0)) || return 3
+  log "nodes: ${RTC_NODES} Ready (pids ${pids[*]}); logs $RTC_STACK_RUN/rtc-node-*.log"
+}
+
+case "${1:-}" in
+  start) start ;;
+  stop) stop ;;
+  status) status ;;
+  pids) for ((i = 0; i < RTC_NODES; i++)); do is_running "$(node_name "$i")" && cat "$(pidfile "$(node_name "$i")")"; done | paste -sd, ;;
+  *) die "usage: nodes.sh start|stop|status|pids" ;;
+esac
