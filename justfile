@@ -84,7 +84,7 @@ bench-heartbeat:
     eval "$(deploy/local/stack env redis)"
     cargo bench -p rtc-heartbeat --bench ingest
 
-# Start the local stack (Redis, Kafka-protocol broker, etcd + Kubernetes API server).
+# Start the local stack (Redis, a Kafka-protocol broker, etcd, the Kubernetes control plane and node agents).
 stack-up *SERVICES:
     deploy/local/stack up {{SERVICES}}
 

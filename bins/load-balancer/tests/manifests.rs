@@ -1,5 +1,6 @@
-//! deploy/k8s is accepted by a real API server, and its settings are ones
-//! the binaries know.
+//! deploy/k8s is accepted by the local stack's real control plane (with the
+//! KEDA CRDs the stack installs, so the ScaledObject too), and its settings
+//! are ones the binaries know.
 
 use kube::api::{DynamicObject, PostParams};
 use kube::core::GroupVersionKind;
@@ -8,9 +9,6 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 type Result<T = (), E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
-
-/// Kinds that need a cluster add-on the local API server does not serve.
-const ADD_ON_KINDS: &[&str] = &["keda.sh/v1alpha1/ScaledObject"];
 
 fn manifests() -> Result<Vec<(PathBuf, serde_json::Value)>> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/k8s");
@@ -47,9 +45,6 @@ async fn every_object_is_accepted_by_the_api_server() -> Result {
     for (file, mut doc) in manifests()? {
         let gvk = gvk(&doc)?;
         let id = format!("{}/{}", doc["apiVersion"].as_str().unwrap_or(""), gvk.kind);
-        if ADD_ON_KINDS.contains(&id.as_str()) {
-            continue;
-        }
         let (resource, caps) = discovery
             .resolve_gvk(&gvk)
             .ok_or_else(|| format!("{}: {id} is not served", file.display()))?;
@@ -78,8 +73,72 @@ async fn every_object_is_accepted_by_the_api_server() -> Result {
             })?;
         created += 1;
     }
-    assert!(created >= 15, "created {created} objects");
+    assert!(created >= 16, "created {created} objects");
     ns.cleanup().await?;
+    Ok(())
+}
+
+/// The operator's command, `kubectl apply --server-side -f deploy/k8s`,
+/// against the stack, where the namespace and RBAC of deploy/k8s already
+/// exist (the stack applies them). Everything else it created is deleted
+/// again, so the fleet it describes (whose Redis and Kafka addresses exist
+/// only in a cluster) does not keep running on the stack.
+#[test]
+fn kubectl_apply_server_side_of_deploy_k8s_succeeds() -> Result {
+    let kubeconfig = rtc_testkit::Endpoints::from_env().kubeconfig;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/k8s");
+    let kubectl = |args: &[&str]| -> Result<String> {
+        let out = std::process::Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(args)
+            .output()
+            .map_err(|e| format!("kubectl: {e} (install kubectl 1.32 or newer)"))?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() {
+            Ok(text)
+        } else {
+            Err(format!(
+                "kubectl {args:?}: {}\n{text}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+            .into())
+        }
+    };
+    let dir = dir.to_str().ok_or("deploy/k8s path is not UTF-8")?;
+    let applied = kubectl(&[
+        "apply",
+        "--server-side",
+        "--field-manager",
+        "rtc-test",
+        "-f",
+        dir,
+    ]);
+    // Everything but the namespace and RBAC goes again, whatever the outcome.
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            !name.starts_with("00-") && !name.starts_with("01-")
+        })
+        .collect();
+    files.sort();
+    let mut delete = vec!["delete", "--ignore-not-found", "--wait=false"];
+    for f in &files {
+        delete.push("-f");
+        delete.push(f.to_str().ok_or("path is not UTF-8")?);
+    }
+    let deleted = kubectl(&delete);
+    let applied = applied?;
+    deleted?;
+    for object in [
+        "deployment.apps/socket serverside-applied",
+        "deployment.apps/load-balancer serverside-applied",
+        "scaledobject.keda.sh/socket-backup serverside-applied",
+    ] {
+        assert!(applied.contains(object), "{object} not in\n{applied}");
+    }
     Ok(())
 }
 

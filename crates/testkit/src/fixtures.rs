@@ -54,7 +54,10 @@ pub fn pod_spec(name: &str) -> PodSpec {
             image: Some("socket-node:test".to_owned()),
             ..Container::default()
         }],
-        node_selector: Some(BTreeMap::from([(NO_NODE_LABEL.to_owned(), "true".to_owned())])),
+        node_selector: Some(BTreeMap::from([(
+            NO_NODE_LABEL.to_owned(),
+            "true".to_owned(),
+        )])),
         ..PodSpec::default()
     }
 }

@@ -1,6 +1,7 @@
 //! `deploy/k8s/01-rbac.yaml` grants exactly the requests the scaler makes
-//! (plus the leader election's leases), and its objects are accepted by the
-//! local stack's API server.
+//! (plus the leader election's leases), its objects are accepted by the
+//! local stack's API server, and its service account is refused (403)
+//! everything else by the server's real RBAC authorizer.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -137,6 +138,123 @@ async fn the_manifest_objects_are_accepted_by_the_api_server() -> Result {
         .api::<RoleBinding>()
         .create(&params, &binding)
         .await?;
+    namespace.cleanup().await?;
+    Ok(())
+}
+
+/// The status code of a request's outcome: 200 for success, the API
+/// server's code for an error.
+fn code<T>(result: &Result<T, kube::Error>) -> u16 {
+    match result {
+        Ok(_) => 200,
+        Err(kube::Error::Api(status)) => status.code,
+        Err(_) => 0,
+    }
+}
+
+/// As the load-balancer's service account, under the real RBAC of the
+/// stack's API server: what the Role grants is authorized (a 404 for an
+/// object that is not there is an authorized answer), everything else is a
+/// 403.
+#[tokio::test]
+async fn the_service_account_gets_403_for_anything_not_granted() -> Result {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::coordination::v1::Lease;
+    use k8s_openapi::api::core::v1::{Pod, Secret};
+    use kube::Api;
+    use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+
+    let namespace = rtc_testkit::kubernetes().await?;
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(MANIFEST))?;
+    let params = PostParams::default();
+    for doc in text.split("\n---") {
+        let mut value: serde_json::Value = serde_saphyr::from_str(doc)?;
+        value["metadata"]["namespace"] = namespace.name().into();
+        if let Some(subjects) = value["subjects"].as_array_mut() {
+            for s in subjects {
+                s["namespace"] = namespace.name().into();
+            }
+        }
+        match value["kind"].as_str() {
+            Some("ServiceAccount") => {
+                let sa: ServiceAccount = serde_json::from_value(value)?;
+                namespace
+                    .api::<ServiceAccount>()
+                    .create(&params, &sa)
+                    .await?;
+            }
+            Some("Role") => {
+                let role: Role = serde_json::from_value(value)?;
+                namespace.api::<Role>().create(&params, &role).await?;
+            }
+            Some("RoleBinding") => {
+                let rb: RoleBinding = serde_json::from_value(value)?;
+                namespace.api::<RoleBinding>().create(&params, &rb).await?;
+            }
+            other => return Err(format!("unexpected {other:?} in the manifest").into()),
+        }
+    }
+    let client = namespace.service_account_client("load-balancer").await?;
+    let ns = namespace.name();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let leases: Api<Lease> = Api::namespaced(client.clone(), ns);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let elsewhere: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let merge = Patch::Merge(serde_json::json!({"metadata": {"labels": {"x": "y"}}}));
+
+    // Granted: answered by the resource, not refused.
+    assert_eq!(
+        code(&deployments.get("socket").await),
+        404,
+        "get deployments"
+    );
+    assert_eq!(
+        code(&pods.list(&ListParams::default()).await),
+        200,
+        "list pods"
+    );
+    assert_eq!(
+        code(&leases.get("rtc-load-balancer").await),
+        404,
+        "get leases"
+    );
+    // Not granted: the real authorizer says 403.
+    assert_eq!(
+        code(&deployments.list(&ListParams::default()).await),
+        403,
+        "list deployments"
+    );
+    assert_eq!(
+        code(
+            &deployments
+                .patch("socket", &PatchParams::default(), &merge)
+                .await
+        ),
+        403,
+        "patch deployments"
+    );
+    assert_eq!(
+        code(&pods.delete("p", &DeleteParams::default()).await),
+        403,
+        "delete pods"
+    );
+    assert_eq!(code(&pods.get("p").await), 403, "get pods");
+    assert_eq!(
+        code(&secrets.list(&ListParams::default()).await),
+        403,
+        "list secrets"
+    );
+    assert_eq!(
+        code(&leases.delete("l", &DeleteParams::default()).await),
+        403,
+        "delete leases"
+    );
+    assert_eq!(
+        code(&elsewhere.list(&ListParams::default()).await),
+        403,
+        "pods of another namespace"
+    );
     namespace.cleanup().await?;
     Ok(())
 }

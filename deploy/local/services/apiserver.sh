@@ -34,7 +34,8 @@ kubeconfigs() {
   bash "$pki" kubeconfig scheduler "$RTC_STACK_RUN/kubeconfigs/scheduler.kubeconfig"
 }
 
-# accounts: the namespace and service accounts of deploy/k8s, and a
+# accounts: the namespace and service accounts of deploy/k8s, the KEDA
+# CRDs, and a
 # kubeconfig per service account (a bound token of 24 h), so a test or a
 # person can act exactly as the load-balancer would in a cluster.
 accounts() {
@@ -44,6 +45,14 @@ accounts() {
   KUBECONFIG="$KUBECONFIG_FILE" kubectl apply --server-side --force-conflicts --field-manager rtc-stack \
     -f "$k8s/00-namespace.yaml" -f "$k8s/01-rbac.yaml" >/dev/null \
     || die "apiserver: could not apply deploy/k8s/00-namespace.yaml and 01-rbac.yaml; see the error above"
+  # The KEDA CRDs, so the ScaledObject of deploy/k8s is accepted (there is
+  # no KEDA operator: nothing acts on it).
+  "$RTC_LOCAL_DIR/build.sh" keda-crds
+  KUBECONFIG="$KUBECONFIG_FILE" kubectl apply --server-side --force-conflicts --field-manager rtc-stack \
+    -f "$("$RTC_LOCAL_DIR/build.sh" path keda-crds)" >/dev/null \
+    && KUBECONFIG="$KUBECONFIG_FILE" kubectl wait --for condition=Established --timeout 30s \
+      crd/scaledobjects.keda.sh >/dev/null \
+    || die "apiserver: could not install the KEDA CRDs from $("$RTC_LOCAL_DIR/build.sh" path keda-crds); see the error above"
   while read -r ns sa; do
     [[ -n "$sa" ]] || continue
     token="$(KUBECONFIG="$KUBECONFIG_FILE" kubectl create token "$sa" -n "$ns" --duration 24h)" \

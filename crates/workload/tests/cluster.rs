@@ -1,0 +1,347 @@
+//! What only a real control plane shows: socket nodes of deploy/k8s run as
+//! real pods on the stack's node agents, and on scale-in the real
+//! ReplicaSet and StatefulSet controllers remove the pod the scaler chose,
+//! after its preStop `/drain`, while the scaler acts as the load-balancer's
+//! own service account under the RBAC of deploy/k8s/01-rbac.yaml.
+//!
+//! Timings are printed (`--nocapture`) for the figures in
+//! docs/local-cluster.md, never asserted.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::api::{ListParams, PostParams};
+use kube::{Api, Client};
+use rtc_testkit::{Endpoints, TestNamespace, unique_name};
+use rtc_workload::{AlwaysValid, KubeWorkloadApi, ScaleOutcome, ScalerConfig, WorkloadScaler};
+use serde_json::Value;
+
+type Result<T = (), E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
+
+const NAME: &str = "socket";
+/// Generous: a cold machine starts three socket nodes in a few seconds.
+const READY_TIMEOUT: Duration = Duration::from_secs(90);
+/// The drain of an empty node takes DRAIN_ENDPOINT_DELAY_MS plus the hand-off.
+const GONE_TIMEOUT: Duration = Duration::from_secs(90);
+
+fn k8s_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/k8s")
+}
+
+/// The documents of one file of deploy/k8s.
+fn documents(file: &str) -> Result<Vec<Value>> {
+    let text = std::fs::read_to_string(k8s_dir().join(file))?;
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&text)?;
+    Ok(docs.into_iter().filter(|d| !d.is_null()).collect())
+}
+
+fn document(file: &str, kind: &str) -> Result<Value> {
+    documents(file)?
+        .into_iter()
+        .find(|d| d["kind"] == kind)
+        .ok_or_else(|| format!("no {kind} in deploy/k8s/{file}").into())
+}
+
+/// The shared ConfigMap of deploy/k8s, pointed at the stack's Redis and
+/// broker, with this test's own key prefixes and a short drain.
+fn config_map(namespace: &str, endpoints: &Endpoints) -> Result<ConfigMap> {
+    let mut doc = document("02-config.yaml", "ConfigMap")?;
+    doc["metadata"]["namespace"] = namespace.into();
+    let data = &mut doc["data"];
+    data["REDIS_URL"] = endpoints.redis_url.clone().into();
+    data["KAFKA_BOOTSTRAP"] = endpoints.kafka_bootstrap.clone().into();
+    data["LOG_FORMAT"] = "plain".into();
+    let prefix = unique_name("cluster");
+    data["HEARTBEAT_PREFIX"] = format!("{prefix}:hb:").into();
+    data["RELAY_PREFIX"] = format!("{prefix}:relay:").into();
+    data["DELIVERY_TOPIC_PREFIX"] = format!("{prefix}.deliver.").into();
+    data["HEARTBEAT_INTERVAL"] = "1s".into();
+    data["DRAIN_TIMEOUT"] = "20s".into();
+    data["DRAIN_ENDPOINT_DELAY_MS"] = "500".into();
+    Ok(serde_json::from_value(doc)?)
+}
+
+/// The socket Deployment of deploy/k8s/04-socket.yaml, in `namespace`, with
+/// a grace period that fits the test's shorter drain.
+fn socket_deployment(namespace: &str, replicas: i32) -> Result<Value> {
+    let mut doc = document("04-socket.yaml", "Deployment")?;
+    doc["metadata"]["namespace"] = namespace.into();
+    doc["spec"]["replicas"] = replicas.into();
+    doc["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = 40.into();
+    Ok(doc)
+}
+
+/// The same pod template as a StatefulSet, as an operator would run it.
+fn socket_stateful_set(namespace: &str, replicas: i32) -> Result<StatefulSet> {
+    let deployment = socket_deployment(namespace, replicas)?;
+    let spec = &deployment["spec"];
+    let doc = serde_json::json!({
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": deployment["metadata"],
+        "spec": {
+            "replicas": replicas,
+            "serviceName": NAME,
+            "podManagementPolicy": "Parallel",
+            "selector": spec["selector"],
+            "template": spec["template"],
+        },
+    });
+    Ok(serde_json::from_value(doc)?)
+}
+
+/// The load-balancer's ServiceAccount, Role and RoleBinding of
+/// deploy/k8s/01-rbac.yaml in the test's namespace, and a client that acts
+/// as that account.
+async fn load_balancer_client(ns: &TestNamespace) -> Result<Client> {
+    let pp = PostParams::default();
+    for mut doc in documents("01-rbac.yaml")? {
+        doc["metadata"]["namespace"] = ns.name().into();
+        if let Some(subjects) = doc["subjects"].as_array_mut() {
+            for subject in subjects {
+                subject["namespace"] = ns.name().into();
+            }
+        }
+        match doc["kind"].as_str() {
+            Some("ServiceAccount") => {
+                let sa: ServiceAccount = serde_json::from_value(doc)?;
+                ns.api::<ServiceAccount>().create(&pp, &sa).await?;
+            }
+            Some("Role") => {
+                let role: Role = serde_json::from_value(doc)?;
+                ns.api::<Role>().create(&pp, &role).await?;
+            }
+            Some("RoleBinding") => {
+                let binding: RoleBinding = serde_json::from_value(doc)?;
+                ns.api::<RoleBinding>().create(&pp, &binding).await?;
+            }
+            other => return Err(format!("unexpected kind {other:?} in 01-rbac.yaml").into()),
+        }
+    }
+    Ok(ns.service_account_client("load-balancer").await?)
+}
+
+fn is_ready(pod: &Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_none()
+        && pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Waits until the workload's pods are exactly `count`, all Ready; returns
+/// them sorted by name.
+async fn wait_ready(pods: &Api<Pod>, count: usize, timeout: Duration) -> Result<Vec<Pod>> {
+    let deadline = Instant::now() + timeout;
+    let params = ListParams::default().labels(&format!("app={NAME}"));
+    loop {
+        let list = pods.list(&params).await?.items;
+        if list.len() == count && list.iter().all(is_ready) {
+            let mut list = list;
+            list.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+            return Ok(list);
+        }
+        if Instant::now() >= deadline {
+            let seen: Vec<_> = list
+                .iter()
+                .map(|p| {
+                    let status = p.status.as_ref();
+                    (
+                        p.metadata.name.clone().unwrap_or_default(),
+                        status.and_then(|s| s.phase.clone()),
+                        status
+                            .and_then(|s| s.container_statuses.as_ref())
+                            .map(|c| format!("{:?}", c.first().and_then(|c| c.state.clone()))),
+                        is_ready(p),
+                    )
+                })
+                .collect();
+            return Err(format!("not {count} Ready pods after {timeout:?}: {seen:?}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until pod `name` (of `uid`) no longer exists.
+async fn wait_gone(pods: &Api<Pod>, name: &str, uid: &str) -> Result {
+    let deadline = Instant::now() + GONE_TIMEOUT;
+    loop {
+        match pods.get_opt(name).await? {
+            None => return Ok(()),
+            Some(p) if p.metadata.uid.as_deref() != Some(uid) => return Ok(()),
+            Some(_) if Instant::now() >= deadline => {
+                return Err(format!("pod {name} still there after {GONE_TIMEOUT:?}").into());
+            }
+            Some(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// The log file the node agent keeps for the pod's container.
+fn pod_log(pod: &Pod) -> Result<PathBuf> {
+    let run = Endpoints::from_env()
+        .kubeconfig
+        .parent()
+        .ok_or("the kubeconfig has no directory")?
+        .to_owned();
+    let node = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.clone())
+        .ok_or("the pod is not bound to a node")?;
+    let meta = &pod.metadata;
+    let dir = format!(
+        "{}_{}_{}",
+        meta.namespace.as_deref().unwrap_or_default(),
+        meta.name.as_deref().unwrap_or_default(),
+        meta.uid.as_deref().unwrap_or_default()
+    );
+    Ok(run
+        .join("nodes")
+        .join(node)
+        .join("pods")
+        .join(dir)
+        .join(format!("{NAME}.log")))
+}
+
+/// The removed pod drained through its preStop `/drain` before the
+/// kubelet's SIGTERM: its log has "drain started", then "drain finished",
+/// then the signal, in that order.
+fn assert_drained_before_sigterm(log: &Path) -> Result {
+    let text = std::fs::read_to_string(log).map_err(|e| format!("{}: {e}", log.display()))?;
+    let at = |needle: &str| {
+        text.find(needle)
+            .ok_or_else(|| format!("{}: no {needle:?} in\n{text}", log.display()))
+    };
+    let (started, finished) = (at("drain started")?, at("drain finished")?);
+    assert!(started < finished, "{}:\n{text}", log.display());
+    if let Ok(signal) = at("signal received") {
+        assert!(finished < signal, "drained only on SIGTERM:\n{text}");
+    }
+    Ok(())
+}
+
+fn uid(pod: &Pod) -> String {
+    pod.metadata.uid.clone().unwrap_or_default()
+}
+
+fn name(pod: &Pod) -> String {
+    pod.metadata.name.clone().unwrap_or_default()
+}
+
+fn scaler(client: Client, ns: &TestNamespace) -> Result<WorkloadScaler<KubeWorkloadApi>> {
+    let config = ScalerConfig::new(NAME, 2, 50)?;
+    Ok(WorkloadScaler::new(
+        KubeWorkloadApi::new(client, ns.name()),
+        config,
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_replica_set_controller_removes_the_pod_the_scaler_chose_after_its_drain() -> Result {
+    let endpoints = Endpoints::from_env();
+    let ns = rtc_testkit::kubernetes().await?;
+    let pp = PostParams::default();
+    ns.api::<ConfigMap>()
+        .create(&pp, &config_map(ns.name(), &endpoints)?)
+        .await?;
+    let deployment: Deployment = serde_json::from_value(socket_deployment(ns.name(), 3)?)?;
+    let created = Instant::now();
+    ns.api::<Deployment>().create(&pp, &deployment).await?;
+    let pods = ns.api::<Pod>();
+    let ready = wait_ready(&pods, 3, READY_TIMEOUT).await?;
+    println!(
+        "3-replica Deployment created -> 3 Ready pods: {:?}",
+        created.elapsed()
+    );
+    let ips: std::collections::BTreeSet<_> = ready
+        .iter()
+        .filter_map(|p| p.status.as_ref().and_then(|s| s.pod_ip.clone()))
+        .collect();
+    assert_eq!(ips.len(), 3, "each pod has its own address: {ips:?}");
+
+    // Neither the oldest nor the newest: the controller's own preference
+    // (newest first, among equals) would not pick it by chance.
+    let chosen = &ready[1];
+    let others: Vec<String> = [&ready[0], &ready[2]].iter().map(|p| uid(p)).collect();
+    let scaler = scaler(load_balancer_client(&ns).await?, &ns)?;
+    let read = scaler.current().await?;
+    assert_eq!(read.spec_replicas, 3);
+    let loads: BTreeMap<String, u64> = ready.iter().map(|p| (name(p), 10)).collect();
+    let plan = scaler
+        .prepare_scale_in(&read, &name(chosen), &loads, &AlwaysValid)
+        .await?;
+    assert_eq!(plan.victim, name(chosen), "{plan:?}");
+    let written = Instant::now();
+    let outcome = scaler
+        .scale_to(&read, 2, "test scale-in", &AlwaysValid)
+        .await?;
+    assert!(
+        matches!(outcome, ScaleOutcome::Scaled { to: 2, .. }),
+        "{outcome:?}"
+    );
+
+    wait_gone(&pods, &name(chosen), &uid(chosen)).await?;
+    println!(
+        "/scale 3 -> 2 written -> chosen pod's process exited and pod deleted: {:?}",
+        written.elapsed()
+    );
+    let left = wait_ready(&pods, 2, READY_TIMEOUT).await?;
+    let mut left_uids: Vec<String> = left.iter().map(uid).collect();
+    left_uids.sort();
+    let mut expected = others;
+    expected.sort();
+    assert_eq!(left_uids, expected, "exactly the chosen pod went");
+    assert_drained_before_sigterm(&pod_log(chosen)?)?;
+
+    let settled = ns.api::<Deployment>().get(NAME).await?;
+    assert_eq!(settled.spec.and_then(|s| s.replicas), Some(2));
+    ns.cleanup().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stateful_set_controller_removes_the_top_ordinal_after_its_drain() -> Result {
+    let endpoints = Endpoints::from_env();
+    let ns = rtc_testkit::kubernetes().await?;
+    let pp = PostParams::default();
+    ns.api::<ConfigMap>()
+        .create(&pp, &config_map(ns.name(), &endpoints)?)
+        .await?;
+    ns.api::<StatefulSet>()
+        .create(&pp, &socket_stateful_set(ns.name(), 3)?)
+        .await?;
+    let pods = ns.api::<Pod>();
+    let ready = wait_ready(&pods, 3, READY_TIMEOUT).await?;
+    let names: Vec<String> = ready.iter().map(name).collect();
+    assert_eq!(names, ["socket-0", "socket-1", "socket-2"]);
+
+    let scaler = scaler(load_balancer_client(&ns).await?, &ns)?;
+    let read = scaler.current().await?;
+    let plan = scaler
+        .prepare_scale_in(&read, "socket-0", &BTreeMap::new(), &AlwaysValid)
+        .await?;
+    assert_eq!(plan.victim, "socket-2", "{plan:?}");
+    let written = Instant::now();
+    scaler
+        .scale_to(&read, 2, "test scale-in", &AlwaysValid)
+        .await?;
+    wait_gone(&pods, "socket-2", &uid(&ready[2])).await?;
+    println!(
+        "StatefulSet /scale 3 -> 2 -> socket-2 gone: {:?}",
+        written.elapsed()
+    );
+    let left = wait_ready(&pods, 2, READY_TIMEOUT).await?;
+    assert_eq!(
+        left.iter().map(uid).collect::<Vec<_>>(),
+        [uid(&ready[0]), uid(&ready[1])]
+    );
+    assert_drained_before_sigterm(&pod_log(&ready[2])?)?;
+    ns.cleanup().await?;
+    Ok(())
+}
