@@ -1,7 +1,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// What to tell a person whose test could not reach the stack.
 const START_THE_STACK: &str =
@@ -94,6 +94,15 @@ pub enum Error {
         waited: std::time::Duration,
     },
 
+    /// A manifest of deploy/k8s could not be used as a fixture.
+    #[error("manifest {path}: {reason}")]
+    Manifest {
+        /// The manifest's path.
+        path: PathBuf,
+        /// What was wrong with it.
+        reason: String,
+    },
+
     /// A Redis command failed on a working connection.
     #[error("redis: {0}")]
     Redis(#[from] fred::error::Error),
@@ -116,6 +125,7 @@ impl Error {
             Self::Kubeconfig { .. } => "kubeconfig",
             Self::NotLoopback { .. } => "not_loopback",
             Self::NoServiceAccount { .. } => "no_service_account",
+            Self::Manifest { .. } => "manifest",
             Self::Redis(_) => "redis",
             Self::Kafka(_) => "kafka",
             Self::Kube(_) => "kube",

@@ -16,10 +16,14 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, StatefulSet, StatefulSetSpec};
+use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodTemplateSpec};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
+
+use crate::{Error, TestNamespace};
 
 /// The labels of workload `name`'s pods: `app=<name>`.
 pub fn labels(name: &str) -> BTreeMap<String, String> {
@@ -136,5 +140,57 @@ pub async fn create_ready_pod(pods: &Api<Pod>, pod: &Pod) -> Result<(), kube::Er
     }}));
     pods.patch_status(&name, &PatchParams::default(), &status)
         .await?;
+    Ok(())
+}
+
+/// The load-balancer's identity of deploy/k8s/01-rbac.yaml (its
+/// ServiceAccount, Role and RoleBinding) created in the test's namespace,
+/// so a client of [`TestNamespace::service_account_client`] for
+/// `load-balancer` has exactly the permissions it has in a cluster.
+///
+/// # Errors
+///
+/// [`Error::Manifest`] when the manifest cannot be read or holds another
+/// kind, [`Error::Kube`] when the API server refuses an object.
+pub async fn grant_load_balancer(ns: &TestNamespace) -> Result<(), Error> {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/k8s/01-rbac.yaml");
+    let manifest = |reason: String| Error::Manifest {
+        path: path.clone(),
+        reason,
+    };
+    let text = std::fs::read_to_string(&path).map_err(|e| manifest(e.to_string()))?;
+    let docs: Vec<serde_json::Value> =
+        serde_saphyr::from_multiple(&text).map_err(|e| manifest(e.to_string()))?;
+    let pp = PostParams::default();
+    for mut doc in docs.into_iter().filter(|d| !d.is_null()) {
+        doc["metadata"]["namespace"] = ns.name().into();
+        if let Some(subjects) = doc["subjects"].as_array_mut() {
+            for subject in subjects {
+                subject["namespace"] = ns.name().into();
+            }
+        }
+        let kind = doc["kind"].as_str().unwrap_or_default().to_owned();
+        let parse = |e: serde_json::Error| manifest(format!("{kind}: {e}"));
+        match kind.as_str() {
+            "ServiceAccount" => {
+                let sa: ServiceAccount = serde_json::from_value(doc).map_err(parse)?;
+                ns.api::<ServiceAccount>().create(&pp, &sa).await?;
+            }
+            "Role" => {
+                let role: Role = serde_json::from_value(doc).map_err(parse)?;
+                ns.api::<Role>().create(&pp, &role).await?;
+            }
+            "RoleBinding" => {
+                let binding: RoleBinding = serde_json::from_value(doc).map_err(parse)?;
+                ns.api::<RoleBinding>().create(&pp, &binding).await?;
+            }
+            other => {
+                return Err(manifest(format!(
+                    "holds a {other:?}; only ServiceAccount, Role and RoleBinding are expected"
+                )));
+            }
+        }
+    }
     Ok(())
 }

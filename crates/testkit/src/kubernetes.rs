@@ -1,5 +1,5 @@
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use k8s_openapi::NamespaceResourceScope;
@@ -7,10 +7,10 @@ use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, PostParams};
-use kube::config::{AuthInfo, KubeConfigOptions, Kubeconfig};
+use kube::config::{AuthInfo, KubeConfigOptions, Kubeconfig, NamedAuthInfo};
 use kube::{Api, Client, Config, Resource};
 
-use crate::error::NoAnswer;
+use crate::error::{BoxError, NoAnswer};
 use crate::{Endpoints, Error, Service, unique_name};
 
 /// How long the API server may take to answer before the test is told to start the stack.
@@ -31,6 +31,9 @@ pub struct TestNamespace {
     /// Kept to delete the namespace on drop with a client of its own, since
     /// `client` is bound to the runtime that drop may be blocking.
     config: Config,
+    /// The kubeconfig the client came from, the base of the kubeconfigs
+    /// written for service accounts.
+    kubeconfig: PathBuf,
     name: String,
     deleted: bool,
 }
@@ -93,6 +96,7 @@ impl TestNamespace {
         let namespace = Self {
             client,
             config,
+            kubeconfig: endpoints.kubeconfig.clone(),
             name,
             deleted: false,
         };
@@ -130,20 +134,7 @@ impl TestNamespace {
     /// [`Error::Kube`] when the account does not exist or the token is
     /// refused.
     pub async fn service_account_client(&self, account: &str) -> Result<Client, Error> {
-        let request = TokenRequest {
-            spec: TokenRequestSpec {
-                audiences: Vec::new(),
-                expiration_seconds: Some(3_600),
-                ..TokenRequestSpec::default()
-            },
-            ..TokenRequest::default()
-        };
-        let issued = self
-            .api::<ServiceAccount>()
-            .create_token_request(account, &PostParams::default(), &request)
-            .await
-            .map_err(Error::Kube)?;
-        let token = issued.status.map(|s| s.token).unwrap_or_default();
+        let token = self.token(account).await?;
         let mut config = self.config.clone();
         config.auth_info = AuthInfo {
             token: Some(token.into()),
@@ -152,6 +143,66 @@ impl TestNamespace {
         let address = config.cluster_url.to_string();
         Client::try_from(config)
             .map_err(|source| Error::unreachable(Service::KubernetesApi, address, source))
+    }
+
+    /// Writes a kubeconfig at `path` that authenticates as service account
+    /// `account` of this namespace (a bound token of one hour) against the
+    /// same server, with this namespace as its default: for a process under
+    /// test that should run with a pod's permissions.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Kube`] when the token is refused, [`Error::Kubeconfig`] when
+    /// the kubeconfig cannot be read or written.
+    pub async fn service_account_kubeconfig(
+        &self,
+        account: &str,
+        path: &Path,
+    ) -> Result<(), Error> {
+        let token = self.token(account).await?;
+        let failed = |source: BoxError| Error::Kubeconfig {
+            path: path.to_owned(),
+            source,
+        };
+        let mut kubeconfig =
+            Kubeconfig::read_from(&self.kubeconfig).map_err(|e| failed(e.into()))?;
+        let user = format!("system:serviceaccount:{}:{account}", self.name);
+        kubeconfig.auth_infos = vec![NamedAuthInfo {
+            name: user.clone(),
+            auth_info: Some(AuthInfo {
+                token: Some(token.into()),
+                ..AuthInfo::default()
+            }),
+            ..NamedAuthInfo::default()
+        }];
+        for context in kubeconfig
+            .contexts
+            .iter_mut()
+            .filter_map(|c| c.context.as_mut())
+        {
+            context.user = Some(user.clone());
+            context.namespace = Some(self.name.clone());
+        }
+        // JSON is YAML: every kubeconfig reader takes it.
+        let text = serde_json::to_string(&kubeconfig).map_err(|e| failed(e.into()))?;
+        std::fs::write(path, text).map_err(|e| failed(e.into()))
+    }
+
+    async fn token(&self, account: &str) -> Result<String, Error> {
+        let request = TokenRequest {
+            spec: Some(TokenRequestSpec {
+                audiences: None,
+                expiration_seconds: Some(3_600),
+                ..TokenRequestSpec::default()
+            }),
+            ..TokenRequest::default()
+        };
+        let issued = self
+            .api::<ServiceAccount>()
+            .create_token_request(account, &PostParams::default(), &request)
+            .await
+            .map_err(Error::Kube)?;
+        Ok(issued.status.and_then(|s| s.token).unwrap_or_default())
     }
 
     /// The connected client.

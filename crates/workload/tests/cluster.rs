@@ -12,8 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{ListParams, PostParams};
 use kube::{Api, Client};
 use rtc_testkit::{Endpoints, TestNamespace, unique_name};
@@ -94,34 +93,10 @@ fn socket_stateful_set(namespace: &str, replicas: i32) -> Result<StatefulSet> {
     Ok(serde_json::from_value(doc)?)
 }
 
-/// The load-balancer's ServiceAccount, Role and RoleBinding of
-/// deploy/k8s/01-rbac.yaml in the test's namespace, and a client that acts
-/// as that account.
+/// The load-balancer's identity of deploy/k8s/01-rbac.yaml in the test's
+/// namespace, and a client that acts as it.
 async fn load_balancer_client(ns: &TestNamespace) -> Result<Client> {
-    let pp = PostParams::default();
-    for mut doc in documents("01-rbac.yaml")? {
-        doc["metadata"]["namespace"] = ns.name().into();
-        if let Some(subjects) = doc["subjects"].as_array_mut() {
-            for subject in subjects {
-                subject["namespace"] = ns.name().into();
-            }
-        }
-        match doc["kind"].as_str() {
-            Some("ServiceAccount") => {
-                let sa: ServiceAccount = serde_json::from_value(doc)?;
-                ns.api::<ServiceAccount>().create(&pp, &sa).await?;
-            }
-            Some("Role") => {
-                let role: Role = serde_json::from_value(doc)?;
-                ns.api::<Role>().create(&pp, &role).await?;
-            }
-            Some("RoleBinding") => {
-                let binding: RoleBinding = serde_json::from_value(doc)?;
-                ns.api::<RoleBinding>().create(&pp, &binding).await?;
-            }
-            other => return Err(format!("unexpected kind {other:?} in 01-rbac.yaml").into()),
-        }
-    }
+    rtc_testkit::fixtures::grant_load_balancer(ns).await?;
     Ok(ns.service_account_client("load-balancer").await?)
 }
 

@@ -165,35 +165,7 @@ async fn the_service_account_gets_403_for_anything_not_granted() -> Result {
     use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 
     let namespace = rtc_testkit::kubernetes().await?;
-    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(MANIFEST))?;
-    let params = PostParams::default();
-    for doc in text.split("\n---") {
-        let mut value: serde_json::Value = serde_saphyr::from_str(doc)?;
-        value["metadata"]["namespace"] = namespace.name().into();
-        if let Some(subjects) = value["subjects"].as_array_mut() {
-            for s in subjects {
-                s["namespace"] = namespace.name().into();
-            }
-        }
-        match value["kind"].as_str() {
-            Some("ServiceAccount") => {
-                let sa: ServiceAccount = serde_json::from_value(value)?;
-                namespace
-                    .api::<ServiceAccount>()
-                    .create(&params, &sa)
-                    .await?;
-            }
-            Some("Role") => {
-                let role: Role = serde_json::from_value(value)?;
-                namespace.api::<Role>().create(&params, &role).await?;
-            }
-            Some("RoleBinding") => {
-                let rb: RoleBinding = serde_json::from_value(value)?;
-                namespace.api::<RoleBinding>().create(&params, &rb).await?;
-            }
-            other => return Err(format!("unexpected {other:?} in the manifest").into()),
-        }
-    }
+    rtc_testkit::fixtures::grant_load_balancer(&namespace).await?;
     let client = namespace.service_account_client("load-balancer").await?;
     let ns = namespace.name();
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);

@@ -25,7 +25,18 @@ pub enum Kind {
     StatefulSet,
 }
 
+/// Where the load-balancer processes of namespace `ns` find their
+/// kubeconfig: that of the namespace's `load-balancer` service account.
+fn lb_kubeconfig(ns: &TestNamespace) -> PathBuf {
+    std::env::temp_dir().join(format!("{}-load-balancer.kubeconfig", ns.name()))
+}
+
+/// Creates the socket workload, and the load-balancer's service account
+/// with the RBAC of deploy/k8s whose kubeconfig [`Lb::start`] runs with.
 pub async fn create_workload(ns: &TestNamespace, kind: Kind, replicas: i32) -> Result {
+    fixtures::grant_load_balancer(ns).await?;
+    ns.service_account_kubeconfig("load-balancer", &lb_kubeconfig(ns))
+        .await?;
     let pp = PostParams::default();
     match kind {
         Kind::Deployment => {
@@ -125,7 +136,9 @@ impl Fleet {
     }
 }
 
-/// One load-balancer process, killed on drop.
+/// One load-balancer process, killed on drop. It runs as the namespace's
+/// `load-balancer` service account, so the API server's RBAC holds it to
+/// what deploy/k8s grants; [`create_workload`] makes the account.
 pub struct Lb {
     pub child: Child,
     log: PathBuf,
@@ -139,6 +152,14 @@ impl Lb {
         extra: &[(&str, &str)],
     ) -> Result<Self> {
         let endpoints = Endpoints::from_env();
+        let kubeconfig = lb_kubeconfig(ns);
+        if !kubeconfig.exists() {
+            return Err(format!(
+                "{} is missing: call create_workload before Lb::start",
+                kubeconfig.display()
+            )
+            .into());
+        }
         let log = std::env::temp_dir().join(format!("{}-{identity}.log", ns.name()));
         let out = std::fs::File::create(&log)?;
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_load-balancer"));
@@ -146,7 +167,7 @@ impl Lb {
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("POD_NAME", identity)
-            .env("KUBECONFIG", &endpoints.kubeconfig)
+            .env("KUBECONFIG", &kubeconfig)
             .env("KUBERNETES_NAMESPACE", ns.name())
             .env("SOCKET_WORKLOAD_NAME", NAME)
             .env("REDIS_URL", &endpoints.redis_url)
