@@ -94,6 +94,19 @@ pub enum Error {
         waited: std::time::Duration,
     },
 
+    /// A workload's controller did not observe its latest spec in time: the
+    /// stack's controller-manager is not running or is stuck.
+    #[error(
+        "the controller of {name} did not observe its latest spec within {waited:?}: is the \
+         controller-manager running? check with `deploy/local/stack status`"
+    )]
+    NotObserved {
+        /// The workload.
+        name: String,
+        /// How long the test waited.
+        waited: std::time::Duration,
+    },
+
     /// A manifest of deploy/k8s could not be used as a fixture.
     #[error("manifest {path}: {reason}")]
     Manifest {
@@ -126,6 +139,7 @@ impl Error {
             Self::NotLoopback { .. } => "not_loopback",
             Self::NoServiceAccount { .. } => "no_service_account",
             Self::Manifest { .. } => "manifest",
+            Self::NotObserved { .. } => "not_observed",
             Self::Redis(_) => "redis",
             Self::Kafka(_) => "kafka",
             Self::Kube(_) => "kube",

@@ -92,7 +92,9 @@ pub fn deployment(name: &str, replicas: i32) -> Deployment {
     }
 }
 
-/// A StatefulSet `name` with `replicas`, selecting `app=<name>`.
+/// A StatefulSet `name` with `replicas`, selecting `app=<name>`; its
+/// controller creates its pods at once, and they stay Pending (see the
+/// module docs).
 pub fn stateful_set(name: &str, replicas: i32) -> StatefulSet {
     StatefulSet {
         metadata: meta(name),
@@ -100,6 +102,9 @@ pub fn stateful_set(name: &str, replicas: i32) -> StatefulSet {
             replicas: Some(replicas),
             selector: selector(name),
             service_name: Some(name.to_owned()),
+            // All pods at once: they never get Ready, so OrderedReady would
+            // stop at the first.
+            pod_management_policy: Some("Parallel".to_owned()),
             template: template(name),
             ..StatefulSetSpec::default()
         }),
@@ -193,4 +198,41 @@ pub async fn grant_load_balancer(ns: &TestNamespace) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// How long a controller may take to observe a workload's latest spec.
+const OBSERVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Waits until the workload's controller has observed its latest spec
+/// (`status.observedGeneration` equals `metadata.generation`).
+///
+/// The real controllers write a workload's status after every change of its
+/// spec, and each such write changes its resourceVersion; a test that reads
+/// the workload and then writes with that resourceVersion as precondition
+/// waits here first, or its write may meet a 409 that says nothing about the
+/// code under test.
+///
+/// # Errors
+///
+/// [`Error::Kube`] when the workload cannot be read, [`Error::NotObserved`]
+/// when its controller does not catch up in time.
+pub async fn settled<K>(api: &Api<K>, name: &str) -> Result<(), Error>
+where
+    K: Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let deadline = tokio::time::Instant::now() + OBSERVE_TIMEOUT;
+    loop {
+        let object = serde_json::to_value(api.get(name).await?).unwrap_or_default();
+        let generation = object["metadata"]["generation"].as_i64();
+        if generation.is_some() && object["status"]["observedGeneration"].as_i64() == generation {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Error::NotObserved {
+                name: name.to_owned(),
+                waited: OBSERVE_TIMEOUT,
+            });
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }

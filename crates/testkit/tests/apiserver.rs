@@ -43,6 +43,7 @@ where
     K::DynamicType: Default,
 {
     api.create(&PostParams::default(), &workload).await?;
+    fixtures::settled(&api, NAME).await?;
 
     let initial = api.get_scale(NAME).await?;
     assert_eq!(scale_replicas(&initial), Some(1));
@@ -54,6 +55,9 @@ where
     assert_eq!(scale_replicas(&patched), Some(3));
     assert_eq!(spec_replicas(&api.get(NAME).await?), Some(3));
 
+    // The controller writes the status after each change of the spec, which
+    // moves the resourceVersion the replace below is conditional on.
+    fixtures::settled(&api, NAME).await?;
     let read = api.get_scale(NAME).await?;
     let mut wanted = read.clone();
     wanted.spec.get_or_insert_with(Default::default).replicas = Some(5);

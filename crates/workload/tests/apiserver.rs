@@ -2,8 +2,10 @@
 //! /scale writes with compare-and-swap, clamping, deletion cost, and a
 //! workload that disappears and comes back.
 //!
-//! The server runs no controllers, so tests create the pods a ReplicaSet or
-//! StatefulSet controller would have made, with the workload's labels.
+//! The workloads come from `rtc_testkit::fixtures`, which keep the real
+//! controllers from making pods, so tests create pods in the exact states
+//! they need, with the workload's labels. What the controllers do with real
+//! pods is in `cluster.rs`.
 
 use std::collections::BTreeMap;
 
@@ -14,7 +16,7 @@ use kube::{Api, Client};
 use rtc_testkit::{TestNamespace, fixtures};
 use rtc_workload::{
     AlwaysValid, Bound, DELETION_COST_ANNOTATION, KubeWorkloadApi, Override, ScaleError,
-    ScaleOutcome, ScalerConfig, WorkloadKind, WorkloadScaler,
+    ScaleOutcome, ScalerConfig, WorkloadKind, WorkloadScaler, WorkloadState,
 };
 use serde_json::json;
 
@@ -28,17 +30,15 @@ async fn create(namespace: &TestNamespace, kind: WorkloadKind, replicas: i32) ->
     match kind {
         WorkloadKind::Deployment => {
             let deployment = fixtures::deployment(NAME, replicas);
-            namespace
-                .api::<Deployment>()
-                .create(&params, &deployment)
-                .await?;
+            let api = namespace.api::<Deployment>();
+            api.create(&params, &deployment).await?;
+            fixtures::settled(&api, NAME).await?;
         }
         WorkloadKind::StatefulSet => {
             let stateful_set = fixtures::stateful_set(NAME, replicas);
-            namespace
-                .api::<StatefulSet>()
-                .create(&params, &stateful_set)
-                .await?;
+            let api = namespace.api::<StatefulSet>();
+            api.create(&params, &stateful_set).await?;
+            fixtures::settled(&api, NAME).await?;
         }
     }
     Ok(())
@@ -55,6 +55,25 @@ async fn delete(namespace: &TestNamespace, kind: WorkloadKind) -> Result {
         }
     }
     Ok(())
+}
+
+/// The scaler's read of the workload once its controller has observed the
+/// latest spec: the controller's own status write would otherwise move the
+/// resourceVersion between this read and the write the test makes with it.
+async fn current(
+    scaler: &WorkloadScaler<KubeWorkloadApi>,
+    namespace: &TestNamespace,
+) -> Result<WorkloadState> {
+    let kind = scaler.current().await?.kind;
+    match kind {
+        WorkloadKind::Deployment => {
+            fixtures::settled(&namespace.api::<Deployment>(), NAME).await?;
+        }
+        WorkloadKind::StatefulSet => {
+            fixtures::settled(&namespace.api::<StatefulSet>(), NAME).await?;
+        }
+    }
+    Ok(scaler.current().await?)
 }
 
 /// The parent's own spec.replicas, to see a /scale write land.
@@ -131,7 +150,7 @@ async fn scales_up_and_down_through_the_scale_subresource() -> Result {
         create(&namespace, kind, 5).await?;
         let scaler = scaler(namespace.client(), &namespace, 2, 50);
 
-        let read = scaler.current().await?;
+        let read = current(&scaler, &namespace).await?;
         assert_eq!(
             (read.kind, read.spec_replicas, read.ready_replicas),
             (kind, 5, 0)
@@ -151,7 +170,7 @@ async fn scales_up_and_down_through_the_scale_subresource() -> Result {
         );
         assert_eq!(spec_replicas(&namespace, kind).await?, Some(8));
 
-        let read = scaler.current().await?;
+        let read = current(&scaler, &namespace).await?;
         assert_eq!(read.spec_replicas, 8);
         let outcome = scaler.scale_to(&read, 7, "low-load", &AlwaysValid).await?;
         assert!(
@@ -170,7 +189,7 @@ async fn clamps_at_both_bounds() -> Result {
     create(&namespace, WorkloadKind::StatefulSet, 4).await?;
     let scaler = scaler(namespace.client(), &namespace, 3, 6);
 
-    let read = scaler.current().await?;
+    let read = current(&scaler, &namespace).await?;
     let outcome = scaler.scale_to(&read, 20, "test", &AlwaysValid).await?;
     let ScaleOutcome::Scaled {
         to: 6,
@@ -186,7 +205,7 @@ async fn clamps_at_both_bounds() -> Result {
         Some(6)
     );
 
-    let read = scaler.current().await?;
+    let read = current(&scaler, &namespace).await?;
     let outcome = scaler.scale_to(&read, 1, "test", &AlwaysValid).await?;
     let ScaleOutcome::Scaled {
         to: 3,
@@ -211,7 +230,7 @@ async fn a_concurrent_writer_makes_a_conflict_not_an_overwrite() -> Result {
         let namespace = rtc_testkit::kubernetes().await?;
         create(&namespace, kind, 5).await?;
         let scaler = scaler(namespace.client(), &namespace, 2, 50);
-        let read = scaler.current().await?;
+        let read = current(&scaler, &namespace).await?;
 
         // Another writer (an operator, KEDA) changes replicas in between.
         let patch = Patch::Merge(json!({ "spec": { "replicas": 9 } }));
@@ -240,7 +259,7 @@ async fn a_concurrent_writer_makes_a_conflict_not_an_overwrite() -> Result {
         assert_eq!(spec_replicas(&namespace, kind).await?, Some(9));
 
         // Re-read and decide again: now the write goes through.
-        let read = scaler.current().await?;
+        let read = current(&scaler, &namespace).await?;
         assert_eq!(read.spec_replicas, 9);
         let outcome = scaler.scale_to(&read, 10, "test", &AlwaysValid).await?;
         assert!(
@@ -269,7 +288,7 @@ async fn deployment_pods_get_deletion_costs_with_the_victim_lowest() -> Result {
         create_pod(&pods, name).await?;
     }
     let scaler = scaler(namespace.client(), &namespace, 2, 50);
-    let read = scaler.current().await?;
+    let read = current(&scaler, &namespace).await?;
     let loads = BTreeMap::from([
         (names[0].to_owned(), 120),
         (names[1].to_owned(), 4),
@@ -330,11 +349,19 @@ async fn stateful_set_pods_are_not_annotated_and_the_top_ordinal_is_named() -> R
     let namespace = rtc_testkit::kubernetes().await?;
     create(&namespace, WorkloadKind::StatefulSet, 3).await?;
     let pods = namespace.api::<Pod>();
+    // The StatefulSet controller's own pods, with someone else's annotation.
+    let mark = Patch::Merge(json!({"metadata": {"annotations": {OTHER_ANNOTATION: "team-rtc"}}}));
     for ordinal in 0..3 {
-        create_pod(&pods, &format!("{NAME}-{ordinal}")).await?;
+        let name = format!("{NAME}-{ordinal}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while pods.get_opt(&name).await?.is_none() {
+            assert!(std::time::Instant::now() < deadline, "{name} never created");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        pods.patch(&name, &PatchParams::default(), &mark).await?;
     }
     let scaler = scaler(namespace.client(), &namespace, 2, 50);
-    let read = scaler.current().await?;
+    let read = current(&scaler, &namespace).await?;
     let loads = BTreeMap::from([("socket-0".to_owned(), 1), ("socket-2".to_owned(), 900)]);
 
     let plan = scaler
@@ -362,7 +389,7 @@ async fn a_workload_deleted_mid_run_is_a_clear_error_and_recovers() -> Result {
     let namespace = rtc_testkit::kubernetes().await?;
     create(&namespace, WorkloadKind::Deployment, 3).await?;
     let scaler = scaler(namespace.client(), &namespace, 2, 50);
-    let read = scaler.current().await?;
+    let read = current(&scaler, &namespace).await?;
 
     delete(&namespace, WorkloadKind::Deployment).await?;
     let error = scaler
@@ -375,7 +402,7 @@ async fn a_workload_deleted_mid_run_is_a_clear_error_and_recovers() -> Result {
 
     // Back, as a StatefulSet this time: found again without a restart.
     create(&namespace, WorkloadKind::StatefulSet, 3).await?;
-    let read = scaler.current().await?;
+    let read = current(&scaler, &namespace).await?;
     assert_eq!(read.kind, WorkloadKind::StatefulSet);
     let outcome = scaler.scale_to(&read, 4, "test", &AlwaysValid).await?;
     assert!(
@@ -391,7 +418,7 @@ async fn a_workload_deleted_mid_run_is_a_clear_error_and_recovers() -> Result {
         matches!(outcome, ScaleOutcome::Conflict { .. }),
         "{outcome:?}"
     );
-    let fresh = scaler.current().await?;
+    let fresh = current(&scaler, &namespace).await?;
     assert_ne!(fresh.uid, read.uid);
     assert_eq!(fresh.spec_replicas, 3);
     namespace.cleanup().await?;

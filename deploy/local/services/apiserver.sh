@@ -50,9 +50,8 @@ accounts() {
   "$RTC_LOCAL_DIR/build.sh" keda-crds
   KUBECONFIG="$KUBECONFIG_FILE" kubectl apply --server-side --force-conflicts --field-manager rtc-stack \
     -f "$("$RTC_LOCAL_DIR/build.sh" path keda-crds)" >/dev/null \
-    && KUBECONFIG="$KUBECONFIG_FILE" kubectl wait --for condition=Established --timeout 30s \
-      crd/scaledobjects.keda.sh >/dev/null \
     || die "apiserver: could not install the KEDA CRDs from $("$RTC_LOCAL_DIR/build.sh" path keda-crds); see the error above"
+  wait_for "$NAME" 30 crd_established scaledobjects.keda.sh
   while read -r ns sa; do
     [[ -n "$sa" ]] || continue
     token="$(KUBECONFIG="$KUBECONFIG_FILE" kubectl create token "$sa" -n "$ns" --duration 24h)" \
@@ -85,6 +84,11 @@ EOF
     log "apiserver: service account $ns/$sa: kubeconfig $file"
   done < <(KUBECONFIG="$KUBECONFIG_FILE" kubectl get serviceaccounts -A -l app.kubernetes.io/part-of=rtc \
     -o jsonpath='{range .items[*]}{.metadata.namespace} {.metadata.name}{"\n"}{end}')
+}
+
+crd_established() {
+  [[ "$(KUBECONFIG="$KUBECONFIG_FILE" kubectl get crd "$1" \
+    -o jsonpath='{.status.conditions[?(@.type=="Established")].status}' 2>/dev/null)" == True ]]
 }
 
 report() {

@@ -106,6 +106,10 @@ case "${1:-}" in
   start) start ;;
   stop) stop ;;
   status) status ;;
-  pids) for ((i = 0; i < RTC_NODES; i++)); do is_running "$(node_name "$i")" && cat "$(pidfile "$(node_name "$i")")"; done | paste -sd, ;;
+  pids)
+    for ((i = 0; i < RTC_NODES; i++)); do
+      if is_running "$(node_name "$i")"; then cat "$(pidfile "$(node_name "$i")")"; fi
+    done | paste -sd,
+    ;;
   *) die "usage: nodes.sh start|stop|status|pids" ;;
 esac

@@ -42,10 +42,12 @@ pub async fn create_workload(ns: &TestNamespace, kind: Kind, replicas: i32) -> R
         Kind::Deployment => {
             let d = fixtures::deployment(NAME, replicas);
             ns.api::<Deployment>().create(&pp, &d).await?;
+            fixtures::settled(&ns.api::<Deployment>(), NAME).await?;
         }
         Kind::StatefulSet => {
             let s = fixtures::stateful_set(NAME, replicas);
             ns.api::<StatefulSet>().create(&pp, &s).await?;
+            fixtures::settled(&ns.api::<StatefulSet>(), NAME).await?;
         }
     }
     Ok(())
