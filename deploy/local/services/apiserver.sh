@@ -82,7 +82,7 @@ EOF
     )
     mv "$file.tmp" "$file"
     log "apiserver: service account $ns/$sa: kubeconfig $file"
-  done < <(KUBECONFIG="$KUBECONFIG_FILE" kubectl get serviceaccounts -A -l app.kubernetes.io/part-of=rtc \
+  done < <(KUBECONFIG="$KUBECONFIG_FILE" kubectl get serviceaccounts -n rtc -l app.kubernetes.io/part-of=rtc \
     -o jsonpath='{range .items[*]}{.metadata.namespace} {.metadata.name}{"\n"}{end}')
 }
 
