@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{ListParams, PostParams};
@@ -18,6 +19,7 @@ use kube::{Api, Client};
 use rtc_testkit::{Endpoints, TestNamespace, unique_name};
 use rtc_workload::{AlwaysValid, KubeWorkloadApi, ScaleOutcome, ScalerConfig, WorkloadScaler};
 use serde_json::Value;
+use tokio_tungstenite::tungstenite::Message;
 
 type Result<T = (), E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
 
@@ -46,7 +48,7 @@ fn document(file: &str, kind: &str) -> Result<Value> {
 }
 
 /// The shared ConfigMap of deploy/k8s, pointed at the stack's Redis and
-/// broker, with this test's own key prefixes and a short drain.
+/// broker, with this test's own key prefixes and a 5 s drain.
 fn config_map(namespace: &str, endpoints: &Endpoints) -> Result<ConfigMap> {
     let mut doc = document("02-config.yaml", "ConfigMap")?;
     doc["metadata"]["namespace"] = namespace.into();
@@ -59,8 +61,10 @@ fn config_map(namespace: &str, endpoints: &Endpoints) -> Result<ConfigMap> {
     data["RELAY_PREFIX"] = format!("{prefix}:relay:").into();
     data["DELIVERY_TOPIC_PREFIX"] = format!("{prefix}.deliver.").into();
     data["HEARTBEAT_INTERVAL"] = "1s".into();
-    data["DRAIN_TIMEOUT"] = "20s".into();
-    data["DRAIN_ENDPOINT_DELAY_MS"] = "500".into();
+    // A 5 s drain: 2 s for the endpoints to drop the pod, then the clients
+    // are told to reconnect in batches over the remaining 3 s.
+    data["DRAIN_TIMEOUT"] = "5s".into();
+    data["DRAIN_ENDPOINT_DELAY_MS"] = "2000".into();
     Ok(serde_json::from_value(doc)?)
 }
 
@@ -201,6 +205,47 @@ fn assert_drained_before_sigterm(log: &Path) -> Result {
     Ok(())
 }
 
+/// Clients connected to a socket pod, each reading until the node tells it
+/// to reconnect (a `reconnect` frame, then close 1012) and leaving then.
+/// The handle answers how many were told.
+fn connect_clients(
+    pod: &Pod,
+    count: usize,
+) -> impl std::future::Future<Output = Result<tokio::task::JoinHandle<usize>>> {
+    let ip = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.pod_ip.clone())
+        .unwrap_or_default();
+    let pod_name = name(pod);
+    async move {
+        let mut clients = Vec::new();
+        for i in 0..count {
+            let url = format!("ws://{ip}:8000/ws?client_id={pod_name}-c{i}");
+            let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str()).await?;
+            let welcome = ws.next().await.ok_or("closed before the welcome")??;
+            assert!(welcome.to_text()?.contains("welcome"), "{welcome:?}");
+            clients.push(ws);
+        }
+        Ok(tokio::spawn(async move {
+            let mut told = 0;
+            for mut ws in clients {
+                while let Some(Ok(frame)) = ws.next().await {
+                    let reconnect = frame.to_text().is_ok_and(|t| t.contains("\"reconnect\""));
+                    let close_1012 =
+                        matches!(&frame, Message::Close(Some(c)) if u16::from(c.code) == 1012);
+                    if reconnect || close_1012 {
+                        told += 1;
+                        break;
+                    }
+                }
+                let _ = ws.close(None).await;
+            }
+            told
+        }))
+    }
+}
+
 fn uid(pod: &Pod) -> String {
     pod.metadata.uid.clone().unwrap_or_default()
 }
@@ -247,6 +292,8 @@ async fn the_replica_set_controller_removes_the_pod_the_scaler_chose_after_its_d
     let scaler = scaler(load_balancer_client(&ns).await?, &ns)?;
     let read = scaler.current().await?;
     assert_eq!(read.spec_replicas, 3);
+    const CLIENTS: usize = 20;
+    let clients = connect_clients(chosen, CLIENTS).await?;
     let loads: BTreeMap<String, u64> = ready.iter().map(|p| (name(p), 10)).collect();
     let plan = scaler
         .prepare_scale_in(&read, &name(chosen), &loads, &AlwaysValid)
@@ -263,8 +310,13 @@ async fn the_replica_set_controller_removes_the_pod_the_scaler_chose_after_its_d
 
     wait_gone(&pods, &name(chosen), &uid(chosen)).await?;
     println!(
-        "/scale 3 -> 2 written -> chosen pod's process exited and pod deleted: {:?}",
+        "/scale 3 -> 2 written -> chosen pod drained {CLIENTS} clients, its process exited and the pod was deleted: {:?}",
         written.elapsed()
+    );
+    assert_eq!(
+        clients.await?,
+        CLIENTS,
+        "every client was told to reconnect"
     );
     let left = wait_ready(&pods, 2, READY_TIMEOUT).await?;
     let mut left_uids: Vec<String> = left.iter().map(uid).collect();
