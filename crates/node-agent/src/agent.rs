@@ -118,6 +118,7 @@ pub async fn run(
         cpu: config.cpu.clone(),
         memory: config.memory.clone(),
         max_pods: config.max_pods,
+        taints: config.taints.clone(),
         host: host_info().await,
     };
     let base_env = ["PATH", "HOME"]

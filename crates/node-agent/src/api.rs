@@ -207,6 +207,17 @@ pub fn pod_status_patch(uid: &str, status: &PodStatus) -> Result<Value, ApiError
         what: "a pod status",
         source,
     })?;
+    // A merged condition keeps fields the patch leaves out, so a reason and
+    // message that no longer apply must be removed explicitly.
+    if let Some(Value::Array(conditions)) = status.get_mut("conditions") {
+        for condition in conditions.iter_mut() {
+            if let Value::Object(fields) = condition {
+                for field in ["reason", "message"] {
+                    fields.entry(field).or_insert(Value::Null);
+                }
+            }
+        }
+    }
     for list in ["podIPs", "hostIPs"] {
         if let Some(Value::Array(items)) = status.get_mut(list) {
             items.push(json!({ "$patch": "replace" }));
@@ -306,6 +317,11 @@ mod tests {
     fn status_patches_replace_the_address_lists_and_name_the_uid() {
         let status = PodStatus {
             phase: Some("Running".into()),
+            conditions: Some(vec![k8s_openapi::api::core::v1::PodCondition {
+                type_: "Ready".into(),
+                status: "True".into(),
+                ..Default::default()
+            }]),
             pod_ips: Some(vec![PodIP {
                 ip: "127.10.0.2".into(),
             }]),
@@ -317,6 +333,10 @@ mod tests {
         let patch = pod_status_patch("u-1", &status).expect("patch");
         assert_eq!(patch["metadata"]["uid"], "u-1");
         assert_eq!(patch["status"]["phase"], "Running");
+        let ready = &patch["status"]["conditions"][0];
+        assert_eq!(ready["status"], "True");
+        assert!(ready.get("reason").is_some_and(Value::is_null), "{ready}");
+        assert!(ready.get("message").is_some_and(Value::is_null), "{ready}");
         assert_eq!(
             patch["status"]["podIPs"],
             json!([{ "ip": "127.10.0.2" }, { "$patch": "replace" }])

@@ -259,9 +259,13 @@ impl Cgroups {
     /// down to them).
     async fn prepare(&self) -> Result<(), CgroupError> {
         match &self.mode {
-            Mode::V1(_) => {
-                for dir in self.node_dirs() {
-                    create_dir(&dir).await?;
+            Mode::V1(v1) => {
+                for mount in v1.distinct() {
+                    let mut dir = mount.to_owned();
+                    for part in self.base.components() {
+                        dir.push(part);
+                        create_dir(&dir).await?;
+                    }
                 }
             }
             Mode::V2(root) => {

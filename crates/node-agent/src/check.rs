@@ -50,7 +50,7 @@ async fn run_unbounded(action: &Action, exec: ExecContext<'_>) -> Result<(), Str
             if (200..400).contains(&status) {
                 Ok(())
             } else {
-                Err(format!("HTTP probe failed with statuscode: {status}"))
+                Err(format!("HTTP GET {path} answered with status {status}"))
             }
         }
         Action::TcpSocket { host, port } => TcpStream::connect((host.as_str(), *port))
@@ -250,7 +250,7 @@ mod tests {
         let err = run(&get(port, "/"), Duration::from_secs(5), no_exec())
             .await
             .expect_err("503");
-        assert_eq!(err, "HTTP probe failed with statuscode: 503");
+        assert_eq!(err, "HTTP GET / answered with status 503");
     }
 
     #[tokio::test]

@@ -8,6 +8,7 @@ use rtc_telemetry::LogFormat;
 
 use crate::image::{ImageError, ImageMap};
 use crate::ipam::{PodIps, PrefixError};
+use crate::node::{TaintError, parse_taint};
 use crate::quantity::{QuantityError, parse_non_negative};
 
 /// Settings that cannot be used.
@@ -37,6 +38,9 @@ pub enum ConfigError {
         "invalid cgroup parent {0:?}: expected a relative path of plain names, such as rtc-node-agent"
     )]
     CgroupParent(String),
+    /// A taint is unusable.
+    #[error(transparent)]
+    Taint(#[from] TaintError),
     /// The pod limit is zero.
     #[error("--max-pods must be at least 1")]
     MaxPods,
@@ -51,6 +55,7 @@ impl ConfigError {
             Self::Image(_) => "image",
             Self::Capacity { .. } => "capacity",
             Self::CgroupParent(_) => "cgroup_parent",
+            Self::Taint(_) => "taint",
             Self::MaxPods => "max_pods",
         }
     }
@@ -101,6 +106,16 @@ pub struct AgentArgs {
     #[arg(long, env = "MAX_PODS", default_value_t = 110)]
     pub max_pods: u32,
 
+    /// key[=value]:Effect taints to create the Node with (repeatable or
+    /// comma-separated), as the kubelet's flag of the same name.
+    #[arg(
+        long = "register-with-taints",
+        value_name = "TAINT",
+        env = "REGISTER_WITH_TAINTS",
+        value_delimiter = ','
+    )]
+    pub taints: Vec<String>,
+
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
     pub log_format: LogFormat,
@@ -127,6 +142,8 @@ pub struct AgentConfig {
     pub memory: String,
     /// Pod capacity.
     pub max_pods: u32,
+    /// Taints to register with.
+    pub taints: Vec<k8s_openapi::api::core::v1::Taint>,
 }
 
 impl AgentArgs {
@@ -170,6 +187,12 @@ impl AgentArgs {
             cpu: self.cpu.clone(),
             memory: self.memory.clone(),
             max_pods: self.max_pods,
+            taints: self
+                .taints
+                .iter()
+                .filter(|t| !t.trim().is_empty())
+                .map(|t| parse_taint(t.trim()))
+                .collect::<Result<_, _>>()?,
         })
     }
 }
@@ -241,6 +264,7 @@ mod tests {
         assert_eq!(config.images.to_string(), "rtc/python, rtc/socket-node");
         assert_eq!(config.max_pods, 110);
         assert_eq!((config.cpu.as_str(), config.memory.as_str()), ("2", "8Gi"));
+        assert!(config.taints.is_empty());
     }
 
     #[test]
@@ -282,6 +306,7 @@ mod tests {
         assert_eq!(bad(&["--cgroup-parent", "../x"]).label(), "cgroup_parent");
         assert_eq!(bad(&["--cgroup-parent", "/abs"]).label(), "cgroup_parent");
         assert_eq!(bad(&["--max-pods", "0"]).label(), "max_pods");
+        assert_eq!(bad(&["--register-with-taints", "x"]).label(), "taint");
         let err = bad(&["--memory", "8GB"]);
         assert!(
             err.to_string()

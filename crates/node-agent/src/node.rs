@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{
     DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeSpec, NodeStatus,
-    NodeSystemInfo,
+    NodeSystemInfo, Taint,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity as ApiQuantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference, Time};
@@ -21,7 +21,7 @@ pub const LEASE_NAMESPACE: &str = "kube-node-lease";
 pub const LEASE_DURATION_SECONDS: i32 = 40;
 
 /// What the Node reports about itself.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct NodeIdentity {
     /// The Node's name.
     pub name: String,
@@ -31,8 +31,57 @@ pub struct NodeIdentity {
     pub memory: String,
     /// Pod capacity.
     pub max_pods: u32,
+    /// Taints the Node is created with (as the kubelet's
+    /// `--register-with-taints`).
+    pub taints: Vec<Taint>,
     /// Facts about this machine.
     pub host: HostInfo,
+}
+
+/// A taint that cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TaintError {
+    /// The text is not `key[=value]:Effect`.
+    #[error(
+        "invalid taint {taint:?}: {reason}; expected key[=value]:Effect with Effect NoSchedule, PreferNoSchedule or NoExecute"
+    )]
+    Invalid {
+        /// The taint as given.
+        taint: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+}
+
+/// Parses `key[=value]:Effect`.
+///
+/// # Errors
+///
+/// [`TaintError::Invalid`] for anything else.
+pub fn parse_taint(text: &str) -> Result<Taint, TaintError> {
+    let invalid = |reason| TaintError::Invalid {
+        taint: text.to_owned(),
+        reason,
+    };
+    let (pair, effect) = text
+        .rsplit_once(':')
+        .ok_or_else(|| invalid("it has no ':Effect'"))?;
+    if !matches!(effect, "NoSchedule" | "PreferNoSchedule" | "NoExecute") {
+        return Err(invalid("the effect is unknown"));
+    }
+    let (key, value) = match pair.split_once('=') {
+        Some((key, value)) => (key, Some(value.to_owned())),
+        None => (pair, None),
+    };
+    if key.is_empty() {
+        return Err(invalid("the key is empty"));
+    }
+    Ok(Taint {
+        key: key.to_owned(),
+        value,
+        effect: effect.to_owned(),
+        time_added: None,
+    })
 }
 
 /// Facts about the machine, read once at start.
@@ -91,7 +140,10 @@ pub fn node(identity: &NodeIdentity, now: &Time, ready_since: &Time) -> Node {
             labels: Some(labels(identity)),
             ..ObjectMeta::default()
         },
-        spec: Some(NodeSpec::default()),
+        spec: Some(NodeSpec {
+            taints: (!identity.taints.is_empty()).then(|| identity.taints.clone()),
+            ..NodeSpec::default()
+        }),
         status: Some(status(identity, now, ready_since)),
     }
 }
@@ -211,6 +263,7 @@ mod tests {
             cpu: "2".into(),
             memory: "8Gi".into(),
             max_pods: 110,
+            taints: Vec::new(),
             host: HostInfo {
                 architecture: "amd64".into(),
                 ..HostInfo::default()
@@ -280,6 +333,37 @@ mod tests {
         assert_eq!(spec.holder_identity.as_deref(), Some("rtc-node-0"));
         assert_eq!(spec.lease_duration_seconds, Some(40));
         assert_eq!(spec.renew_time, Some(now));
+    }
+
+    #[test]
+    fn taints_parse_like_the_kubelet_flag() {
+        let t = parse_taint("rtc.test/node=n1:NoSchedule").expect("taint");
+        assert_eq!(
+            (t.key.as_str(), t.value.as_deref(), t.effect.as_str()),
+            ("rtc.test/node", Some("n1"), "NoSchedule")
+        );
+        let t = parse_taint("dedicated:NoExecute").expect("taint");
+        assert_eq!(
+            (t.key.as_str(), t.value, t.effect.as_str()),
+            ("dedicated", None, "NoExecute")
+        );
+        for bad in ["dedicated", "a=b:Sometimes", "=b:NoSchedule", ""] {
+            let err = parse_taint(bad).expect_err(bad);
+            assert!(err.to_string().contains(&format!("{bad:?}")), "{err}");
+        }
+        let mut id = identity();
+        id.taints = vec![parse_taint("a=b:NoSchedule").expect("taint")];
+        let taints = node(&id, &at(0), &at(0))
+            .spec
+            .and_then(|s| s.taints)
+            .expect("taints");
+        assert_eq!(taints.len(), 1);
+        assert!(
+            node(&identity(), &at(0), &at(0))
+                .spec
+                .and_then(|s| s.taints)
+                .is_none()
+        );
     }
 
     #[test]
