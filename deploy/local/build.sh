@@ -64,10 +64,10 @@ go_build() {
   log "$component: building $* (once; a cold build takes several minutes; log $log)"
   if ! (cd "$HERE/$dir" && go build -trimpath -ldflags='-s -w' -o "$out.tmp/" "$@") >"$log" 2>&1; then
     tail -n 20 "$log" >&2
-    if grep -qE 'reading https?://[^ ]*: (404|410)|not found: |unknown revision|no matching versions' "$log"; then
+    if grep -qE 'reading https?://[^ ]*: (403|404|410)|not available|not found: |unknown revision|no matching versions' "$log"; then
       die "$component: a module is not served by $GOPROXY ($(grep -oE '[a-zA-Z0-9./_-]+@v[0-9][^: ]*' "$log" | head -n1)); fix the pin in deploy/local/$dir/go.mod"
     fi
-    if grep -qE 'dial tcp|no such host|connection refused|TLS handshake' "$log"; then
+    if grep -qE 'dial tcp|no such host|connection refused|TLS handshake|module lookup disabled' "$log"; then
       die "$component: the module proxy $GOPROXY cannot be reached; check the network or set RTC_GOPROXY"
     fi
     die "$component: go build failed (see $log); fix the error above and run 'deploy/local/stack up' again"

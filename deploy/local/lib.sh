@@ -64,15 +64,16 @@ spawn() {
   echo $! >"$(pidfile "$name")"
 }
 
-# stop_recorded NAME: stop the recorded process (TERM, then KILL after 5 s).
+# stop_recorded NAME [SECONDS]: stop the recorded process (TERM, then KILL
+# after SECONDS, default 5).
 stop_recorded() {
-  local name="$1" f pid
+  local name="$1" secs="${2:-5}" f pid
   f="$(pidfile "$name")"
   if [[ ! -f "$f" ]]; then log "$name: not running"; return 0; fi
   pid="$(cat "$f")"
   if alive "$pid"; then
     kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 1 100); do alive "$pid" || break; sleep 0.05; done
+    for _ in $(seq 1 $((secs * 20))); do alive "$pid" || break; sleep 0.05; done
     if alive "$pid"; then kill -KILL "$pid" 2>/dev/null || true; fi
     log "$name: stopped (pid $pid)"
   else

@@ -82,7 +82,8 @@ stop() {
   local f
   for f in "$RTC_STACK_RUN"/rtc-node-*.pid; do
     [[ -f "$f" ]] || continue
-    stop_recorded "$(basename "$f" .pid)"
+    # An agent stops its pods first (SIGTERM, SIGKILL 5 s later), then exits.
+    stop_recorded "$(basename "$f" .pid)" 30
   done
 }
 
