@@ -356,7 +356,11 @@ impl Pods {
             let _ = worker.updates.send(PodUpdate::Present(pod));
             return;
         }
-        let ip = if pod::is_finished(&pod) {
+        let host_network = pod.spec.as_ref().and_then(|s| s.host_network) == Some(true);
+        let ip = if host_network {
+            // As on a real node, a host-network pod has the node's address.
+            Some(pod::HOST_IP)
+        } else if pod::is_finished(&pod) {
             // A finished pod runs nothing; its address, if any, stays its own.
             pod::reported_ip(&pod).filter(|&ip| self.ips.claim(ip))
         } else {

@@ -211,6 +211,9 @@ struct Worker {
     /// Whether the pod was already finished (Succeeded or Failed) when the
     /// agent took it on: nothing runs, nothing is reported.
     finished: bool,
+    /// The pod's init containers, which the agent does not run; while there
+    /// are any, no container starts.
+    init_containers: Vec<String>,
 }
 
 impl Worker {
@@ -281,9 +284,22 @@ impl Worker {
             last_sent: None,
             status_retry_at: None,
             finished,
+            init_containers: spec
+                .init_containers
+                .iter()
+                .flatten()
+                .map(|c| c.name.clone())
+                .collect(),
             pod,
             ctx,
         };
+        if !worker.init_containers.is_empty() {
+            tracing::warn!(pod = %worker.key(), init = ?worker.init_containers, "init containers are not supported: the pod stays pending");
+            for slot in &mut worker.slots {
+                slot.next_start = None;
+                slot.record.state = RunState::waiting(reason::POD_INITIALIZING, None);
+            }
+        }
         if !worker.finished && worker.pod.metadata.deletion_timestamp.is_none() {
             worker.set_up().await;
         }
@@ -769,6 +785,7 @@ impl Worker {
             start_time: &self.start_time,
             previous: &self.conditions,
             terminal,
+            unsupported_init: &self.init_containers,
             now: &now,
         });
         self.conditions = status.conditions.clone().unwrap_or_default();

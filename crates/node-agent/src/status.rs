@@ -26,6 +26,8 @@ pub mod reason {
     pub const CREATE_CONTAINER_CONFIG_ERROR: &str = "CreateContainerConfigError";
     /// The process could not be started.
     pub const RUN_CONTAINER_ERROR: &str = "RunContainerError";
+    /// Held back until the pod is initialized.
+    pub const POD_INITIALIZING: &str = "PodInitializing";
     /// Waiting to start again after an exit.
     pub const CRASH_LOOP_BACK_OFF: &str = "CrashLoopBackOff";
     /// Terminated with exit status 0.
@@ -280,6 +282,9 @@ pub struct StatusInput<'a> {
     pub previous: &'a [PodCondition],
     /// Whether the pod is shutting down for good.
     pub terminal: bool,
+    /// Init containers the agent cannot run (it runs none): when any,
+    /// `Initialized` is `False` and nothing starts.
+    pub unsupported_init: &'a [String],
     /// Now, for conditions that flip.
     pub now: &'a Time,
 }
@@ -315,6 +320,17 @@ pub fn pod_status(input: &StatusInput<'_>) -> PodStatus {
         (verdict, _) => verdict.clone(),
     };
 
+    let initialized = if input.unsupported_init.is_empty() {
+        Verdict::yes()
+    } else {
+        Verdict::no(
+            "ContainersNotInitialized",
+            Some(format!(
+                "init containers are not supported by this node agent: [{}]",
+                input.unsupported_init.join(" ")
+            )),
+        )
+    };
     let condition = |kind: &str, verdict: &Verdict| {
         let status = if verdict.ok { "True" } else { "False" };
         let since = input
@@ -335,7 +351,7 @@ pub fn pod_status(input: &StatusInput<'_>) -> PodStatus {
     };
     let conditions = vec![
         condition(READY_TO_START, &Verdict::yes()),
-        condition(INITIALIZED, &Verdict::yes()),
+        condition(INITIALIZED, &initialized),
         condition(CONTAINERS_READY, &containers_ready),
         condition(READY, &ready),
     ];
@@ -549,6 +565,7 @@ mod tests {
             start_time: &at(0),
             previous,
             terminal: false,
+            unsupported_init: &[],
             now,
         })
     }
@@ -660,6 +677,35 @@ mod tests {
             .expect("last");
         assert_eq!((last.exit_code, last.reason.as_deref()), (3, Some("Error")));
         assert_eq!(cs.container_id.as_deref(), Some("rtc://42"));
+    }
+
+    #[test]
+    fn unsupported_init_containers_leave_the_pod_uninitialized() {
+        let waiting = ContainerRecord {
+            state: RunState::waiting(reason::POD_INITIALIZING, None),
+            ..ContainerRecord::new("web", "x")
+        };
+        let s = pod_status(&StatusInput {
+            pod: &pod("Always"),
+            containers: &[waiting],
+            pod_ip: Ipv4Addr::new(127, 10, 0, 2),
+            host_ip: Ipv4Addr::LOCALHOST,
+            start_time: &at(0),
+            previous: &[],
+            terminal: false,
+            unsupported_init: &["migrate".to_owned()],
+            now: &at(1),
+        });
+        assert_eq!(s.phase.as_deref(), Some("Pending"));
+        let c = condition(&s, INITIALIZED);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_deref()),
+            ("False", Some("ContainersNotInitialized"))
+        );
+        assert_eq!(
+            c.message.as_deref(),
+            Some("init containers are not supported by this node agent: [migrate]")
+        );
     }
 
     #[test]

@@ -37,6 +37,12 @@ async fn a_pod_runs_ready_on_its_own_address_and_answers_there() {
     let mut web = http_server();
     web["readinessProbe"] =
         json!({ "httpGet": { "path": "/", "port": "http" }, "periodSeconds": 1 });
+    web["startupProbe"] =
+        json!({ "tcpSocket": { "port": 8080 }, "periodSeconds": 1, "failureThreshold": 30 });
+    web["livenessProbe"] = json!({
+        "exec": { "command": ["/bin/sh", "-c", "test -n \"$POD_IP\""] },
+        "periodSeconds": 1,
+    });
     create(
         &ns,
         &pod("web", &agent.node, json!({ "containers": [web] })),
@@ -71,6 +77,11 @@ async fn a_pod_runs_ready_on_its_own_address_and_answers_there() {
     assert_eq!(c.image_id, "file:///usr/bin/python3");
     assert!(c.state.as_ref().and_then(|s| s.running.as_ref()).is_some());
     assert!(alive(pid(&running)));
+    assert!(
+        !agent.log_text().contains("probe failed: killing"),
+        "{}",
+        agent.log_text()
+    );
 
     let addr: SocketAddr = format!("{ip}:8080").parse().expect("address");
     let (code, body) = rtc_testkit::http(addr, "GET", "/")
@@ -205,7 +216,7 @@ async fn the_environment_comes_from_config_maps_field_refs_and_literals() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_missing_config_map_or_an_unmapped_image_keeps_the_pod_pending_with_the_reason() {
+async fn a_missing_config_map_an_unmapped_image_or_init_containers_keep_the_pod_pending() {
     let ns = rtc_testkit::kubernetes().await.expect("stack");
     let agent = Agent::start(&ns).await;
     create(
@@ -223,6 +234,11 @@ async fn a_missing_config_map_or_an_unmapped_image_keeps_the_pod_pending_with_th
         "envFrom": [{ "configMapRef": { "name": "absent" } }],
     }] });
     create(&ns, &pod("noconfig", &agent.node, missing)).await;
+    let with_init = json!({
+        "initContainers": [{ "name": "migrate", "image": "rtc/python", "args": ["-c", "pass"] }],
+        "containers": [{ "name": "c", "image": "rtc/python", "args": ["-c", "import time; time.sleep(600)"] }],
+    });
+    create(&ns, &pod("init", &agent.node, with_init)).await;
 
     let waiting_reason = |p: &Pod| {
         container(p)
@@ -251,6 +267,13 @@ async fn a_missing_config_map_or_an_unmapped_image_keeps_the_pod_pending_with_th
     })
     .await;
     assert_eq!(phase(&noconfig), "Pending");
+
+    let init = wait_for(&ns, &agent, "init", "not initialized", |p| {
+        condition(p, "Initialized").is_some_and(|(status, _)| status == "False")
+    })
+    .await;
+    assert_eq!(phase(&init), "Pending");
+    assert_eq!(waiting_reason(&init).as_deref(), Some("PodInitializing"));
 
     // The ConfigMap appears: the next attempt starts the container.
     let absent: ConfigMap =
