@@ -45,6 +45,11 @@ fn selector(name: &str) -> LabelSelector {
     }
 }
 
+/// The node that [`scheduled_pod`]s are bound to: no node agent serves it,
+/// so no kubelet overwrites the status a test gives its pods. The test
+/// namespace's cleanup deletes them at once.
+pub const UNSERVED_NODE: &str = "node-a";
+
 /// The node label no node of the stack carries: pods selecting it are never
 /// scheduled.
 pub const NO_NODE_LABEL: &str = "rtc.example/no-such-node";
@@ -123,7 +128,7 @@ pub fn scheduled_pod(workload: &str, pod: &str) -> Pod {
             ..ObjectMeta::default()
         },
         spec: Some(PodSpec {
-            node_name: Some("node-a".to_owned()),
+            node_name: Some(UNSERVED_NODE.to_owned()),
             ..pod_spec(workload)
         }),
         ..Pod::default()

@@ -4,20 +4,24 @@ use std::time::Duration;
 
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{DeleteParams, PostParams};
+use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::config::{AuthInfo, KubeConfigOptions, Kubeconfig, NamedAuthInfo};
 use kube::{Api, Client, Config, Resource};
 
 use crate::error::{BoxError, NoAnswer};
+use crate::fixtures::UNSERVED_NODE;
 use crate::{Endpoints, Error, Service, unique_name};
 
 /// How long the API server may take to answer before the test is told to start the stack.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How long the service-account controller may take to fill a new namespace.
-const SERVICE_ACCOUNT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the service-account controller may take to fill a new
+/// namespace. Seconds normally; but right after an API server restart (the
+/// outage tests make one) its informers may be in client-go's watch backoff,
+/// which grows to 30 s, and then re-list.
+const SERVICE_ACCOUNT_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// A connected Kubernetes client and a namespace created for one test.
 ///
@@ -275,6 +279,14 @@ impl Drop for TestNamespace {
 }
 
 async fn delete_namespace(client: &Client, name: &str) -> Result<(), Error> {
+    // Pods bound to the node no agent serves would wait for a kubelet
+    // forever, and the namespace with them: remove them at once, as the pod
+    // garbage collector does in a cluster for pods of a vanished node.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), name);
+    let unserved = ListParams::default().fields(&format!("spec.nodeName={UNSERVED_NODE}"));
+    let _ = pods
+        .delete_collection(&DeleteParams::default().grace_period(0), &unserved)
+        .await;
     let namespaces: Api<Namespace> = Api::all(client.clone());
     match namespaces.delete(name, &DeleteParams::default()).await {
         Ok(_) => Ok(()),
