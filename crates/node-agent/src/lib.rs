@@ -11,7 +11,7 @@
 //! What a pod gets:
 //! - a program per container from the image map ([`image`]), with
 //!   `command` followed by `args` as its arguments, and the environment the
-//!   kubelet would build ([`env`]);
+//!   kubelet would build ([`env`](mod@env));
 //! - its own loopback address (`PREFIX.2` .. `PREFIX.254`, [`ipam`]) as its
 //!   pod IP;
 //! - cgroups with its containers' CPU and memory limits, v1 or v2
