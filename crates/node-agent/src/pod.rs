@@ -29,7 +29,7 @@ use crate::probe::{self, Action, ProbeKind, ProbeTiming, ProbeTracker};
 use crate::process::{self, Exit, Launch, Process, Signal};
 use crate::quantity::Quantity;
 use crate::restart::{Backoff, RestartPolicy};
-use crate::status::{self, ContainerRecord, RunState, StatusInput, Termination, reason};
+use crate::status::{self, ContainerRecord, RunState, StatusInput, reason};
 
 /// The node's address, every pod's host IP.
 pub const HOST_IP: Ipv4Addr = Ipv4Addr::LOCALHOST;
@@ -162,7 +162,6 @@ struct Slot {
     /// Runs so far; the next start after the first is a restart.
     runs: u32,
     started_mono: Duration,
-    started_at: Time,
     probes: Vec<ProbeSlot>,
     backoff: Backoff,
     /// When to start (again); `None` means not until something changes.
@@ -256,7 +255,6 @@ impl Worker {
                     generation: 0,
                     runs,
                     started_mono: Duration::ZERO,
-                    started_at: clock::now(),
                     probes: Vec::new(),
                     backoff: Backoff::default(),
                     next_start: Some(Duration::ZERO),
@@ -529,17 +527,11 @@ impl Worker {
             Ok(process) => {
                 let pid = process.pid();
                 slot.generation = generation;
-                if slot.runs > 0 {
-                    slot.record.restart_count = slot.record.restart_count.saturating_add(1);
-                }
+                slot.record
+                    .start(clock::now(), format!("rtc://{pid}"), slot.runs > 0);
                 slot.runs = slot.runs.saturating_add(1);
                 slot.started_mono = now;
-                slot.started_at = clock::now();
                 slot.record.image_id = format!("file://{}", program.display());
-                slot.record.state = RunState::Running {
-                    started_at: slot.started_at.clone(),
-                    container_id: format!("rtc://{pid}"),
-                };
                 slot.probes = probes_of(&slot.spec, &self.ip.to_string(), now, &key);
                 slot.next_start = None;
                 slot.kill_at = None;
@@ -552,7 +544,9 @@ impl Worker {
                     container = %slot.spec.name,
                     pid,
                     restarts = slot.record.restart_count,
-                    argv = ?launch.argv(),
+                    program = %launch.program.display(),
+                    args = ?launch.args,
+                    cgroups = launch.cgroup_procs.len(),
                     "container started"
                 );
             }
@@ -667,22 +661,9 @@ impl Worker {
                 if slot.generation != generation {
                     return;
                 }
-                let container_id = match &slot.record.state {
-                    RunState::Running { container_id, .. } => container_id.clone(),
-                    _ => String::new(),
-                };
-                let termination = Termination::new(
-                    exit.code,
-                    exit.signal,
-                    slot.started_at.clone(),
-                    clock::now(),
-                    container_id,
-                );
                 slot.process = None;
                 slot.kill_at = None;
                 slot.probes.clear();
-                slot.record.ready = false;
-                slot.record.started = false;
                 let ran_for = now.saturating_sub(slot.started_mono);
                 tracing::info!(
                     pod = %key,
@@ -693,26 +674,21 @@ impl Worker {
                     "container exited"
                 );
                 let restart = !terminating && (slot.replace || self.policy.restarts(exit.code));
-                if restart {
-                    let delay = if slot.replace {
+                let restart_after = restart.then(|| {
+                    if slot.replace {
                         Duration::ZERO
                     } else {
                         slot.backoff.next_delay(ran_for)
-                    };
-                    slot.record.state = RunState::waiting(
-                        reason::CRASH_LOOP_BACK_OFF,
-                        Some(format!(
-                            "back-off {}s restarting failed container={} pod={pod_ref}",
-                            delay.as_secs(),
-                            slot.spec.name
-                        )),
-                    );
-                    slot.record.last_termination = Some(termination);
-                    slot.next_start = Some(now + delay);
-                } else {
-                    slot.record.state = RunState::Terminated(termination);
-                    slot.next_start = None;
-                }
+                    }
+                });
+                slot.record.exit(
+                    exit.code,
+                    exit.signal,
+                    clock::now(),
+                    restart_after,
+                    &pod_ref,
+                );
+                slot.next_start = restart_after.map(|delay| now + delay);
                 slot.replace = false;
             }
             Event::Probed {

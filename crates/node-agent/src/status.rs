@@ -172,6 +172,60 @@ impl ContainerRecord {
         }
     }
 
+    /// A run started at `started_at` as `container_id` (`rtc://<pid>`);
+    /// `restart` counts it as a restart.
+    pub fn start(&mut self, started_at: Time, container_id: String, restart: bool) {
+        if restart {
+            self.restart_count = self.restart_count.saturating_add(1);
+        }
+        self.state = RunState::Running {
+            started_at,
+            container_id,
+        };
+        self.ready = false;
+        self.started = false;
+    }
+
+    /// The current run ended with `exit_code` (and `signal`) at
+    /// `finished_at`. With `restart_after`, the container waits to start
+    /// again (`CrashLoopBackOff`, the run kept as `lastState`); without, it
+    /// stays terminated. `pod_ref` (`name_namespace(uid)`) goes in the
+    /// message, as the kubelet writes it.
+    pub fn exit(
+        &mut self,
+        exit_code: i32,
+        signal: Option<i32>,
+        finished_at: Time,
+        restart_after: Option<std::time::Duration>,
+        pod_ref: &str,
+    ) {
+        let (started_at, container_id) = match &self.state {
+            RunState::Running {
+                started_at,
+                container_id,
+            } => (started_at.clone(), container_id.clone()),
+            _ => (finished_at.clone(), String::new()),
+        };
+        let termination =
+            Termination::new(exit_code, signal, started_at, finished_at, container_id);
+        self.ready = false;
+        self.started = false;
+        match restart_after {
+            Some(delay) => {
+                self.state = RunState::waiting(
+                    reason::CRASH_LOOP_BACK_OFF,
+                    Some(format!(
+                        "back-off {}s restarting failed container={} pod={pod_ref}",
+                        delay.as_secs(),
+                        self.name
+                    )),
+                );
+                self.last_termination = Some(termination);
+            }
+            None => self.state = RunState::Terminated(termination),
+        }
+    }
+
     fn to_api(&self) -> ContainerStatus {
         let (state, container_id) = match &self.state {
             RunState::Waiting { reason, message } => (
@@ -677,6 +731,51 @@ mod tests {
             .expect("last");
         assert_eq!((last.exit_code, last.reason.as_deref()), (3, Some("Error")));
         assert_eq!(cs.container_id.as_deref(), Some("rtc://42"));
+    }
+
+    #[test]
+    fn a_run_ends_terminated_or_backing_off_and_restarts_count() {
+        let mut c = ContainerRecord::new("web", "rtc/python");
+        c.start(at(1), "rtc://10".into(), false);
+        assert_eq!(c.restart_count, 0);
+        assert!(c.state.is_running());
+        c.exit(
+            1,
+            None,
+            at(3),
+            Some(std::time::Duration::from_secs(2)),
+            "web_ns(u1)",
+        );
+        assert_eq!(
+            c.state,
+            RunState::waiting(
+                reason::CRASH_LOOP_BACK_OFF,
+                Some("back-off 2s restarting failed container=web pod=web_ns(u1)".into())
+            )
+        );
+        let last = c.last_termination.clone().expect("last");
+        assert_eq!(
+            (last.exit_code, last.started_at, last.finished_at),
+            (1, at(1), at(3))
+        );
+        assert_eq!(last.container_id, "rtc://10");
+
+        c.start(at(5), "rtc://11".into(), true);
+        assert_eq!(c.restart_count, 1);
+        c.exit(137, Some(9), at(6), None, "web_ns(u1)");
+        let RunState::Terminated(t) = &c.state else {
+            panic!("terminated: {:?}", c.state);
+        };
+        assert_eq!(
+            (t.exit_code, t.signal, t.reason.as_str()),
+            (137, Some(9), "Error")
+        );
+        assert_eq!(t.container_id, "rtc://11");
+        assert_eq!(
+            c.last_termination.map(|t| t.container_id).as_deref(),
+            Some("rtc://10")
+        );
+        assert!(!c.ready && !c.started);
     }
 
     #[test]
