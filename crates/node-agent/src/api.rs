@@ -4,6 +4,8 @@
 //! ConfigMaps and Secrets those pods refer to.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, NodeStatus, Pod, PodStatus, Secret};
@@ -33,6 +35,14 @@ pub enum ApiError {
         /// The missing field.
         field: &'static str,
     },
+    /// The server did not answer in time.
+    #[error("{action}: no answer within {after:?}")]
+    Timeout {
+        /// What the agent was doing.
+        action: &'static str,
+        /// How long it waited.
+        after: Duration,
+    },
     /// An object could not be encoded.
     #[error("encoding {what}: {source}")]
     Encode {
@@ -49,6 +59,7 @@ impl ApiError {
         match self {
             Self::Kube { .. } => "kube",
             Self::Missing { .. } => "missing",
+            Self::Timeout { .. } => "timeout",
             Self::Encode { .. } => "encode",
         }
     }
@@ -65,6 +76,22 @@ impl ApiError {
     }
 }
 
+/// How long one call here may take, so a worker or the heartbeat never
+/// hangs on an API server that stopped answering.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+
+async fn bounded<T>(
+    action: &'static str,
+    work: impl Future<Output = Result<T, ApiError>>,
+) -> Result<T, ApiError> {
+    tokio::time::timeout(REQUEST_TIMEOUT, work)
+        .await
+        .unwrap_or(Err(ApiError::Timeout {
+            action,
+            after: REQUEST_TIMEOUT,
+        }))
+}
+
 /// Creates the Node, or takes over an existing one of the same name (its
 /// labels and status are made the agent's); returns the Node's UID.
 ///
@@ -72,35 +99,38 @@ impl ApiError {
 ///
 /// [`ApiError`] when the server refuses.
 pub async fn register_node(client: &Client, wanted: &Node) -> Result<String, ApiError> {
-    let nodes: Api<Node> = Api::all(client.clone());
-    let name = wanted.metadata.name.clone().unwrap_or_default();
-    let action = format!("registering node {name}");
-    let registered = match nodes.create(&PostParams::default(), wanted).await {
-        Ok(created) => {
-            tracing::info!(node = %name, "registered a new node");
-            created
-        }
-        Err(kube::Error::Api(status)) if status.is_already_exists() => {
-            let labels = json!({ "metadata": { "labels": wanted.metadata.labels } });
-            nodes
-                .patch(&name, &PatchParams::default(), &Patch::Merge(&labels))
-                .await
-                .map_err(ApiError::kube(action.clone()))?;
-            if let Some(status) = &wanted.status {
-                patch_node_status(client, &name, status).await?;
+    bounded("registering the node", async move {
+        let nodes: Api<Node> = Api::all(client.clone());
+        let name = wanted.metadata.name.clone().unwrap_or_default();
+        let action = format!("registering node {name}");
+        let registered = match nodes.create(&PostParams::default(), wanted).await {
+            Ok(created) => {
+                tracing::info!(node = %name, "registered a new node");
+                created
             }
-            tracing::info!(node = %name, "took over an existing node");
-            nodes
-                .get(&name)
-                .await
-                .map_err(ApiError::kube(action.clone()))?
-        }
-        Err(source) => return Err(ApiError::Kube { action, source }),
-    };
-    registered.metadata.uid.ok_or(ApiError::Missing {
-        action: format!("registering node {name}"),
-        field: "metadata.uid",
+            Err(kube::Error::Api(status)) if status.is_already_exists() => {
+                let labels = json!({ "metadata": { "labels": wanted.metadata.labels } });
+                nodes
+                    .patch(&name, &PatchParams::default(), &Patch::Merge(&labels))
+                    .await
+                    .map_err(ApiError::kube(action.clone()))?;
+                if let Some(status) = &wanted.status {
+                    patch_node_status(client, &name, status).await?;
+                }
+                tracing::info!(node = %name, "took over an existing node");
+                nodes
+                    .get(&name)
+                    .await
+                    .map_err(ApiError::kube(action.clone()))?
+            }
+            Err(source) => return Err(ApiError::Kube { action, source }),
+        };
+        registered.metadata.uid.ok_or(ApiError::Missing {
+            action: format!("registering node {name}"),
+            field: "metadata.uid",
+        })
     })
+    .await
 }
 
 /// Patches the Node's status (a strategic merge: conditions and addresses
@@ -114,15 +144,18 @@ pub async fn patch_node_status(
     name: &str,
     status: &NodeStatus,
 ) -> Result<(), ApiError> {
-    let nodes: Api<Node> = Api::all(client.clone());
-    let body = json!({ "status": status });
-    nodes
-        .patch_status(name, &PatchParams::default(), &Patch::Strategic(&body))
-        .await
-        .map_err(ApiError::kube(format!(
-            "updating the status of node {name}"
-        )))?;
-    Ok(())
+    bounded("updating the node status", async move {
+        let nodes: Api<Node> = Api::all(client.clone());
+        let body = json!({ "status": status });
+        nodes
+            .patch_status(name, &PatchParams::default(), &Patch::Strategic(&body))
+            .await
+            .map_err(ApiError::kube(format!(
+                "updating the status of node {name}"
+            )))?;
+        Ok(())
+    })
+    .await
 }
 
 /// Renews the node's Lease, creating it when missing; `cached` is the Lease
@@ -140,39 +173,42 @@ pub async fn renew_lease(
     cached: &mut Option<Lease>,
     now: MicroTime,
 ) -> Result<(), ApiError> {
-    let leases: Api<Lease> = Api::namespaced(client.clone(), node::LEASE_NAMESPACE);
-    let action = || format!("renewing lease {}/{node_name}", node::LEASE_NAMESPACE);
-    let wanted = node::lease(node_name, node_uid, &now);
-    let current = match cached.take() {
-        Some(lease) => Some(lease),
-        None => leases
-            .get_opt(node_name)
-            .await
-            .map_err(ApiError::kube(action()))?,
-    };
-    let written = match current {
-        None => leases
-            .create(&PostParams::default(), &wanted)
-            .await
-            .map_err(ApiError::kube(action()))?,
-        Some(mut lease) => {
-            lease.spec = wanted.spec;
-            let owned = lease
-                .metadata
-                .owner_references
-                .as_ref()
-                .is_some_and(|refs| refs.iter().any(|r| r.kind == "Node" && r.uid == node_uid));
-            if !owned {
-                lease.metadata.owner_references = wanted.metadata.owner_references;
-            }
-            leases
-                .replace(node_name, &PostParams::default(), &lease)
+    bounded("renewing the lease", async move {
+        let leases: Api<Lease> = Api::namespaced(client.clone(), node::LEASE_NAMESPACE);
+        let action = || format!("renewing lease {}/{node_name}", node::LEASE_NAMESPACE);
+        let wanted = node::lease(node_name, node_uid, &now);
+        let current = match cached.take() {
+            Some(lease) => Some(lease),
+            None => leases
+                .get_opt(node_name)
                 .await
-                .map_err(ApiError::kube(action()))?
-        }
-    };
-    *cached = Some(written);
-    Ok(())
+                .map_err(ApiError::kube(action()))?,
+        };
+        let written = match current {
+            None => leases
+                .create(&PostParams::default(), &wanted)
+                .await
+                .map_err(ApiError::kube(action()))?,
+            Some(mut lease) => {
+                lease.spec = wanted.spec;
+                let owned = lease
+                    .metadata
+                    .owner_references
+                    .as_ref()
+                    .is_some_and(|refs| refs.iter().any(|r| r.kind == "Node" && r.uid == node_uid));
+                if !owned {
+                    lease.metadata.owner_references = wanted.metadata.owner_references;
+                }
+                leases
+                    .replace(node_name, &PostParams::default(), &lease)
+                    .await
+                    .map_err(ApiError::kube(action()))?
+            }
+        };
+        *cached = Some(written);
+        Ok(())
+    })
+    .await
 }
 
 /// Patches a pod's status (a strategic merge, so conditions that others own
@@ -189,14 +225,17 @@ pub async fn patch_pod_status(
     uid: &str,
     status: &PodStatus,
 ) -> Result<(), ApiError> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    let body = pod_status_patch(uid, status)?;
-    pods.patch_status(name, &PatchParams::default(), &Patch::Strategic(&body))
-        .await
-        .map_err(ApiError::kube(format!(
-            "updating the status of pod {namespace}/{name}"
-        )))?;
-    Ok(())
+    bounded("updating a pod status", async move {
+        let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+        let body = pod_status_patch(uid, status)?;
+        pods.patch_status(name, &PatchParams::default(), &Patch::Strategic(&body))
+            .await
+            .map_err(ApiError::kube(format!(
+                "updating the status of pod {namespace}/{name}"
+            )))?;
+        Ok(())
+    })
+    .await
 }
 
 /// The strategic merge patch of a pod status: conditions merge by type (so
@@ -238,23 +277,28 @@ pub async fn delete_pod(
     name: &str,
     uid: &str,
 ) -> Result<(), ApiError> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    let params = DeleteParams {
-        grace_period_seconds: Some(0),
-        preconditions: Some(Preconditions {
-            uid: Some(uid.to_owned()),
-            resource_version: None,
-        }),
-        ..DeleteParams::default()
-    };
-    match pods.delete(name, &params).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.is_not_found() || status.is_conflict() => Ok(()),
-        Err(source) => Err(ApiError::Kube {
-            action: format!("deleting pod {namespace}/{name}"),
-            source,
-        }),
-    }
+    bounded("deleting a pod", async move {
+        let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+        let params = DeleteParams {
+            grace_period_seconds: Some(0),
+            preconditions: Some(Preconditions {
+                uid: Some(uid.to_owned()),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match pods.delete(name, &params).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(status)) if status.is_not_found() || status.is_conflict() => {
+                Ok(())
+            }
+            Err(source) => Err(ApiError::Kube {
+                action: format!("deleting pod {namespace}/{name}"),
+                source,
+            }),
+        }
+    })
+    .await
 }
 
 /// The `data` of the named ConfigMaps and Secrets that exist; the missing
@@ -275,37 +319,40 @@ pub async fn env_sources(
     config_maps: &BTreeSet<String>,
     secrets: &BTreeSet<String>,
 ) -> Result<EnvSources, ApiError> {
-    let maps_api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
-    let secrets_api: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let mut maps = BTreeMap::new();
-    for name in config_maps {
-        let found = maps_api
-            .get_opt(name)
-            .await
-            .map_err(ApiError::kube(format!(
-                "reading configmap {namespace}/{name}"
-            )))?;
-        if let Some(map) = found {
-            maps.insert(name.clone(), map.data.unwrap_or_default());
+    bounded("reading configmaps and secrets", async move {
+        let maps_api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+        let secrets_api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+        let mut maps = BTreeMap::new();
+        for name in config_maps {
+            let found = maps_api
+                .get_opt(name)
+                .await
+                .map_err(ApiError::kube(format!(
+                    "reading configmap {namespace}/{name}"
+                )))?;
+            if let Some(map) = found {
+                maps.insert(name.clone(), map.data.unwrap_or_default());
+            }
         }
-    }
-    let mut values = BTreeMap::new();
-    for name in secrets {
-        let found = secrets_api
-            .get_opt(name)
-            .await
-            .map_err(ApiError::kube(format!("reading secret {namespace}/{name}")))?;
-        if let Some(secret) = found {
-            let data: BTreeMap<String, Vec<u8>> = secret
-                .data
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(k, v)| (k, v.0))
-                .collect();
-            values.insert(name.clone(), data);
+        let mut values = BTreeMap::new();
+        for name in secrets {
+            let found = secrets_api
+                .get_opt(name)
+                .await
+                .map_err(ApiError::kube(format!("reading secret {namespace}/{name}")))?;
+            if let Some(secret) = found {
+                let data: BTreeMap<String, Vec<u8>> = secret
+                    .data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.0))
+                    .collect();
+                values.insert(name.clone(), data);
+            }
         }
-    }
-    Ok((maps, values))
+        Ok((maps, values))
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -737,3 +737,55 @@ async fn the_real_scheduler_places_a_pod_on_the_agents_node() {
     agent.finish().await;
     ns.cleanup().await.expect("cleanup");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_existing_node_of_the_same_name_is_taken_over() {
+    let ns = rtc_testkit::kubernetes().await.expect("stack");
+    let name = rtc_testkit::unique_name("takeover");
+    let nodes: Api<Node> = Api::all(ns.client().clone());
+    let stale: Node = serde_json::from_value(json!({
+        "metadata": { "name": name, "labels": { "example.com/kept": "yes" } },
+        "spec": { "taints": [{ "key": common::TAINT_KEY, "value": name, "effect": "NoSchedule" }] },
+    }))
+    .expect("node");
+    let before = nodes
+        .create(&PostParams::default(), &stale)
+        .await
+        .expect("create node");
+
+    let agent = Agent::start_named(&ns, name.clone()).await;
+    let node = nodes.get(&name).await.expect("node");
+    assert_eq!(
+        node.metadata.uid, before.metadata.uid,
+        "the same Node object"
+    );
+    let labels = node.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(labels.get("kubernetes.io/hostname"), Some(&name));
+    assert_eq!(
+        labels.get("example.com/kept").map(String::as_str),
+        Some("yes")
+    );
+    let status = node.status.expect("status");
+    assert_eq!(
+        status.node_info.map(|i| i.kubelet_version).as_deref(),
+        Some("v1.37.2")
+    );
+    assert!(status.capacity.is_some_and(|c| c.contains_key("pods")));
+
+    // And it runs pods like a node it created.
+    create(
+        &ns,
+        &pod(
+            "after-takeover",
+            &agent.node,
+            json!({ "containers": [http_server()] }),
+        ),
+    )
+    .await;
+    wait_for(&ns, &agent, "after-takeover", "Running", |p| {
+        phase(p) == "Running"
+    })
+    .await;
+    agent.finish().await;
+    ns.cleanup().await.expect("cleanup");
+}

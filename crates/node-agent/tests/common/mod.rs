@@ -60,8 +60,12 @@ impl Agent {
     /// Starts an agent with the stack's admin kubeconfig and waits until its
     /// Node is Ready.
     pub async fn start(ns: &TestNamespace) -> Self {
+        Self::start_named(ns, rtc_testkit::unique_name("agent")).await
+    }
+
+    /// [`Agent::start`] with a given Node name.
+    pub async fn start_named(ns: &TestNamespace, node: String) -> Self {
         let endpoints = Endpoints::from_env();
-        let node = rtc_testkit::unique_name("agent");
         // A /24 of loopback no other agent of this run uses: the stack's
         // nodes use 127.10.x, tests 127.77 to 127.79.
         let n = std::process::id()
