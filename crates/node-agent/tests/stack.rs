@@ -74,7 +74,7 @@ async fn a_pod_runs_ready_on_its_own_address_and_answers_there() {
     assert_eq!(c.started, Some(true));
     assert_eq!(c.restart_count, 0);
     assert_eq!(c.image, "rtc/python:3");
-    assert_eq!(c.image_id, "file:///usr/bin/python3");
+    assert_eq!(c.image_id, format!("file://{}", common::python().display()));
     assert!(c.state.as_ref().and_then(|s| s.running.as_ref()).is_some());
     assert!(alive(pid(&running)));
     assert!(

@@ -45,6 +45,7 @@ pub struct Agent {
     log: PathBuf,
     kubeconfig: PathBuf,
     client: Client,
+    deleted: bool,
 }
 
 impl std::fmt::Debug for Agent {
@@ -81,7 +82,7 @@ impl Agent {
             .args(["--node-name", &node])
             .args(["--pod-ip-prefix", &prefix])
             .args(["--state-dir", path_str(&state_dir)])
-            .args(["--image", "rtc/python=/usr/bin/python3"])
+            .args(["--image", &format!("rtc/python={}", python().display())])
             .args(["--image", "rtc/shell=/bin/sh"])
             .args([
                 "--register-with-taints",
@@ -104,6 +105,7 @@ impl Agent {
             log,
             kubeconfig: endpoints.kubeconfig,
             client: ns.client().clone(),
+            deleted: false,
         };
         agent.wait_ready().await;
         agent
@@ -176,7 +178,11 @@ impl Agent {
                 self.log_text()
             );
         }
-        delete_node(&self.client, &self.node).await;
+        assert!(
+            delete_node(&self.client, &self.node).await,
+            "deleting node {}",
+            self.node
+        );
         let _ = std::fs::remove_dir_all(&self.state_dir);
     }
 }
@@ -185,6 +191,9 @@ impl Drop for Agent {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             terminate(&mut child);
+        }
+        if self.deleted {
+            return;
         }
         // A test that failed still removes its Node; drop cannot await, and
         // the test's runtime may be busy running this drop, so use a thread
@@ -199,8 +208,15 @@ impl Drop for Agent {
                 return;
             };
             runtime.block_on(async {
-                if let Some(client) = client_for(&kubeconfig).await {
-                    delete_node(&client, &node).await;
+                // A few tries: the test may have failed because the API
+                // server was briefly away.
+                for _ in 0..5 {
+                    if let Some(client) = client_for(&kubeconfig).await
+                        && delete_node(&client, &node).await
+                    {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             });
         })
@@ -216,9 +232,14 @@ async fn client_for(kubeconfig: &Path) -> Option<Client> {
     Client::try_from(config).ok()
 }
 
-async fn delete_node(client: &Client, name: &str) {
+/// Deletes the Node; true when it is gone.
+async fn delete_node(client: &Client, name: &str) -> bool {
     let nodes: Api<Node> = Api::all(client.clone());
-    let _ = nodes.delete(name, &DeleteParams::default()).await;
+    match nodes.delete(name, &DeleteParams::default()).await {
+        Ok(_) => true,
+        Err(kube::Error::Api(status)) => status.is_not_found(),
+        Err(_) => false,
+    }
 }
 
 /// SIGTERM, up to 20 s to exit, then SIGKILL.
@@ -234,6 +255,21 @@ fn terminate(child: &mut Child) -> ExitStatus {
     }
     let _ = child.kill();
     child.wait().expect("wait for the agent")
+}
+
+/// The python3 that `rtc/python` runs: the system's, else the first on
+/// `PATH`.
+pub fn python() -> PathBuf {
+    let system = PathBuf::from("/usr/bin/python3");
+    if system.exists() {
+        return system;
+    }
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join("python3"))
+        .find(|candidate| candidate.exists())
+        .unwrap_or(system)
 }
 
 fn path_str(path: &Path) -> &str {
