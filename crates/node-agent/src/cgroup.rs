@@ -563,6 +563,118 @@ mod tests {
         assert_eq!(mounts[0].mount_point, Path::new("/mnt/a b"));
     }
 
+    /// A v1 layout on a plain directory: the files the agent writes show up
+    /// as regular files, so the layout and values can be read back.
+    #[tokio::test]
+    async fn v1_pod_cgroups_get_summed_pod_values_and_per_container_values() {
+        let root =
+            std::env::temp_dir().join(format!("rtc-node-agent-cgroup-{}", std::process::id()));
+        let v1 = V1Hierarchies {
+            cpu: root.join("cpu"),
+            cpuacct: root.join("cpuacct"),
+            memory: root.join("memory"),
+        };
+        for dir in v1.distinct() {
+            std::fs::create_dir_all(dir).expect("hierarchy");
+        }
+        let cgroups = Cgroups {
+            mode: Mode::V1(v1),
+            base: PathBuf::from("rtc-node-agent/n1"),
+        };
+        cgroups.prepare().await.expect("prepare");
+        let web = Limits {
+            cpu_limit_millis: Some(500),
+            cpu_request_millis: Some(250),
+            memory_limit_bytes: Some(256 << 20),
+        };
+        let pod = Limits {
+            cpu_limit_millis: Some(700),
+            cpu_request_millis: Some(450),
+            memory_limit_bytes: Some(384 << 20),
+        };
+        let created = cgroups
+            .create_pod("u1", &pod, &[("web".to_owned(), web)])
+            .await
+            .expect("create");
+        let read = |path: &str| {
+            std::fs::read_to_string(root.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+        };
+        assert_eq!(
+            read("cpu/rtc-node-agent/n1/podu1/cpu.cfs_quota_us"),
+            "70000"
+        );
+        assert_eq!(
+            read("cpu/rtc-node-agent/n1/podu1/web/cpu.cfs_quota_us"),
+            "50000"
+        );
+        assert_eq!(
+            read("cpu/rtc-node-agent/n1/podu1/web/cpu.cfs_period_us"),
+            "100000"
+        );
+        assert_eq!(read("cpu/rtc-node-agent/n1/podu1/web/cpu.shares"), "256");
+        assert_eq!(
+            read("memory/rtc-node-agent/n1/podu1/memory.limit_in_bytes"),
+            "402653184"
+        );
+        assert_eq!(
+            read("memory/rtc-node-agent/n1/podu1/web/memory.limit_in_bytes"),
+            "268435456"
+        );
+        assert!(root.join("cpuacct/rtc-node-agent/n1/podu1/web").is_dir());
+        assert!(
+            !root
+                .join("cpuacct/rtc-node-agent/n1/podu1/web/cpu.shares")
+                .exists(),
+            "cpu files only in the cpu hierarchy"
+        );
+        assert_eq!(created.procs_files("web").len(), 3);
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[tokio::test]
+    async fn v2_delegates_cpu_and_memory_down_to_each_container() {
+        let root =
+            std::env::temp_dir().join(format!("rtc-node-agent-cgroup2-{}", std::process::id()));
+        std::fs::create_dir_all(&root).expect("root");
+        let cgroups = Cgroups {
+            mode: Mode::V2(root.clone()),
+            base: PathBuf::from("rtc-node-agent/n1"),
+        };
+        cgroups.prepare().await.expect("prepare");
+        let web = Limits {
+            cpu_limit_millis: Some(1000),
+            cpu_request_millis: None,
+            memory_limit_bytes: None,
+        };
+        let created = cgroups
+            .create_pod("u1", &web, &[("web".to_owned(), web)])
+            .await
+            .expect("create");
+        let read = |path: &str| {
+            std::fs::read_to_string(root.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+        };
+        for dir in [
+            "",
+            "rtc-node-agent/",
+            "rtc-node-agent/n1/",
+            "rtc-node-agent/n1/podu1/",
+        ] {
+            assert_eq!(
+                read(&format!("{dir}cgroup.subtree_control")),
+                "+cpu +memory",
+                "{dir}"
+            );
+        }
+        assert_eq!(read("rtc-node-agent/n1/podu1/web/cpu.max"), "100000 100000");
+        assert_eq!(read("rtc-node-agent/n1/podu1/web/memory.max"), "max");
+        assert_eq!(read("rtc-node-agent/n1/podu1/web/cpu.weight"), "1");
+        assert_eq!(
+            created.procs_files("web"),
+            [root.join("rtc-node-agent/n1/podu1/web/cgroup.procs")]
+        );
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
     #[test]
     fn pod_procs_files_are_per_container_in_each_hierarchy() {
         let v1 = v1_hierarchies(&parse_mountinfo(V1_MOUNTINFO)).expect("v1");
