@@ -8,8 +8,10 @@
 # start builds the agent and the binaries pods run (cargo, dev profile, the
 # workspace's one target directory), makes each node's client certificate
 # (CN system:node:<name>, O system:nodes), starts one agent per node, and
-# waits until every Node is Ready. Pod IPs of rtc-node-I are 127.10.I.2 and
-# up; pod logs are under $RTC_STACK_RUN/nodes/<node>/pods.
+# waits until every Node is Ready. Pod IPs of rtc-node-I are
+# $RTC_POD_IP_BASE.I.2 and up (default 127.10.I.2); pod logs are under
+# $RTC_STACK_RUN/nodes/<node>/pods. Pod cgroups are under a parent named
+# after this stack's run directory, so two stacks never touch each other's.
 # Images the agents run: rtc/socket-node and rtc/load-balancer (this
 # workspace's binaries) and rtc/python (python3, for tests).
 # status exits 0 when every agent runs and its Node is Ready, 3 otherwise.
@@ -21,6 +23,7 @@ NAME=nodes
 TARGET="${CARGO_TARGET_DIR:-$RTC_REPO_ROOT/target}"
 AGENT="$TARGET/debug/rtc-node-agent"
 ADMIN="$RTC_STACK_RUN/kubeconfig"
+CGROUP_PARENT="rtc-stack-$(printf '%s' "$RTC_STACK_RUN" | sha256sum | cut -c1-8)"
 
 node_name() { echo "rtc-node-$1"; }
 
@@ -67,14 +70,15 @@ start() {
     spawn "$name" "$AGENT" \
       --kubeconfig "$kc" \
       --node-name "$name" \
-      --pod-ip-prefix "127.10.$i" \
+      --pod-ip-prefix "$RTC_POD_IP_BASE.$i" \
+      --cgroup-parent "$CGROUP_PARENT" \
       --state-dir "$RTC_STACK_RUN/nodes/$name" \
       "${map[@]}"
   done
   for ((i = 0; i < RTC_NODES; i++)); do
     name="$(node_name "$i")"
     wait_for "$name" 60 node_ready "$name"
-    log "nodes: $name Ready (pid $(cat "$(pidfile "$name")"), pods 127.10.$i.0/24), log $(logfile "$name")"
+    log "nodes: $name Ready (pid $(cat "$(pidfile "$name")"), pods $RTC_POD_IP_BASE.$i.0/24), log $(logfile "$name")"
   done
 }
 
