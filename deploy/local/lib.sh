@@ -154,3 +154,33 @@ port_free() {
     die "$1: port 127.0.0.1:$2 is already in use${who:+ by $who}; stop that process or set $3 to a free port"
   fi
 }
+
+# start_component NAME URL KUBECONFIG PORT_VARIABLE PROGRAM ARGS...: start a
+# control-plane component that authenticates with KUBECONFIG and serves
+# /healthz on URL (HTTPS, open to anyone), unless it already runs; wait
+# until it is healthy. The component's service script defines `healthy`.
+start_component() {
+  local name="$1" url="$2" kc="$3" port_var="$4"
+  shift 4
+  if is_running "$name"; then
+    wait_for "$name" 60 healthy
+    log "$name: already running (pid $(cat "$(pidfile "$name")")) on $url"
+    return 0
+  fi
+  [[ -f "$kc" ]] || die "$name: $kc is missing, so the API server was not started; start it first: deploy/local/stack up apiserver"
+  port_free "$name" "${!port_var}" "$port_var"
+  spawn "$name" "$@" \
+    --kubeconfig "$kc" \
+    --authentication-kubeconfig "$kc" \
+    --authorization-kubeconfig "$kc" \
+    --bind-address 127.0.0.1 \
+    --secure-port "${!port_var}" \
+    --leader-elect=false \
+    --profiling=false \
+    --v 1
+  wait_for "$name" 60 healthy
+  log "$name: running on $url (pid $(cat "$(pidfile "$name")")), log $(logfile "$name")"
+}
+
+# healthz URL: the component at URL answers ok on /healthz.
+healthz() { [[ "$(curl -ksS --max-time 2 "$1/healthz" 2>/dev/null)" == ok ]]; }

@@ -3,7 +3,10 @@
 # kept under $RTC_STACK_RUN/pki (never in the repository).
 #
 #   pki.sh ensure               create what is missing, check what exists
-#   pki.sh kubeconfig NAME FILE write FILE for the client certificate NAME
+#   pki.sh kubeconfig NAME FILE [NAMESPACE]
+#                               write FILE for the client certificate NAME
+#   pki.sh token-kubeconfig USER TOKEN FILE NAMESPACE
+#                               write FILE for a bearer token of USER
 #   pki.sh nodes N              make sure node certificates 0..N-1 exist
 #
 # What it makes, all signed for 365 days:
@@ -97,13 +100,17 @@ ensure() {
   [[ -s "$PKI/sa.pub" ]] || die "pki: $PKI/sa.pub is missing (a stale PKI); fix: rm -rf $PKI, then 'deploy/local/stack up'"
 }
 
-# kubeconfig NAME FILE [NAMESPACE]: a kubeconfig for client certificate NAME.
-kubeconfig() {
-  local name="$1" file="$2" ns="${3:-default}"
+# write_kubeconfig FILE NAMESPACE USER CREDENTIAL...: a kubeconfig for the
+# stack's API server, whose user USER has the given credential lines
+# (`key: value`, as in a kubeconfig's user entry).
+write_kubeconfig() {
+  local file="$1" ns="$2" user="$3" line
+  shift 3
   mkdir -p "$(dirname "$file")"
   (
     umask 077
-    cat >"$file.tmp" <<EOF
+    {
+      cat <<EOF
 apiVersion: v1
 kind: Config
 clusters:
@@ -112,21 +119,33 @@ clusters:
     server: $URL
     certificate-authority-data: $(base64 -w0 <"$PKI/ca.crt")
 users:
-- name: $name
+- name: $user
   user:
-    client-certificate-data: $(base64 -w0 <"$PKI/$name.crt")
-    client-key-data: $(base64 -w0 <"$PKI/$name.key")
+EOF
+      for line in "$@"; do echo "    $line"; done
+      cat <<EOF
 contexts:
 - name: rtc-local
   context:
     cluster: rtc-local
-    user: $name
+    user: $user
     namespace: $ns
 current-context: rtc-local
 EOF
+    } >"$file.tmp"
   )
   mv "$file.tmp" "$file"
 }
+
+# kubeconfig NAME FILE [NAMESPACE]: a kubeconfig for client certificate NAME.
+kubeconfig() {
+  write_kubeconfig "$2" "${3:-default}" "$1" \
+    "client-certificate-data: $(base64 -w0 <"$PKI/$1.crt")" \
+    "client-key-data: $(base64 -w0 <"$PKI/$1.key")"
+}
+
+# token_kubeconfig USER TOKEN FILE NAMESPACE: a kubeconfig for a bearer token.
+token_kubeconfig() { write_kubeconfig "$3" "$4" "$1" "token: $2"; }
 
 nodes() {
   local i
@@ -140,6 +159,7 @@ nodes() {
 case "${1:-}" in
   ensure) ensure ;;
   kubeconfig) kubeconfig "$2" "$3" "${4:-default}" ;;
+  token-kubeconfig) token_kubeconfig "$2" "$3" "$4" "$5" ;;
   nodes) nodes "$2" ;;
-  *) die "usage: pki.sh ensure | kubeconfig NAME FILE [NAMESPACE] | nodes N" ;;
+  *) die "usage: pki.sh ensure | kubeconfig NAME FILE [NAMESPACE] | token-kubeconfig USER TOKEN FILE NAMESPACE | nodes N" ;;
 esac

@@ -262,14 +262,20 @@ fn scaler(client: Client, ns: &TestNamespace) -> Result<WorkloadScaler<KubeWorkl
     ))
 }
 
+/// A fresh namespace holding the socket nodes' ConfigMap.
+async fn namespace_with_config() -> Result<TestNamespace> {
+    let ns = rtc_testkit::kubernetes().await?;
+    let config = config_map(ns.name(), &Endpoints::from_env())?;
+    ns.api::<ConfigMap>()
+        .create(&PostParams::default(), &config)
+        .await?;
+    Ok(ns)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_replica_set_controller_removes_the_pod_the_scaler_chose_after_its_drain() -> Result {
-    let endpoints = Endpoints::from_env();
-    let ns = rtc_testkit::kubernetes().await?;
+    let ns = namespace_with_config().await?;
     let pp = PostParams::default();
-    ns.api::<ConfigMap>()
-        .create(&pp, &config_map(ns.name(), &endpoints)?)
-        .await?;
     let deployment: Deployment = serde_json::from_value(socket_deployment(ns.name(), 3)?)?;
     let created = Instant::now();
     ns.api::<Deployment>().create(&pp, &deployment).await?;
@@ -334,12 +340,8 @@ async fn the_replica_set_controller_removes_the_pod_the_scaler_chose_after_its_d
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stateful_set_controller_removes_the_top_ordinal_after_its_drain() -> Result {
-    let endpoints = Endpoints::from_env();
-    let ns = rtc_testkit::kubernetes().await?;
+    let ns = namespace_with_config().await?;
     let pp = PostParams::default();
-    ns.api::<ConfigMap>()
-        .create(&pp, &config_map(ns.name(), &endpoints)?)
-        .await?;
     ns.api::<StatefulSet>()
         .create(&pp, &socket_stateful_set(ns.name(), 3)?)
         .await?;

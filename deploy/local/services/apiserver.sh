@@ -57,30 +57,7 @@ accounts() {
     token="$(KUBECONFIG="$KUBECONFIG_FILE" kubectl create token "$sa" -n "$ns" --duration 24h)" \
       || die "apiserver: could not get a token for service account $ns/$sa"
     file="$RTC_STACK_RUN/kubeconfigs/sa-$ns-$sa.kubeconfig"
-    (
-      umask 077
-      cat >"$file.tmp" <<EOF
-apiVersion: v1
-kind: Config
-clusters:
-- name: rtc-local
-  cluster:
-    server: $URL
-    certificate-authority-data: $(base64 -w0 <"$PKI/ca.crt")
-users:
-- name: system:serviceaccount:$ns:$sa
-  user:
-    token: $token
-contexts:
-- name: rtc-local
-  context:
-    cluster: rtc-local
-    user: system:serviceaccount:$ns:$sa
-    namespace: $ns
-current-context: rtc-local
-EOF
-    )
-    mv "$file.tmp" "$file"
+    bash "$RTC_LOCAL_DIR/pki.sh" token-kubeconfig "system:serviceaccount:$ns:$sa" "$token" "$file" "$ns"
     log "apiserver: service account $ns/$sa: kubeconfig $file"
   done < <(KUBECONFIG="$KUBECONFIG_FILE" kubectl get serviceaccounts -n rtc -l app.kubernetes.io/part-of=rtc \
     -o jsonpath='{range .items[*]}{.metadata.namespace} {.metadata.name}{"\n"}{end}')

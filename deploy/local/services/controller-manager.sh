@@ -22,37 +22,21 @@ URL="https://127.0.0.1:$RTC_CONTROLLER_MANAGER_PORT"
 KC="$RTC_STACK_RUN/kubeconfigs/controller-manager.kubeconfig"
 CONTROLLERS=deployment-controller,replicaset-controller,statefulset-controller,garbage-collector-controller,namespace-controller,serviceaccount-controller,serviceaccount-token-controller,horizontal-pod-autoscaler-controller,disruption-controller,endpointslice-controller,node-lifecycle-controller,root-ca-certificate-publisher-controller
 
-healthy() { [[ "$(curl -ksS --max-time 2 "$URL/healthz" 2>/dev/null)" == ok ]]; }
+healthy() { healthz "$URL"; }
 
 start() {
-  if is_running "$NAME"; then
-    wait_for "$NAME" 60 healthy
-    log "$NAME: already running (pid $(cat "$(pidfile "$NAME")")) on $URL"
-    return 0
-  fi
-  [[ -f "$KC" ]] || die "$NAME: $KC is missing, so the API server was not started; start it first: deploy/local/stack up apiserver"
-  port_free "$NAME" "$RTC_CONTROLLER_MANAGER_PORT" RTC_CONTROLLER_MANAGER_PORT
-  spawn "$NAME" "$("$RTC_LOCAL_DIR/build.sh" path kube-controller-manager)" \
-    --kubeconfig "$KC" \
-    --authentication-kubeconfig "$KC" \
-    --authorization-kubeconfig "$KC" \
-    --bind-address 127.0.0.1 \
-    --secure-port "$RTC_CONTROLLER_MANAGER_PORT" \
+  start_component "$NAME" "$URL" "$KC" RTC_CONTROLLER_MANAGER_PORT \
+    "$("$RTC_LOCAL_DIR/build.sh" path kube-controller-manager)" \
     --controllers "$CONTROLLERS" \
     --use-service-account-credentials=true \
     --service-account-private-key-file "$PKI/sa.key" \
     --root-ca-file "$PKI/ca.crt" \
     --cluster-signing-cert-file "$PKI/ca.crt" \
     --cluster-signing-key-file "$PKI/ca.key" \
-    --leader-elect=false \
     --concurrent-deployment-syncs 5 \
     --concurrent-replicaset-syncs 5 \
     --horizontal-pod-autoscaler-sync-period 5s \
-    --node-monitor-grace-period 40s \
-    --profiling=false \
-    --v 1
-  wait_for "$NAME" 60 healthy
-  log "$NAME: running on $URL (pid $(cat "$(pidfile "$NAME")")), log $(logfile "$NAME")"
+    --node-monitor-grace-period 40s
 }
 
 status() { service_status "$NAME" "$URL" healthy; }
