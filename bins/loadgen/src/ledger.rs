@@ -1,0 +1,421 @@
+//! The accounting of one run: every message the generator sends, its ack and
+//! its arrivals, so losses and duplicates are counted exactly and latency is
+//! measured end to end. Pure: times are passed in as the elapsed time since
+//! the run's start, read from one monotonic clock in one process, so the
+//! sender's send time and the recipient's receive time are comparable.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// The generator's own id of a message: which of its clients sent it, and
+/// that client's sequence number. Written `<run>-<sender>-<seq>` in bodies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MsgId {
+    /// Index of the sending client.
+    pub sender: u32,
+    /// The sender's sequence number, from 0.
+    pub seq: u64,
+}
+
+impl MsgId {
+    /// The id as written in a message body for run `run`.
+    #[must_use]
+    pub fn render(&self, run: &str) -> String {
+        format!("{run}-{}-{}", self.sender, self.seq)
+    }
+
+    /// Reads an id written by [`MsgId::render`] for the same `run`; `None`
+    /// for another run's ids or anything else.
+    #[must_use]
+    pub fn parse(run: &str, text: &str) -> Option<Self> {
+        let rest = text.strip_prefix(run)?.strip_prefix('-')?;
+        let (sender, seq) = rest.split_once('-')?;
+        Some(Self {
+            sender: sender.parse().ok()?,
+            seq: seq.parse().ok()?,
+        })
+    }
+}
+
+/// How a socket node acknowledged a message (docs/socket-protocol.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AckStatus {
+    /// Handed to the recipient's connection on the same node.
+    Delivered,
+    /// Published to the delivery topic of the recipient's node.
+    Relayed,
+    /// Kept in the recipient's offline buffer.
+    Buffered,
+}
+
+impl AckStatus {
+    /// Reads the `status` of an ack frame.
+    #[must_use]
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "delivered" => Some(Self::Delivered),
+            "relayed" => Some(Self::Relayed),
+            "buffered" => Some(Self::Buffered),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for AckStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Delivered => "delivered",
+            Self::Relayed => "relayed",
+            Self::Buffered => "buffered",
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Record {
+    recipient: u32,
+    first_sent: Duration,
+    ack: Option<AckStatus>,
+    arrivals: u32,
+}
+
+/// Counts of messages, as in the summary.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct MessageCounts {
+    /// Distinct messages sent.
+    pub sent: u64,
+    /// Sends of a message again after a reconnect, not yet acked before.
+    pub resent: u64,
+    /// Distinct messages acked, by the status of their first ack.
+    pub acked: BTreeMap<AckStatus, u64>,
+    /// Acks beyond the first for a message (after a resend).
+    pub extra_acks: u64,
+    /// Sent but never acked.
+    pub unacked: u64,
+    /// Distinct messages that reached their recipient.
+    pub received: u64,
+    /// Arrivals of a message already received.
+    pub duplicates: u64,
+    /// Sent and acked, but never received by the recipient.
+    pub lost: u64,
+    /// Sent, never acked and never received.
+    pub unacked_and_not_received: u64,
+    /// Arrivals at a client that was not the recipient.
+    pub misdelivered: u64,
+    /// Arrivals of messages this run has no record of.
+    pub unknown: u64,
+}
+
+/// A message that never reached its recipient.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Missing {
+    /// The generator's id (`<run>-<sender>-<seq>`).
+    pub id: String,
+    /// The recipient's client index.
+    pub to: u32,
+    /// The first ack's status, if any ack came.
+    pub ack: Option<AckStatus>,
+}
+
+/// End-to-end latency, sender's send to recipient's first receive.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Latency {
+    /// Messages measured (first arrivals).
+    pub count: u64,
+    /// Median, in milliseconds.
+    pub p50_ms: f64,
+    /// 90th percentile, in milliseconds.
+    pub p90_ms: f64,
+    /// 99th percentile, in milliseconds.
+    pub p99_ms: f64,
+    /// Highest, in milliseconds.
+    pub max_ms: f64,
+    /// How latency is measured.
+    pub clock: &'static str,
+}
+
+/// The ledger of one run.
+#[derive(Debug)]
+pub struct Ledger {
+    records: HashMap<MsgId, Record>,
+    counts: MessageCounts,
+    /// Sent, not yet received, by recipient.
+    pending_by_recipient: HashMap<u32, u64>,
+    pending: u64,
+    latency_us: Histogram<u64>,
+}
+
+impl Default for Ledger {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Highest latency the histogram keeps apart (an hour, in microseconds);
+/// longer ones are recorded as this.
+const LATENCY_MAX_US: u64 = 3_600_000_000;
+
+impl Ledger {
+    /// An empty ledger.
+    #[must_use]
+    pub fn new() -> Self {
+        Self {
+            records: HashMap::new(),
+            counts: MessageCounts::default(),
+            pending_by_recipient: HashMap::new(),
+            pending: 0,
+            // Three significant digits over 1 µs to an hour: fixed bounds, so
+            // construction cannot fail.
+            latency_us: Histogram::new_with_bounds(1, LATENCY_MAX_US, 3)
+                .unwrap_or_else(|_| unreachable!("valid fixed histogram bounds")),
+        }
+    }
+
+    /// `id` was written to `recipient` at `at`; `resend` when it had been
+    /// written before, on an earlier connection.
+    pub fn sent(&mut self, id: MsgId, recipient: u32, at: Duration) {
+        match self.records.get(&id) {
+            Some(_) => self.counts.resent += 1,
+            None => {
+                self.records.insert(
+                    id,
+                    Record {
+                        recipient,
+                        first_sent: at,
+                        ack: None,
+                        arrivals: 0,
+                    },
+                );
+                self.counts.sent += 1;
+                self.pending += 1;
+                *self.pending_by_recipient.entry(recipient).or_default() += 1;
+            }
+        }
+    }
+
+    /// An ack for `id` came with `status`.
+    pub fn acked(&mut self, id: MsgId, status: AckStatus) {
+        let Some(record) = self.records.get_mut(&id) else {
+            return;
+        };
+        if record.ack.is_some() {
+            self.counts.extra_acks += 1;
+        } else {
+            record.ack = Some(status);
+            *self.counts.acked.entry(status).or_default() += 1;
+        }
+    }
+
+    /// Client `by` received `id` at `at`.
+    pub fn received(&mut self, id: MsgId, by: u32, at: Duration) {
+        let Some(record) = self.records.get_mut(&id) else {
+            self.counts.unknown += 1;
+            return;
+        };
+        if record.recipient != by {
+            self.counts.misdelivered += 1;
+            return;
+        }
+        record.arrivals += 1;
+        if record.arrivals > 1 {
+            self.counts.duplicates += 1;
+            return;
+        }
+        self.counts.received += 1;
+        self.pending -= 1;
+        if let Some(p) = self.pending_by_recipient.get_mut(&by) {
+            *p -= 1;
+        }
+        let us = u64::try_from(at.saturating_sub(record.first_sent).as_micros())
+            .unwrap_or(u64::MAX)
+            .clamp(1, LATENCY_MAX_US);
+        // In bounds by the clamp.
+        let _ = self.latency_us.record(us);
+    }
+
+    /// Messages sent and not yet received.
+    #[must_use]
+    pub fn pending(&self) -> u64 {
+        self.pending
+    }
+
+    /// Messages sent to `recipient` and not yet received by it.
+    #[must_use]
+    pub fn pending_to(&self, recipient: u32) -> u64 {
+        self.pending_by_recipient
+            .get(&recipient)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The counts so far; `lost` and `unacked` as if the run ended now.
+    #[must_use]
+    pub fn counts(&self) -> MessageCounts {
+        let mut counts = self.counts.clone();
+        for record in self.records.values() {
+            match (record.ack, record.arrivals) {
+                (None, 0) => {
+                    counts.unacked += 1;
+                    counts.unacked_and_not_received += 1;
+                }
+                (None, _) => counts.unacked += 1,
+                (Some(_), 0) => counts.lost += 1,
+                (Some(_), _) => {}
+            }
+        }
+        counts
+    }
+
+    /// Messages never received, ordered by id, rendered for run `run`.
+    #[must_use]
+    pub fn missing(&self, run: &str) -> Vec<Missing> {
+        let mut missing: Vec<_> = self
+            .records
+            .iter()
+            .filter(|(_, r)| r.arrivals == 0)
+            .map(|(id, r)| (*id, r.recipient, r.ack))
+            .collect();
+        missing.sort_unstable_by_key(|m| m.0);
+        missing
+            .into_iter()
+            .map(|(id, to, ack)| Missing {
+                id: id.render(run),
+                to,
+                ack,
+            })
+            .collect()
+    }
+
+    /// Latency percentiles of first arrivals.
+    #[must_use]
+    pub fn latency(&self) -> Latency {
+        let h = &self.latency_us;
+        let ms = |us: u64| {
+            if h.is_empty() {
+                0.0
+            } else {
+                us as f64 / 1000.0
+            }
+        };
+        Latency {
+            count: h.len(),
+            p50_ms: ms(h.value_at_quantile(0.50)),
+            p90_ms: ms(h.value_at_quantile(0.90)),
+            p99_ms: ms(h.value_at_quantile(0.99)),
+            max_ms: ms(h.max()),
+            clock: "monotonic clock of the generator's one process: sender's first write to recipient's first read",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn id(sender: u32, seq: u64) -> MsgId {
+        MsgId { sender, seq }
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn ids_round_trip_and_other_runs_are_ignored() {
+        let a = id(3, 17);
+        assert_eq!(MsgId::parse("r1", &a.render("r1")), Some(a));
+        assert_eq!(MsgId::parse("r2", &a.render("r1")), None);
+        assert_eq!(MsgId::parse("r1", "r1-x-1"), None);
+        assert_eq!(MsgId::parse("r1", "r1-1"), None);
+    }
+
+    #[test]
+    fn losses_duplicates_and_latency_are_counted() {
+        let mut ledger = Ledger::new();
+        ledger.sent(id(0, 0), 1, ms(10));
+        ledger.sent(id(0, 1), 1, ms(20));
+        ledger.sent(id(1, 0), 0, ms(30));
+        ledger.sent(id(1, 0), 0, ms(40));
+        ledger.acked(id(0, 0), AckStatus::Delivered);
+        ledger.acked(id(0, 1), AckStatus::Relayed);
+        ledger.acked(id(1, 0), AckStatus::Buffered);
+        ledger.acked(id(1, 0), AckStatus::Delivered);
+        ledger.received(id(0, 0), 1, ms(15));
+        ledger.received(id(0, 0), 1, ms(16));
+        ledger.received(id(1, 0), 1, ms(50));
+        ledger.received(id(1, 0), 0, ms(50));
+        ledger.received(id(9, 9), 0, ms(50));
+        let counts = ledger.counts();
+        assert_eq!(counts.sent, 3);
+        assert_eq!(counts.resent, 1);
+        assert_eq!(counts.acked.get(&AckStatus::Buffered), Some(&1));
+        assert_eq!(counts.extra_acks, 1);
+        assert_eq!(counts.received, 2);
+        assert_eq!(counts.duplicates, 1);
+        assert_eq!(counts.misdelivered, 1);
+        assert_eq!(counts.unknown, 1);
+        assert_eq!(counts.lost, 1);
+        assert_eq!(ledger.pending(), 1);
+        assert_eq!(ledger.pending_to(1), 1);
+        assert_eq!(ledger.pending_to(0), 0);
+        let missing = ledger.missing("r");
+        assert_eq!(missing.len(), 1);
+        assert_eq!(missing[0].id, "r-0-1");
+        let latency = ledger.latency();
+        assert_eq!(latency.count, 2);
+        assert!((latency.max_ms - 20.0).abs() < 0.1, "{latency:?}");
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Send(u32, u64, u32),
+        Ack(u32, u64, u8),
+        Receive(u32, u64, u32),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0u32..4, 0u64..6, 0u32..4).prop_map(|(s, q, r)| Op::Send(s, q, r)),
+            (0u32..4, 0u64..6, 0u8..3).prop_map(|(s, q, a)| Op::Ack(s, q, a)),
+            (0u32..4, 0u64..6, 0u32..4).prop_map(|(s, q, r)| Op::Receive(s, q, r)),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn every_sent_message_is_received_lost_or_unacked_exactly_once(
+            ops in prop::collection::vec(op(), 0..200),
+        ) {
+            let mut ledger = Ledger::new();
+            let mut t = 0;
+            let mut arrivals = 0u64;
+            for op in ops {
+                t += 1;
+                match op {
+                    Op::Send(s, q, r) => ledger.sent(id(s, q), r, ms(t)),
+                    Op::Ack(s, q, a) => ledger.acked(
+                        id(s, q),
+                        [AckStatus::Delivered, AckStatus::Relayed, AckStatus::Buffered][usize::from(a)],
+                    ),
+                    Op::Receive(s, q, r) => {
+                        arrivals += 1;
+                        ledger.received(id(s, q), r, ms(t));
+                    }
+                }
+            }
+            let c = ledger.counts();
+            prop_assert_eq!(c.received + c.lost + c.unacked_and_not_received, c.sent);
+            prop_assert_eq!(c.received + c.duplicates + c.misdelivered + c.unknown, arrivals);
+            prop_assert_eq!(c.acked.values().sum::<u64>() + c.unacked, c.sent);
+            prop_assert_eq!(ledger.pending(), c.sent - c.received);
+            prop_assert_eq!(ledger.missing("r").len() as u64, c.sent - c.received);
+            prop_assert_eq!(ledger.latency().count, c.received);
+        }
+    }
+}

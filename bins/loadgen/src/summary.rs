@@ -1,0 +1,56 @@
+//! The summary of a run, written as JSON at the end.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::frames::Reason;
+use crate::ledger::{Latency, MessageCounts, Missing};
+use crate::profile::Profile;
+
+/// Connections over the run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Connections {
+    /// Connections that got their welcome, reconnections included.
+    pub opened: u64,
+    /// Most connections open at once.
+    pub peak_open: u64,
+    /// Welcomed connections by target address.
+    pub opened_by_target: BTreeMap<String, u64>,
+    /// Connections open at the end of the grace period, by target address.
+    pub open_at_end_by_target: BTreeMap<String, u64>,
+}
+
+/// Everything a run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// The run's id: the prefix of its client and message ids.
+    pub run: String,
+    /// The profile that ran.
+    pub profile: Profile,
+    /// How long the profile ran, in milliseconds.
+    pub run_ms: u64,
+    /// How long the generator then waited for outstanding messages.
+    pub grace_used_ms: u64,
+    /// Connections.
+    pub connections: Connections,
+    /// Messages.
+    pub messages: MessageCounts,
+    /// Ends of connections that were followed by a reconnect (or, for
+    /// `replaced`, by giving up), by reason.
+    pub reconnects: BTreeMap<Reason, u64>,
+    /// `error` frames from the nodes, by code.
+    pub refusals: BTreeMap<String, u64>,
+    /// End-to-end latency.
+    pub latency: Latency,
+    /// Every message never received by its recipient, by id.
+    pub never_received: Vec<Missing>,
+}
+
+impl Summary {
+    /// Whether every message sent reached its recipient.
+    #[must_use]
+    pub fn all_received(&self) -> bool {
+        self.messages.received == self.messages.sent
+    }
+}
