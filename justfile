@@ -84,6 +84,18 @@ bench-heartbeat:
     eval "$(deploy/local/stack env redis)"
     cargo bench -p rtc-heartbeat --bench ingest
 
+# The load generator (docs/loadgen.md): WebSocket clients on the Ready socket pods, exact loss and duplicate counts (`just loadgen --help`).
+loadgen *ARGS:
+    cargo run --quiet --release -p rtc-loadgen -- {{ARGS}}
+
+# The load generator's own ceiling: connections and msg/s one process drives against two socket pods on the local stack (about 4 minutes).
+bench-loadgen:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    deploy/local/stack up
+    eval "$(deploy/local/stack env)"
+    cargo bench -p rtc-loadgen --bench ceiling
+
 # Start the local stack (Redis, a Kafka-protocol broker, etcd, the Kubernetes control plane and node agents).
 stack-up *SERVICES:
     deploy/local/stack up {{SERVICES}}

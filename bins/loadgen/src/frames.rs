@@ -193,6 +193,17 @@ impl Reason {
         }
     }
 
+    /// How long new connections should avoid a target that ended one for
+    /// this reason: a draining or refusing node stays so for a while.
+    #[must_use]
+    pub fn cool_down(self) -> Option<Duration> {
+        match self {
+            Self::Drain | Self::Refused503 => Some(Duration::from_secs(5)),
+            Self::ConnectFailed | Self::TryAgainLater => Some(Duration::from_secs(1)),
+            _ => None,
+        }
+    }
+
     /// Whether the client should connect again.
     #[must_use]
     pub fn reconnects(self) -> bool {

@@ -176,9 +176,9 @@ impl Ledger {
         }
     }
 
-    /// `id` was written to `recipient` at `at`; `resend` when it had been
-    /// written before, on an earlier connection.
-    pub fn sent(&mut self, id: MsgId, recipient: u32, at: Duration) {
+    /// `id` was written to `recipient` at `at` (a resend when it had been
+    /// written before, on an earlier connection).
+    pub fn record_sent(&mut self, id: MsgId, recipient: u32, at: Duration) {
         match self.records.get(&id) {
             Some(_) => self.counts.resent += 1,
             None => {
@@ -236,6 +236,12 @@ impl Ledger {
             .clamp(1, LATENCY_MAX_US);
         // In bounds by the clamp.
         let _ = self.latency_us.record(us);
+    }
+
+    /// Distinct messages sent.
+    #[must_use]
+    pub fn sent(&self) -> u64 {
+        self.counts.sent
     }
 
     /// Messages sent and not yet received.
@@ -338,10 +344,10 @@ mod tests {
     #[test]
     fn losses_duplicates_and_latency_are_counted() {
         let mut ledger = Ledger::new();
-        ledger.sent(id(0, 0), 1, ms(10));
-        ledger.sent(id(0, 1), 1, ms(20));
-        ledger.sent(id(1, 0), 0, ms(30));
-        ledger.sent(id(1, 0), 0, ms(40));
+        ledger.record_sent(id(0, 0), 1, ms(10));
+        ledger.record_sent(id(0, 1), 1, ms(20));
+        ledger.record_sent(id(1, 0), 0, ms(30));
+        ledger.record_sent(id(1, 0), 0, ms(40));
         ledger.acked(id(0, 0), AckStatus::Delivered);
         ledger.acked(id(0, 1), AckStatus::Relayed);
         ledger.acked(id(1, 0), AckStatus::Buffered);
@@ -398,7 +404,7 @@ mod tests {
             for op in ops {
                 t += 1;
                 match op {
-                    Op::Send(s, q, r) => ledger.sent(id(s, q), r, ms(t)),
+                    Op::Send(s, q, r) => ledger.record_sent(id(s, q), r, ms(t)),
                     Op::Ack(s, q, a) => ledger.acked(
                         id(s, q),
                         [AckStatus::Delivered, AckStatus::Relayed, AckStatus::Buffered][usize::from(a)],

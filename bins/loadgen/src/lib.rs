@@ -39,5 +39,5 @@ mod run;
 
 pub use discovery::Discovery;
 pub use profile::{Phase, PhaseKind, Profile, Rate};
-pub use run::{RunConfig, RunError, run};
+pub use run::{RunConfig, RunError, run, run_until};
 pub use summary::Summary;

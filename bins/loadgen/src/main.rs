@@ -1,5 +1,6 @@
 //! The loadgen binary. It only wires: parse and validate the flags, start
-//! logs, build the discovery, run, write the summary.
+//! logs, build the discovery, run (Ctrl-C ends the profile early), write the
+//! summary.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -140,7 +141,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } else {
             Box::new(Stderr::new(config.profile.duration()))
         };
-        anyhow::Ok(rtc_loadgen::run(config, discovery, progress.as_mut()).await?)
+        // Ctrl-C ends the profile early; the grace period and the summary follow.
+        let interrupted = async {
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        anyhow::Ok(rtc_loadgen::run_until(config, discovery, progress.as_mut(), interrupted).await?)
     })?;
     let json = serde_json::to_string_pretty(&summary)?;
     match &cli.summary {

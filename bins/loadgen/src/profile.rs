@@ -418,6 +418,14 @@ mod tests {
     }
 
     #[test]
+    fn the_bundled_profile_is_valid() {
+        let text = include_str!("../profiles/spike-then-calm.json");
+        let profile = Profile::from_json(text).expect("bundled profile");
+        assert_eq!(profile.phases.len(), 4);
+        assert_eq!(profile.peak_connections(), 600);
+    }
+
+    #[test]
     fn text_that_is_not_json_is_a_syntax_error() {
         assert!(matches!(
             Profile::from_json("phases: []"),

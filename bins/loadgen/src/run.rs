@@ -114,6 +114,10 @@ struct Driver {
     refusals: BTreeMap<String, u64>,
     issued: u64,
     refused: Option<TargetError>,
+    /// Messages handed to clients.
+    handed_out: u64,
+    /// When the run was cut short.
+    stopped_at: Option<Duration>,
 }
 
 /// Runs the profile against the targets of `discovery` and returns what it
@@ -127,6 +131,21 @@ pub async fn run(
     config: RunConfig,
     discovery: Discovery,
     progress: &mut dyn Progress,
+) -> Result<Summary, RunError> {
+    run_until(config, discovery, progress, std::future::pending()).await
+}
+
+/// [`run`], cut short when `stop` completes: no more messages are handed
+/// out, and the grace period starts then.
+///
+/// # Errors
+///
+/// As [`run`].
+pub async fn run_until(
+    config: RunConfig,
+    discovery: Discovery,
+    progress: &mut dyn Progress,
+    stop: impl std::future::Future<Output = ()>,
 ) -> Result<Summary, RunError> {
     if !valid_run_id(&config.run_id) {
         return Err(RunError::RunId(config.run_id));
@@ -155,13 +174,17 @@ pub async fn run(
         refusals: BTreeMap::new(),
         issued: 0,
         refused: None,
+        stopped_at: None,
+        handed_out: 0,
     };
     driver.on_discovered(&targets.borrow_and_update().clone());
     let span = tracing::info_span!("run", run = %driver.config.run_id);
     let _entered = span.enter();
     tracing::info!(targets = ?driver.balancer.ready(), "run started");
 
-    let total = driver.schedule.duration();
+    let mut total = driver.schedule.duration();
+    let mut stop = std::pin::pin!(stop);
+    let mut stopped = false;
     let grace = driver.config.grace;
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
@@ -182,7 +205,8 @@ pub async fn run(
                         now
                     });
                     driver.close_retired(now);
-                    if driver.ledger.pending() == 0 || now.saturating_sub(since) >= grace {
+                    let all_written = driver.ledger.sent() >= driver.handed_out;
+                    if (all_written && driver.ledger.pending() == 0) || now.saturating_sub(since) >= grace {
                         break;
                     }
                 }
@@ -192,6 +216,15 @@ pub async fn run(
                 }
             }
             Some(event) = events.recv() => driver.on_event(event),
+            () = &mut stop, if !stopped => {
+                stopped = true;
+                let now = driver.shared.start.elapsed();
+                if now < total {
+                    tracing::info!(?now, "stopped early: waiting for messages on their way");
+                    total = now;
+                    driver.cut_short(now);
+                }
+            }
             changed = targets.changed(), if discovery_open => {
                 if changed.is_ok() {
                     let view = targets.borrow_and_update().clone();
@@ -290,10 +323,17 @@ impl Driver {
                 };
                 slot.next_seq += 1;
                 let _ = slot.commands.send(Command::Send { id, to });
+                self.handed_out += 1;
             }
         }
         // Messages due while no client was active are skipped, not queued.
         self.issued += n;
+    }
+
+    /// Ends the profile at `now`: nothing more is due after it.
+    fn cut_short(&mut self, now: Duration) {
+        self.issued = u64::MAX;
+        self.stopped_at = Some(now);
     }
 
     fn open_client(&mut self) {
@@ -328,7 +368,7 @@ impl Driver {
             let index = u32::try_from(index).unwrap_or(u32::MAX);
             // At the end every client stays until the grace period is over:
             // senders may still have to resend.
-            let at_end = now >= self.schedule.duration();
+            let at_end = now >= self.stopped_at.unwrap_or(self.schedule.duration());
             if !at_end && (self.ledger.pending_to(index) == 0 || now.saturating_sub(since) >= grace)
             {
                 let _ = slot.commands.send(Command::Close);
@@ -366,7 +406,8 @@ impl Driver {
     fn on_event(&mut self, event: Event) {
         match event {
             Event::NeedTarget { reply } => {
-                let _ = reply.send(self.balancer.pick());
+                let now = self.shared.start.elapsed();
+                let _ = reply.send(self.balancer.pick(now));
             }
             Event::Connected { client, target } => {
                 self.connected.insert(client, target);
@@ -386,11 +427,15 @@ impl Driver {
             } => {
                 self.balancer.release(target);
                 self.connected.remove(&client);
+                if let Some(cooling) = reason.and_then(Reason::cool_down) {
+                    let now = self.shared.start.elapsed();
+                    self.balancer.cool_down(target, now + cooling);
+                }
                 if let Some(reason) = reason {
                     *self.reconnects.entry(reason).or_default() += 1;
                 }
             }
-            Event::Sent { id, to, at } => self.ledger.sent(id, to, at),
+            Event::Sent { id, to, at } => self.ledger.record_sent(id, to, at),
             Event::Acked { id, status } => self.ledger.acked(id, status),
             Event::Received { id, by, at } => self.ledger.received(id, by, at),
             Event::Refused { code } => *self.refusals.entry(code).or_default() += 1,

@@ -3,10 +3,13 @@
 //! generator is a test tool for servers on this machine. New connections are
 //! spread over the Ready targets the way a Service spreads them: round-robin,
 //! or to the target with the fewest open connections. A target that leaves
-//! the Ready set gets no new connections.
+//! the Ready set gets no new connections, and one that just refused or
+//! drained a connection gets none while it cools down, unless every target
+//! does.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -104,6 +107,8 @@ pub struct Balancer {
     ready: Vec<SocketAddr>,
     open: BTreeMap<SocketAddr, u64>,
     opened: BTreeMap<SocketAddr, u64>,
+    /// Targets to avoid until the given elapsed time.
+    cooling: BTreeMap<SocketAddr, Duration>,
     cursor: usize,
 }
 
@@ -116,6 +121,7 @@ impl Balancer {
             ready: Vec::new(),
             open: BTreeMap::new(),
             opened: BTreeMap::new(),
+            cooling: BTreeMap::new(),
             cursor: 0,
         }
     }
@@ -134,18 +140,33 @@ impl Balancer {
         &self.ready
     }
 
-    /// Chooses the target of a new connection and counts it open there;
-    /// `None` when no target is Ready.
-    pub fn pick(&mut self) -> Option<SocketAddr> {
+    /// Avoids `target` for new connections until `until` (elapsed time),
+    /// e.g. after it answered 503 or drained.
+    pub fn cool_down(&mut self, target: SocketAddr, until: Duration) {
+        let entry = self.cooling.entry(target).or_default();
+        *entry = (*entry).max(until);
+    }
+
+    fn cooling_at(&self, target: SocketAddr, now: Duration) -> bool {
+        self.cooling.get(&target).is_some_and(|until| now < *until)
+    }
+
+    /// Chooses the target of a new connection at `now` and counts it open
+    /// there; `None` when no target is Ready. Targets cooling down are
+    /// passed over while another is Ready.
+    pub fn pick(&mut self, now: Duration) -> Option<SocketAddr> {
         if self.ready.is_empty() {
             return None;
         }
+        self.cooling.retain(|_, until| now < *until);
         let n = self.ready.len();
         let start = self.cursor % n;
+        let all_cooling = self.ready.iter().all(|t| self.cooling_at(*t, now));
+        let usable = |i: usize| all_cooling || !self.cooling_at(self.ready[i], now);
+        let mut turn = (0..n).map(|k| (start + k) % n).filter(|&i| usable(i));
         let index = match self.strategy {
-            Strategy::RoundRobin => start,
-            Strategy::LeastConnections => (0..n)
-                .map(|k| (start + k) % n)
+            Strategy::RoundRobin => turn.next().unwrap_or(start),
+            Strategy::LeastConnections => turn
                 .min_by_key(|&i| (self.open_on(self.ready[i]), (i + n - start) % n))
                 .unwrap_or(start),
         };
@@ -192,6 +213,7 @@ mod tests {
     use proptest::prelude::*;
     use std::collections::BTreeMap;
     use std::net::SocketAddr;
+    use std::time::Duration;
 
     fn addr(last: u8) -> SocketAddr {
         SocketAddr::from(([127, 10, 0, last], 8000))
@@ -238,26 +260,47 @@ mod tests {
     #[test]
     fn least_connections_fills_the_emptiest_and_a_draining_target_gets_none() {
         let mut b = Balancer::new(Spread::LeastConnections);
-        assert_eq!(b.pick(), None);
+        assert_eq!(b.pick(Duration::ZERO), None);
         b.set_ready(vec![addr(1), addr(2)]);
-        let picks: Vec<_> = (0..4).filter_map(|_| b.pick()).collect();
+        let picks: Vec<_> = (0..4).filter_map(|_| b.pick(Duration::ZERO)).collect();
         assert_eq!(picks, [addr(1), addr(2), addr(1), addr(2)]);
         b.set_ready(vec![addr(1), addr(2), addr(3)]);
-        assert_eq!(b.pick(), Some(addr(3)));
-        assert_eq!(b.pick(), Some(addr(3)));
+        assert_eq!(b.pick(Duration::ZERO), Some(addr(3)));
+        assert_eq!(b.pick(Duration::ZERO), Some(addr(3)));
         b.set_ready(vec![addr(1), addr(3)]);
         for _ in 0..3 {
             b.release(addr(2));
         }
-        assert!((0..10).filter_map(|_| b.pick()).all(|a| a != addr(2)));
+        assert!(
+            (0..10)
+                .filter_map(|_| b.pick(Duration::ZERO))
+                .all(|a| a != addr(2))
+        );
         assert_eq!(b.open_on(addr(2)), 0);
+    }
+
+    #[test]
+    fn a_target_cooling_down_is_passed_over_unless_all_are() {
+        let s = Duration::from_secs;
+        for strategy in [Spread::LeastConnections, Spread::RoundRobin] {
+            let mut b = Balancer::new(strategy);
+            b.set_ready(vec![addr(1), addr(2)]);
+            b.cool_down(addr(1), s(5));
+            assert!((0..4).all(|_| b.pick(s(1)) == Some(addr(2))));
+            b.cool_down(addr(2), s(5));
+            assert!(b.pick(s(1)).is_some());
+            assert_eq!(
+                b.pick(s(5)).map(|a| a == addr(1) || a == addr(2)),
+                Some(true)
+            );
+        }
     }
 
     #[test]
     fn round_robin_takes_turns() {
         let mut b = Balancer::new(Spread::RoundRobin);
         b.set_ready(vec![addr(2), addr(1)]);
-        let picks: Vec<_> = (0..3).filter_map(|_| b.pick()).collect();
+        let picks: Vec<_> = (0..3).filter_map(|_| b.pick(Duration::ZERO)).collect();
         assert_eq!(picks, [addr(1), addr(2), addr(1)]);
     }
 
@@ -289,7 +332,7 @@ mod tests {
             for op in ops {
                 match op {
                     Op::Ready(set) => b.set_ready(set.into_iter().map(addr).collect()),
-                    Op::Pick => match b.pick() {
+                    Op::Pick => match b.pick(Duration::ZERO) {
                         Some(a) => {
                             prop_assert!(b.ready().contains(&a));
                             *open.entry(a).or_default() += 1;
@@ -313,7 +356,7 @@ mod tests {
         fn least_connections_keeps_a_fixed_set_within_one(n in 1u8..6, picks in 0usize..60) {
             let mut b = Balancer::new(Spread::LeastConnections);
             b.set_ready((0..n).map(addr).collect());
-            for _ in 0..picks { b.pick(); }
+            for _ in 0..picks { b.pick(Duration::ZERO); }
             let counts: Vec<u64> = (0..n).map(|i| b.open_on(addr(i))).collect();
             let (lo, hi) = (counts.iter().min().copied().unwrap_or(0), counts.iter().max().copied().unwrap_or(0));
             prop_assert!(hi - lo <= 1, "{counts:?}");
