@@ -123,7 +123,6 @@
 //! # }
 //! ```
 
-mod clock;
 mod fleet;
 mod ingestor;
 #[cfg(any(test, feature = "test-util"))]
@@ -136,7 +135,6 @@ mod store;
 
 use std::time::Duration;
 
-pub use clock::{ManualClock, SystemClock, WallClock};
 pub use fleet::{
     ApplyReport, DepartReason, FleetEvent, FleetSnapshot, FleetView, NodeEntry, Received,
     Rejection, StoreRead, observation,
@@ -150,7 +148,10 @@ pub use record::{
     SCHEMA_VERSION, decode, encode, validate_boot_id, validate_node_id,
 };
 pub use state_store::{StateError, StateStore, StoredState};
-pub use status::{Backoff, LinkStatus};
+pub use status::LinkStatus;
+// The clock and the backoff the publisher and the ingestor take, so their
+// callers need not name rtc-time themselves.
+pub use rtc_time::{Backoff, ManualClock, SystemClock, WallClock};
 pub use store::{
     HeartbeatStore, KeyLayout, PublishOptions, RedisOptions, RedisStore, StoreError, connect,
 };
