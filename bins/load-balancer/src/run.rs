@@ -7,12 +7,12 @@ use crate::policy_args::PolicyArgs;
 use crate::telemetry;
 use anyhow::{Context, bail};
 use clap::Args;
-use rtc_autoscaler::{Controller, KafkaSignalSink, NoSignals, SIGNAL_TOPIC, SignalSink};
+use rtc_autoscaler::{Controller, NoSignals, SignalSink};
 use rtc_decision::Engine;
-use rtc_heartbeat::{
-    Ingestor, IngestorConfig, KeyLayout, RedisOptions, RedisStore, StateStore, SystemClock,
-};
+use rtc_heartbeat::{Ingestor, IngestorConfig, KeyLayout, RedisOptions, RedisStore, SystemClock};
 use rtc_leader::{ElectionConfig, Elector, KubeLeaseStore, LeaderGuard};
+use rtc_signal_kafka::{KafkaSignalSink, SIGNAL_TOPIC};
+use rtc_state_redis::StateStore;
 use rtc_telemetry::LogFormat;
 use rtc_workload::{FenceError, KubeWorkloadApi, ScalerConfig, WorkloadScaler};
 use std::net::SocketAddr;

@@ -18,16 +18,23 @@
 //! A conflict (409) or a failed write leaves the decision state where it
 //! was, so the next tick re-reads and decides again instead of repeating a
 //! step blindly. Ticks take `&mut self`: they cannot overlap.
+//!
+//! The I/O it needs sits behind narrow traits: [`StateRepo`] (Redis:
+//! `rtc-state-redis`) and [`SignalSink`] (Kafka: `rtc-signal-kafka`), with
+//! in-memory doubles, `MemoryStateRepo` and `RecordingSink`, behind the
+//! `test-util` feature.
 
 mod controller;
-mod kafka;
 mod signal;
 mod state;
 
 pub use controller::{Controller, DecisionRecord, TickError, TickReport};
-pub use kafka::{KafkaSignalSink, SIGNAL_TOPIC};
-pub use signal::{NoSignals, RecordingSink, ScaleSignal, SignalSink};
-pub use state::{MemoryStateRepo, StateRepo};
+#[cfg(any(test, feature = "test-util"))]
+pub use signal::RecordingSink;
+pub use signal::{NoSignals, ScaleSignal, SignalSink};
+#[cfg(any(test, feature = "test-util"))]
+pub use state::MemoryStateRepo;
+pub use state::{StateError, StateRepo, StoredState};
 
 #[cfg(test)]
 mod tests;

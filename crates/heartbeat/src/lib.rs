@@ -9,8 +9,6 @@
 //! - [`Ingestor`] (load-balancer side): a warm in-memory view of every
 //!   node, whose [`FleetSnapshot::samples`] are the decision core's
 //!   [`NodeSample`](rtc_decision::NodeSample)s with their age filled in.
-//! - [`StateStore`]: the decision core's [`State`](rtc_decision::State) in
-//!   Redis, fenced by the leader's token, so a new leader resumes.
 //!
 //! # What it promises
 //!
@@ -129,7 +127,6 @@ mod ingestor;
 mod memory;
 pub mod publisher;
 mod record;
-mod state_store;
 mod status;
 mod store;
 
@@ -147,7 +144,6 @@ pub use record::{
     DecodeError, DecodeLimits, Heartbeat, LimitSource, Load, MAX_BOOT_ID_LEN, MAX_NODE_ID_LEN,
     SCHEMA_VERSION, decode, encode, validate_boot_id, validate_node_id,
 };
-pub use state_store::{StateError, StateStore, StoredState};
 pub use status::LinkStatus;
 // The clock and the backoff the publisher and the ingestor take, so their
 // callers need not name rtc-time themselves.
