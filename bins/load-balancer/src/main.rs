@@ -4,7 +4,6 @@
 use clap::Parser;
 use std::process::ExitCode;
 
-mod admin;
 mod args;
 mod decide;
 mod run;

@@ -1,12 +1,12 @@
 //! `load-balancer run`: every replica ingests heartbeats; the Lease holder
 //! scales. Wiring and shutdown only; the loop is rtc-autoscaler's.
 
-use crate::admin::{self, AdminState};
 use crate::args::RunArgs;
 use crate::settings::{Settings, settings};
 use anyhow::{Context, anyhow};
 use rtc_autoscaler::{Autoscaler, Controller, NoSignals, SignalSink};
 use rtc_heartbeat::{Ingestor, KeyLayout, RedisOptions, RedisStore, SystemClock};
+use rtc_lb_admin::AdminState;
 use rtc_leader::{Elector, KubeLeaseStore};
 use rtc_signal_kafka::{KafkaSignalSink, SIGNAL_TOPIC};
 use rtc_state_redis::StateStore;
@@ -88,7 +88,7 @@ async fn serve(
         .await
         .with_context(|| format!("bad setting ADMIN_ADDR: cannot listen on {}", s.admin))?;
     info!(addr = %s.admin, "admin port listening");
-    let admin = tokio::spawn(admin::serve(listener, admin_state, stopped()));
+    let admin = tokio::spawn(rtc_lb_admin::serve(listener, admin_state, stopped()));
 
     autoscaler.run(shutdown_signal()).await;
 
