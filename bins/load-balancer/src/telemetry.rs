@@ -13,19 +13,6 @@ pub(crate) fn metrics() -> anyhow::Result<PrometheusHandle> {
         .install_recorder()
         .context("installing the metrics recorder")?;
     rtc_leader::describe_metrics();
-    metrics::describe_counter!(
-        "rtc_lb_scale_signals_total",
-        "Decisions of the scaling loop, by direction, urgency and reason."
-    );
-    metrics::describe_gauge!("rtc_lb_ring_nodes", "Live socket nodes seen in heartbeats.");
-    metrics::describe_gauge!(
-        "rtc_lb_desired_replicas",
-        "Replicas the last decision asked for."
-    );
-    metrics::describe_histogram!(
-        "rtc_lb_decision_seconds",
-        metrics::Unit::Seconds,
-        "Time to compute one decision."
-    );
+    rtc_autoscaler::describe_metrics();
     Ok(handle)
 }

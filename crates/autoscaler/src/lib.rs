@@ -1,4 +1,11 @@
-//! The load-balancer leader's scaling loop, one tick at a time.
+//! The load-balancer leader's scaling loop.
+//!
+//! An [`Autoscaler`] runs on every replica and acts only while this replica
+//! holds the lease ([`rtc_leader::LeaderGuard`]). Every tick interval it
+//! ages the latest heartbeat snapshot ([`rtc_heartbeat::FleetSnapshot`]);
+//! on becoming leader it resumes the stored decision state; while leading
+//! it runs one [`Controller::tick`], bounded by a deadline and fenced by the
+//! lease ([`LeaseFence`]).
 //!
 //! A [`Controller`] composes the decision core, the workload scaler and the
 //! stored decision state. Each [`Controller::tick`]:
@@ -18,16 +25,45 @@
 //! A conflict (409) or a failed write leaves the decision state where it
 //! was, so the next tick re-reads and decides again instead of repeating a
 //! step blindly. Ticks take `&mut self`: they cannot overlap.
+//!
+//! The I/O it needs sits behind narrow traits: [`StateRepo`] (Redis:
+//! `rtc-state-redis`) and [`SignalSink`] (Kafka: `rtc-signal-kafka`), with
+//! in-memory doubles, `MemoryStateRepo` and `RecordingSink`, behind the
+//! `test-util` feature. Time comes from outside: `tokio::time` for the
+//! schedule and deadlines, a [`WallClock`](rtc_time::WallClock) for the
+//! decisions' timestamps.
 
+mod autoscaler;
 mod controller;
-mod kafka;
 mod signal;
 mod state;
 
+pub use autoscaler::{Autoscaler, ConfigError, LeaseFence, LoopConfig};
 pub use controller::{Controller, DecisionRecord, TickError, TickReport};
-pub use kafka::{KafkaSignalSink, SIGNAL_TOPIC};
-pub use signal::{NoSignals, RecordingSink, ScaleSignal, SignalSink};
-pub use state::{MemoryStateRepo, StateRepo};
+#[cfg(any(test, feature = "test-util"))]
+pub use signal::RecordingSink;
+pub use signal::{NoSignals, ScaleSignal, SignalSink};
+#[cfg(any(test, feature = "test-util"))]
+pub use state::MemoryStateRepo;
+pub use state::{StateError, StateRepo, StoredState};
+
+/// Registers the descriptions of this crate's metrics with the installed recorder.
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        "rtc_lb_scale_signals_total",
+        "Decisions of the scaling loop, by direction, urgency and reason."
+    );
+    metrics::describe_gauge!("rtc_lb_ring_nodes", "Live socket nodes seen in heartbeats.");
+    metrics::describe_gauge!(
+        "rtc_lb_desired_replicas",
+        "Replicas the last decision asked for."
+    );
+    metrics::describe_histogram!(
+        "rtc_lb_decision_seconds",
+        metrics::Unit::Seconds,
+        "Time to compute one decision."
+    );
+}
 
 #[cfg(test)]
 mod tests;

@@ -2,7 +2,6 @@
 
 use rtc_decision::{Action, Aggregates, Reason, Urgency};
 use serde::Serialize;
-use std::sync::Mutex;
 
 /// One scaling action as published on `rtc.control.scale`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -49,11 +48,13 @@ impl SignalSink for NoSignals {
 }
 
 /// Keeps every signal in memory, for tests.
+#[cfg(any(test, feature = "test-util"))]
 #[derive(Debug, Default)]
 pub struct RecordingSink {
-    signals: Mutex<Vec<ScaleSignal>>,
+    signals: std::sync::Mutex<Vec<ScaleSignal>>,
 }
 
+#[cfg(any(test, feature = "test-util"))]
 impl RecordingSink {
     /// Everything offered so far.
     pub fn signals(&self) -> Vec<ScaleSignal> {
@@ -61,6 +62,7 @@ impl RecordingSink {
     }
 }
 
+#[cfg(any(test, feature = "test-util"))]
 impl SignalSink for RecordingSink {
     fn offer(&self, signal: &ScaleSignal) -> bool {
         match self.signals.lock() {

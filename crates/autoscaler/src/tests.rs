@@ -40,15 +40,6 @@ struct Setup {
     sink: Arc<RecordingSink>,
 }
 
-impl StateRepo for Arc<MemoryStateRepo> {
-    async fn load(&self) -> Result<Option<rtc_heartbeat::StoredState>, rtc_heartbeat::StateError> {
-        self.as_ref().load().await
-    }
-    async fn save(&self, token: u64, state: &State) -> Result<(), rtc_heartbeat::StateError> {
-        self.as_ref().save(token, state).await
-    }
-}
-
 fn setup(kind: WorkloadKind, replicas: u32, policy: Policy) -> Setup {
     let api = FakeWorkloadApi::new("rtc");
     api.put_workload(kind, NAME, replicas);

@@ -5,15 +5,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use rtc_time::{Backoff, WallClock};
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::ConfigError;
-use crate::clock::WallClock;
 use crate::fleet::{ApplyReport, FleetEvent, FleetSnapshot, FleetView, StoreRead};
 use crate::record::DecodeLimits;
-use crate::status::{Backoff, LinkStatus};
+use crate::status::LinkStatus;
 use crate::store::{HeartbeatStore, StoreError};
 
 /// What an ingestor needs to know.
@@ -203,14 +203,10 @@ async fn run<S: HeartbeatStore, C: WallClock>(
     events: broadcast::Sender<FleetEvent>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let backoff = Backoff {
-        min: ingestor.config.backoff.min,
-        max: ingestor
-            .config
-            .backoff
-            .max
-            .min(ingestor.config.poll_interval),
-    };
+    let backoff = ingestor
+        .config
+        .backoff
+        .capped(ingestor.config.poll_interval);
     let mut next = Instant::now();
     loop {
         tokio::select! {
@@ -308,10 +304,10 @@ impl Drop for IngestorHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::ManualClock;
     use crate::memory::MemoryStore;
     use crate::record::{Heartbeat, Load, encode};
     use crate::store::PublishOptions;
+    use rtc_time::ManualClock;
 
     const NOW_MS: u64 = 1_700_000_000_000;
 

@@ -9,8 +9,6 @@
 //! - [`Ingestor`] (load-balancer side): a warm in-memory view of every
 //!   node, whose [`FleetSnapshot::samples`] are the decision core's
 //!   [`NodeSample`](rtc_decision::NodeSample)s with their age filled in.
-//! - [`StateStore`]: the decision core's [`State`](rtc_decision::State) in
-//!   Redis, fenced by the leader's token, so a new leader resumes.
 //!
 //! # What it promises
 //!
@@ -123,20 +121,17 @@
 //! # }
 //! ```
 
-mod clock;
 mod fleet;
 mod ingestor;
 #[cfg(any(test, feature = "test-util"))]
 mod memory;
 pub mod publisher;
 mod record;
-mod state_store;
 mod status;
 mod store;
 
 use std::time::Duration;
 
-pub use clock::{ManualClock, SystemClock, WallClock};
 pub use fleet::{
     ApplyReport, DepartReason, FleetEvent, FleetSnapshot, FleetView, NodeEntry, Received,
     Rejection, StoreRead, observation,
@@ -149,8 +144,10 @@ pub use record::{
     DecodeError, DecodeLimits, Heartbeat, LimitSource, Load, MAX_BOOT_ID_LEN, MAX_NODE_ID_LEN,
     SCHEMA_VERSION, decode, encode, validate_boot_id, validate_node_id,
 };
-pub use state_store::{StateError, StateStore, StoredState};
-pub use status::{Backoff, LinkStatus};
+pub use status::LinkStatus;
+// The clock and the backoff the publisher and the ingestor take, so their
+// callers need not name rtc-time themselves.
+pub use rtc_time::{Backoff, ManualClock, SystemClock, WallClock};
 pub use store::{
     HeartbeatStore, KeyLayout, PublishOptions, RedisOptions, RedisStore, StoreError, connect,
 };

@@ -3,14 +3,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use rtc_time::{Backoff, WallClock};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::ConfigError;
-use crate::clock::WallClock;
 use crate::record::{Heartbeat, Load, encode, validate_node_id};
-use crate::status::{Backoff, LinkStatus};
+use crate::status::LinkStatus;
 use crate::store::{HeartbeatStore, PublishOptions, StoreError};
 
 /// What a publisher needs to know. Build with [`PublisherConfig::new`] and
@@ -196,10 +196,7 @@ async fn run<S: HeartbeatStore, C: WallClock>(
     let span = tracing::info_span!("heartbeat_publisher", node = %config.node_id);
     let _entered = span.enter();
     let options = config.options();
-    let backoff = Backoff {
-        min: config.backoff.min,
-        max: config.backoff.max.min(config.interval),
-    };
+    let backoff = config.backoff.capped(config.interval);
     let mut seq: u64 = 0;
     let mut next = Instant::now();
     let mut published_draining: Option<bool> = None;
@@ -261,9 +258,9 @@ async fn run<S: HeartbeatStore, C: WallClock>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::ManualClock;
     use crate::memory::MemoryStore;
     use crate::record::{DecodeLimits, decode};
+    use rtc_time::ManualClock;
 
     fn config() -> PublisherConfig {
         PublisherConfig {

@@ -68,38 +68,10 @@ impl LinkStatus {
     }
 }
 
-/// Exponential backoff between `min` and `max`, doubling per failure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Backoff {
-    /// First delay.
-    pub min: std::time::Duration,
-    /// Largest delay.
-    pub max: std::time::Duration,
-}
-
-impl Backoff {
-    /// The delay before retry number `attempt` (1-based).
-    pub fn delay(&self, attempt: u32) -> std::time::Duration {
-        let factor = 1u32 << attempt.saturating_sub(1).min(16);
-        self.min.saturating_mul(factor).min(self.max).max(self.min)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Duration;
-
-    #[test]
-    fn backoff_doubles_up_to_its_cap() {
-        let b = Backoff {
-            min: Duration::from_millis(100),
-            max: Duration::from_secs(1),
-        };
-        let delays: Vec<_> = (1..=6).map(|a| b.delay(a).as_millis()).collect();
-        assert_eq!(delays, [100, 200, 400, 800, 1000, 1000]);
-        assert_eq!(b.delay(u32::MAX), Duration::from_secs(1));
-    }
 
     #[tokio::test(start_paused = true)]
     async fn failing_keeps_its_start_and_counts() {

@@ -1,17 +1,16 @@
-//! The publisher, the ingestor and the state store against the local
-//! stack's Redis (`deploy/local/stack up redis`).
+//! The publisher and the ingestor against the local stack's Redis
+//! (`deploy/local/stack up redis`).
 
 mod common;
 
 use std::time::Duration;
 
 use common::{STALE_AFTER, eventually, ingestor, publisher_config, setup};
-use fred::interfaces::{HashesInterface, KeysInterface, SortedSetsInterface};
-use rtc_decision::{STATE_VERSION, ScaleOutRecord, Snapshot, State, Urgency};
+use fred::interfaces::{KeysInterface, SortedSetsInterface};
 use rtc_heartbeat::{
     DepartReason, FleetEvent, Heartbeat, HeartbeatStore, LimitSource, LinkStatus, Load,
-    PublishOptions, RedisOptions, RedisStore, StateError, StateStore, SystemClock, WallClock,
-    connect, decode, encode, publisher,
+    PublishOptions, RedisOptions, RedisStore, SystemClock, WallClock, connect, decode, encode,
+    publisher,
 };
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -424,73 +423,6 @@ async fn an_unreachable_redis_does_not_stop_the_publisher() {
     // Deregistering fails, within the command timeout, and does not hang.
     let result = tokio::time::timeout(Duration::from_secs(2), node.deregister()).await;
     assert!(matches!(result, Ok(Err(_))), "{result:?}");
-}
-
-fn state(at_ms: u64) -> State {
-    State {
-        version: STATE_VERSION,
-        last_scale_out: Some(ScaleOutRecord {
-            at_ms,
-            urgency: Urgency::High,
-            snapshot: Snapshot {
-                cpu: 0.1 + 0.2,
-                mem: 1.0 / 3.0,
-                mps: 12.345_678_9,
-                conn: 1e-9,
-                p95: 250.0,
-            },
-        }),
-        last_scale_in_ms: Some(at_ms / 2),
-        consecutive: 3,
-        low_since_ms: None,
-    }
-}
-
-#[tokio::test]
-async fn decision_state_resumes_bit_for_bit_and_is_fenced() {
-    let s = setup().await;
-    let store = StateStore::new(s.redis.client().clone(), s.redis.key("decision-state"));
-    assert_eq!(store.load().await.expect("redis is up"), None);
-
-    store.save(5, &state(1_000)).await.expect("first save");
-    let stored = store.load().await.expect("redis is up").expect("saved");
-    assert_eq!((stored.token, &stored.state), (5, &state(1_000)));
-
-    // The same leader saves again; a newer one takes over.
-    store.save(5, &state(2_000)).await.expect("same token");
-    store
-        .save(u64::MAX, &state(3_000))
-        .await
-        .expect("newer token");
-    // The old leader, still running, is refused.
-    let error = store.save(6, &state(4_000)).await.expect_err("fenced");
-    assert!(
-        matches!(&error, StateError::Fenced { ours: 6, .. }),
-        "{error}"
-    );
-    assert_eq!(error.label(), "fenced");
-    let stored = store.load().await.expect("redis is up").expect("saved");
-    assert_eq!((stored.token, stored.state), (u64::MAX, state(3_000)));
-
-    // A corrupt or future state is reported, not used.
-    let client = s.redis.client();
-    let key = s.redis.key("decision-state");
-    let _: () = client
-        .hset(&key, ("state", "{not json"))
-        .await
-        .expect("hset");
-    assert_eq!(store.load().await.expect_err("corrupt").label(), "corrupt");
-    let _: () = client
-        .hset(&key, ("state", r#"{"version":99}"#))
-        .await
-        .expect("hset");
-    assert_eq!(
-        store.load().await.expect_err("future").label(),
-        "unknown_version"
-    );
-    store.clear().await.expect("redis is up");
-    assert_eq!(store.load().await.expect("redis is up"), None);
-    s.redis.cleanup().await.expect("cleanup");
 }
 
 #[tokio::test]

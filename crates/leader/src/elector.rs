@@ -4,11 +4,11 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use rtc_time::{SystemClock, WallClock};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::clock::{SystemClock, WallClock};
 use crate::config::{ConfigError, ElectionConfig};
 use crate::core::{Candidate, Change, Leadership, Plan};
 use crate::guard::LeaderGuard;

@@ -60,7 +60,6 @@
 //! # }
 //! ```
 
-mod clock;
 mod config;
 mod core;
 mod elector;
@@ -70,7 +69,6 @@ mod kube;
 mod memory;
 mod store;
 
-pub use crate::clock::{SkewedClock, SystemClock, WallClock};
 pub use crate::config::{
     ConfigError, DEFAULT_LEASE_DURATION, DEFAULT_RENEW_DEADLINE, DEFAULT_RETRY_PERIOD,
     ElectionConfig,
@@ -85,3 +83,6 @@ pub use crate::kube::KubeLeaseStore;
 #[cfg(any(test, feature = "test-util"))]
 pub use crate::memory::{Fault, MemoryLeaseStore};
 pub use crate::store::{LeaseRecord, LeaseStore, StoreError, Versioned};
+// The clock `Elector::with_wall_clock` takes, so callers need not name
+// rtc-time themselves.
+pub use rtc_time::{SkewedClock, SystemClock, WallClock};

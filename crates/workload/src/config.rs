@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use rtc_time::Backoff;
+
 /// `SOCKET_MIN_REPLICAS` when the operator does not set it.
 pub const DEFAULT_MIN_REPLICAS: u32 = 2;
 /// `SOCKET_MAX_REPLICAS` when the operator does not set it.
@@ -156,17 +158,14 @@ impl Bound {
 }
 
 /// How transient API failures (timeouts, 5xx, 429, broken connections) are
-/// retried: exponential backoff from `initial_backoff`, doubling up to
-/// `max_backoff`, for at most `max_attempts` attempts in all. Each attempt
-/// is cut off after `request_timeout`.
+/// retried: with `backoff` between attempts, for at most `max_attempts`
+/// attempts in all. Each attempt is cut off after `request_timeout`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
     /// Attempts per call, the first included (at least 1).
     pub max_attempts: u32,
-    /// The wait before the first retry.
-    pub initial_backoff: Duration,
-    /// The longest wait between attempts.
-    pub max_backoff: Duration,
+    /// The waits between attempts: 200 ms, doubling, at most 2 s.
+    pub backoff: Backoff,
     /// How long one attempt may take before it counts as a timeout.
     pub request_timeout: Duration,
 }
@@ -175,22 +174,9 @@ impl Default for RetryPolicy {
     fn default() -> Self {
         Self {
             max_attempts: 4,
-            initial_backoff: Duration::from_millis(200),
-            max_backoff: Duration::from_secs(2),
+            backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(2)),
             request_timeout: Duration::from_secs(10),
         }
-    }
-}
-
-impl RetryPolicy {
-    /// The wait after failed attempt number `attempt` (1-based).
-    pub fn backoff(&self, attempt: u32) -> Duration {
-        let factor = 1u32
-            .checked_shl(attempt.saturating_sub(1))
-            .unwrap_or(u32::MAX);
-        self.initial_backoff
-            .saturating_mul(factor)
-            .min(self.max_backoff)
     }
 }
 
@@ -286,8 +272,10 @@ mod tests {
     #[test]
     fn backoff_doubles_up_to_the_cap() {
         let policy = RetryPolicy::default();
-        let waits: Vec<u128> = (1..=6).map(|n| policy.backoff(n).as_millis()).collect();
+        let waits: Vec<u128> = (1..=6)
+            .map(|n| policy.backoff.delay(n).as_millis())
+            .collect();
         assert_eq!(waits, [200, 400, 800, 1600, 2000, 2000]);
-        assert_eq!(policy.backoff(64), policy.max_backoff);
+        assert_eq!(policy.backoff.delay(64), policy.backoff.max);
     }
 }

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use rtc_time::Backoff;
 use tracing::Instrument;
 
 use crate::api::{ApiError, Operation, PodState, WorkloadApi, WorkloadKind, WorkloadState};
@@ -441,7 +442,8 @@ impl<A: WorkloadApi> WorkloadScaler<A> {
     ) -> Result<Vec<PodState>, ScaleError> {
         let timeout = self.config.annotation_visibility_timeout;
         let started = tokio::time::Instant::now();
-        let mut poll = Duration::from_millis(50);
+        let polls = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
+        let mut attempt = 0;
         loop {
             let pods = self.list_pods(read.kind, &read.selector).await?;
             let missing = costs.iter().find(|(pod, cost)| {
@@ -469,8 +471,8 @@ impl<A: WorkloadApi> WorkloadScaler<A> {
                     waited,
                 });
             }
-            tokio::time::sleep(poll.min(timeout.saturating_sub(waited))).await;
-            poll = (poll * 2).min(Duration::from_secs(1));
+            attempt += 1;
+            tokio::time::sleep(polls.delay(attempt).min(timeout.saturating_sub(waited))).await;
         }
     }
 
@@ -609,7 +611,7 @@ impl<A: WorkloadApi> WorkloadScaler<A> {
                     last: error,
                 });
             }
-            let wait = policy.backoff(attempts);
+            let wait = policy.backoff.delay(attempts);
             metrics::counter!(
                 "rtc_lb_workload_api_retries_total",
                 "kind" => kind.label(),

@@ -189,7 +189,7 @@ async fn timeouts_and_server_errors_are_retried_with_backoff() {
 
     let policy = RetryPolicy::default();
     let expected =
-        policy.request_timeout + policy.backoff(1) + policy.backoff(2) + policy.backoff(3);
+        policy.request_timeout + (1..=3).map(|n| policy.backoff.delay(n)).sum::<Duration>();
     assert_eq!(started.elapsed(), expected);
 }
 
@@ -216,7 +216,9 @@ async fn retries_stop_at_the_bound() {
         scaler.api().calls(Method::ReplaceScale),
         policy.max_attempts as usize
     );
-    let waited: Duration = (1..policy.max_attempts).map(|n| policy.backoff(n)).sum();
+    let waited: Duration = (1..policy.max_attempts)
+        .map(|n| policy.backoff.delay(n))
+        .sum();
     assert_eq!(started.elapsed(), waited);
     assert_eq!(replicas(&scaler, WorkloadKind::Deployment), Some(5));
 }

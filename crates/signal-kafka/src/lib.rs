@@ -1,11 +1,38 @@
-//! Scaling signals on a Kafka topic, published off the scaling path.
+//! Scaling signals on a Kafka topic, published off the scaling path: the
+//! Kafka side of rtc-autoscaler's [`SignalSink`].
+//!
+//! What it promises:
+//! - **Scaling never waits for the broker.** [`KafkaSignalSink::offer`]
+//!   only enqueues; a slow, absent or failing broker delays nothing, and
+//!   signals beyond the queue are dropped and counted.
+//! - **One JSON record per scaling action** on partition 0 of
+//!   [`SIGNAL_TOPIC`], keyed by the leader's identity, timestamped with the
+//!   decision's time.
+//! - **It heals.** The publishing task connects lazily, creates the topic
+//!   if it is missing, and reconnects with backoff after failures; a signal
+//!   is tried three times before it is dropped.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use rtc_autoscaler::SignalSink;
+//! use rtc_signal_kafka::{KafkaSignalSink, SIGNAL_TOPIC};
+//!
+//! # async fn example() {
+//! let sink: Arc<dyn SignalSink> =
+//!     Arc::new(KafkaSignalSink::spawn(vec!["127.0.0.1:9092".to_owned()], SIGNAL_TOPIC));
+//! # let _ = sink;
+//! # }
+//! ```
 
-use crate::signal::{ScaleSignal, SignalSink};
 use rskafka::BackoffConfig;
 use rskafka::chrono::{TimeZone, Utc};
 use rskafka::client::ClientBuilder;
 use rskafka::client::partition::{Compression, PartitionClient, UnknownTopicHandling};
 use rskafka::record::Record;
+use rtc_autoscaler::{ScaleSignal, SignalSink};
+use rtc_time::Backoff;
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -17,6 +44,12 @@ pub const SIGNAL_TOPIC: &str = "rtc.control.scale";
 /// Signals waiting for the broker beyond this are dropped (and counted).
 const QUEUE: usize = 256;
 
+/// Pauses between attempts, reset by a successful connection.
+const RETRY: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+
+/// Attempts per signal before it is dropped.
+const ATTEMPTS: u32 = 3;
+
 /// Publishes [`ScaleSignal`]s as JSON records (key: the leader identity) to
 /// partition 0 of a topic, from its own task. [`offer`](SignalSink::offer)
 /// only enqueues: a slow or absent broker never delays scaling; signals
@@ -26,6 +59,34 @@ const QUEUE: usize = 256;
 #[derive(Debug, Clone)]
 pub struct KafkaSignalSink {
     tx: mpsc::Sender<ScaleSignal>,
+}
+
+/// A bootstrap list that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BootstrapError {
+    /// An entry has no port.
+    #[error("value {0:?} is not allowed; allowed: comma-separated HOST:PORT entries, or empty")]
+    NoPort(String),
+}
+
+/// The brokers of a comma-separated `HOST:PORT` list (KAFKA_BOOTSTRAP),
+/// blanks ignored; empty when the list is (no signals then).
+///
+/// # Errors
+///
+/// [`BootstrapError::NoPort`] naming the first entry without a port.
+pub fn parse_bootstrap(list: &str) -> Result<Vec<String>, BootstrapError> {
+    let brokers: Vec<String> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    match brokers.iter().find(|s| !s.contains(':')) {
+        Some(bad) => Err(BootstrapError::NoPort(bad.clone())),
+        None => Ok(brokers),
+    }
 }
 
 impl KafkaSignalSink {
@@ -87,7 +148,8 @@ fn record(signal: &ScaleSignal) -> Option<Record> {
 
 async fn run(bootstrap: Vec<String>, topic: String, mut rx: mpsc::Receiver<ScaleSignal>) {
     let mut partition: Option<PartitionClient> = None;
-    let mut backoff = Duration::from_millis(200);
+    // Failed attempts since the last successful connection.
+    let mut failures = 0;
     while let Some(signal) = rx.recv().await {
         let Some(rec) = record(&signal) else {
             continue;
@@ -99,7 +161,7 @@ async fn run(bootstrap: Vec<String>, topic: String, mut rx: mpsc::Receiver<Scale
                 match connect(&bootstrap, &topic).await {
                     Ok(p) => {
                         partition = Some(p);
-                        backoff = Duration::from_millis(200);
+                        failures = 0;
                     }
                     Err(e) => warn!(error = %e, "scaling-signal broker unreachable"),
                 }
@@ -119,12 +181,29 @@ async fn run(bootstrap: Vec<String>, topic: String, mut rx: mpsc::Receiver<Scale
                     }
                 }
             }
-            if attempts >= 3 {
+            if attempts >= ATTEMPTS {
                 metrics::counter!("rtc_lb_signals_dropped_total").increment(1);
                 break;
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(5));
+            failures += 1;
+            tokio::time::sleep(RETRY.delay(failures)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bootstrap_lists_are_trimmed_and_need_ports() {
+        assert_eq!(parse_bootstrap(""), Ok(vec![]));
+        assert_eq!(
+            parse_bootstrap(" a:9092, ,b:9093 "),
+            Ok(vec!["a:9092".to_owned(), "b:9093".to_owned()])
+        );
+        let err = parse_bootstrap("a:9092,broker").expect_err("no port");
+        assert_eq!(err, BootstrapError::NoPort("broker".to_owned()));
+        assert!(err.to_string().contains("HOST:PORT"), "{err}");
     }
 }

@@ -1,10 +1,45 @@
 //! The decision core's [`State`] in Redis, so a new leader resumes where the
 //! last one stopped, guarded by the leader's fencing token.
+//!
+//! [`StateStore`] is the Redis side of rtc-autoscaler's
+//! [`StateRepo`]: one hash per key with the saving leader's `token` and the
+//! `state` as JSON.
+//!
+//! What it promises:
+//! - **Fenced and atomic.** A save is one Lua script that compares the
+//!   stored token with the caller's and writes only when the caller's is
+//!   not lower, so a deposed leader that is still running can never
+//!   overwrite its successor's state.
+//! - **Exact.** Tokens are compared as decimal strings, exact for every
+//!   `u64` (Lua's numbers are doubles); the state round-trips bit for bit.
+//! - **Nothing unreadable is used.** A value that is not JSON, too large,
+//!   or of a newer [`STATE_VERSION`] is reported as
+//!   [`StateError::Corrupt`] or [`StateError::UnknownVersion`], and the
+//!   caller starts from an empty state instead.
+//!
+//! The client comes from the caller (the load-balancer shares the one it
+//! reads heartbeats with); its command timeout bounds every call.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use rtc_decision::State;
+//! use rtc_state_redis::StateStore;
+//!
+//! # async fn example(client: fred::clients::Client) -> Result<(), rtc_autoscaler::StateError> {
+//! let store = StateStore::new(client, "rtc:lb:decision-state");
+//! store.save(7, &State::default()).await?;
+//! assert_eq!(store.load().await?.map(|s| s.token), Some(7));
+//! # Ok(())
+//! # }
+//! ```
 
 use fred::clients::Client;
 use fred::interfaces::ClientLike;
 use fred::types::{ClusterHash, CustomCommand, Value};
+use rtc_autoscaler::{StateError, StateRepo, StoredState};
 use rtc_decision::{STATE_VERSION, State};
+use std::future::Future;
 
 /// Largest stored state read back; a real one is a few hundred bytes.
 const MAX_STATE_BYTES: usize = 64 * 1024;
@@ -19,54 +54,6 @@ if cur and (#cur > #ARGV[1] or (#cur == #ARGV[1] and cur > ARGV[1])) then
 end
 redis.call('HSET', KEYS[1], 'token', ARGV[1], 'state', ARGV[2])
 return {1, ARGV[1]}";
-
-/// Why saving or loading the state failed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum StateError {
-    /// Redis refused the command, or the connection failed or timed out.
-    #[error("redis: {0}")]
-    Redis(#[from] fred::error::Error),
-    /// A newer leader (higher fencing token) has saved since: this process
-    /// is no longer the leader and must not write.
-    #[error("state is fenced: stored token {stored} is newer than ours ({ours})")]
-    Fenced {
-        /// The token found in Redis.
-        stored: String,
-        /// The token offered.
-        ours: u64,
-    },
-    /// The stored value is not a state this build can read.
-    #[error("stored state is unreadable: {0}")]
-    Corrupt(String),
-    /// The stored state has a newer layout than this build knows.
-    #[error("stored state version {found} is newer than this build's {STATE_VERSION}")]
-    UnknownVersion {
-        /// The stored version.
-        found: u32,
-    },
-}
-
-impl StateError {
-    /// A short, fixed label for metrics and logs.
-    pub fn label(&self) -> &'static str {
-        match self {
-            Self::Redis(_) => "redis",
-            Self::Fenced { .. } => "fenced",
-            Self::Corrupt(_) => "corrupt",
-            Self::UnknownVersion { .. } => "unknown_version",
-        }
-    }
-}
-
-/// A state as stored, with the token of the leader that saved it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StoredState {
-    /// The saving leader's fencing token.
-    pub token: u64,
-    /// The decision state.
-    pub state: State,
-}
 
 /// Saves and loads the decision state under one Redis hash (`token`,
 /// `state` as JSON).
@@ -92,7 +79,7 @@ impl StateStore {
     /// # Errors
     ///
     /// [`StateError::Fenced`] when a higher token has saved,
-    /// [`StateError::Redis`] when Redis cannot be reached.
+    /// [`StateError::Unavailable`] when Redis cannot be reached.
     pub async fn save(&self, token: u64, state: &State) -> Result<(), StateError> {
         let json = serde_json::to_string(state).map_err(|e| StateError::Corrupt(e.to_string()))?;
         let args: Vec<Value> = vec![
@@ -108,7 +95,8 @@ impl StateStore {
                 CustomCommand::new_static("EVAL", ClusterHash::Offset(2), false),
                 args,
             )
-            .await?;
+            .await
+            .map_err(unavailable)?;
         let Value::Array(parts) = reply else {
             return Err(StateError::Corrupt(format!(
                 "save answered {:?}",
@@ -133,7 +121,7 @@ impl StateStore {
     ///
     /// [`StateError::Corrupt`] or [`StateError::UnknownVersion`] when the
     /// stored value cannot be used (start from `State::default()` then),
-    /// [`StateError::Redis`] when Redis cannot be reached.
+    /// [`StateError::Unavailable`] when Redis cannot be reached.
     pub async fn load(&self) -> Result<Option<StoredState>, StateError> {
         let reply: Value = self
             .client
@@ -141,7 +129,8 @@ impl StateStore {
                 CustomCommand::new_static("HMGET", ClusterHash::FirstKey, false),
                 vec![self.key.as_str(), "token", "state"],
             )
-            .await?;
+            .await
+            .map_err(unavailable)?;
         let Value::Array(parts) = reply else {
             return Err(StateError::Corrupt(format!(
                 "HMGET answered {:?}",
@@ -181,7 +170,7 @@ impl StateStore {
     ///
     /// # Errors
     ///
-    /// [`StateError::Redis`] when Redis cannot be reached.
+    /// [`StateError::Unavailable`] when Redis cannot be reached.
     pub async fn clear(&self) -> Result<(), StateError> {
         let _: Value = self
             .client
@@ -189,8 +178,31 @@ impl StateStore {
                 CustomCommand::new_static("DEL", ClusterHash::FirstKey, false),
                 vec![self.key.as_str()],
             )
-            .await?;
+            .await
+            .map_err(unavailable)?;
         Ok(())
+    }
+}
+
+impl StateRepo for StateStore {
+    fn load(&self) -> impl Future<Output = Result<Option<StoredState>, StateError>> + Send {
+        StateStore::load(self)
+    }
+
+    fn save(
+        &self,
+        token: u64,
+        state: &State,
+    ) -> impl Future<Output = Result<(), StateError>> + Send {
+        StateStore::save(self, token, state)
+    }
+}
+
+/// A Redis failure, labelled `redis` in metrics.
+fn unavailable(error: fred::error::Error) -> StateError {
+    StateError::Unavailable {
+        store: "redis",
+        source: Box::new(error),
     }
 }
 

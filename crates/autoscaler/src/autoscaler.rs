@@ -1,0 +1,214 @@
+//! The leader's loop: a tick every interval while this replica leads.
+
+use crate::controller::{Controller, DecisionRecord};
+use crate::state::StateRepo;
+use rtc_heartbeat::FleetSnapshot;
+use rtc_leader::LeaderGuard;
+use rtc_time::{SystemClock, WallClock};
+use rtc_workload::{Fence, FenceError, WorkloadApi};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::{Instant, MissedTickBehavior};
+use tracing::{error, info, warn};
+
+/// How the leader's loop runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoopConfig {
+    /// Time between two ticks (TICK_INTERVAL_MS, 5 s).
+    pub tick_interval: Duration,
+    /// Lease time that must be left before a write (LEADER_SAFETY_MARGIN_MS, 2 s).
+    pub safety_margin: Duration,
+    /// How long shutdown may take (SHUTDOWN_TIMEOUT_MS, 10 s); a tick may
+    /// take as long, or one tick interval if that is longer.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for LoopConfig {
+    fn default() -> Self {
+        Self {
+            tick_interval: Duration::from_secs(5),
+            safety_margin: Duration::from_secs(2),
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl LoopConfig {
+    /// How long one tick may run before it is abandoned: the longer of the
+    /// tick interval and the shutdown timeout, so that a tick under way when
+    /// shutdown starts can still finish within the shutdown timeout.
+    pub fn tick_deadline(&self) -> Duration {
+        self.tick_interval.max(self.shutdown_timeout)
+    }
+
+    /// Checks the timings.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::ZeroTickInterval`] when the tick interval is zero.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.tick_interval.is_zero() {
+            return Err(ConfigError::ZeroTickInterval);
+        }
+        Ok(())
+    }
+}
+
+/// A loop configuration that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// Ticks must be some time apart.
+    #[error("the tick interval must be greater than zero")]
+    ZeroTickInterval,
+}
+
+/// The leader guard as the workload scaler's [`Fence`]: refuses writes
+/// with less than `margin` of lease time left.
+#[derive(Debug, Clone)]
+pub struct LeaseFence {
+    guard: LeaderGuard,
+    margin: Duration,
+}
+
+impl LeaseFence {
+    /// A fence that allows writes while `guard` leads with at least
+    /// `margin` left.
+    pub fn new(guard: LeaderGuard, margin: Duration) -> Self {
+        Self { guard, margin }
+    }
+}
+
+impl Fence for LeaseFence {
+    fn check(&self) -> Result<u64, FenceError> {
+        self.guard
+            .check(self.margin)
+            .map(|f| f.token)
+            .map_err(|e| FenceError::new(e.to_string()))
+    }
+}
+
+/// The leader's loop around a [`Controller`].
+///
+/// Every replica runs it; only the lease holder acts. Every
+/// `tick_interval` it ages the latest heartbeat snapshot, sets
+/// `rtc_lb_ring_nodes`, and, while the [`LeaderGuard`] says this replica
+/// leads:
+///
+/// - on becoming leader, resumes the stored decision state (so a new
+///   leader keeps its predecessor's scale-in clock and scale-out history);
+/// - runs one [`Controller::tick`] at the wall clock's time, fenced by a
+///   [`LeaseFence`], and abandons it after [`LoopConfig::tick_deadline`].
+///
+/// A follower only watches; a leader that loses the lease stops scaling at
+/// once (the fence refuses its writes even before the loop notices).
+/// Ticks never overlap; a tick under way when shutdown is asked for runs
+/// to its end (bounded by its deadline) and the loop returns before the
+/// next one.
+pub struct Autoscaler<A, R> {
+    config: LoopConfig,
+    controller: Controller<A, R>,
+    guard: LeaderGuard,
+    fleet: watch::Receiver<Arc<FleetSnapshot>>,
+    wall: Arc<dyn WallClock>,
+}
+
+impl<A, R> std::fmt::Debug for Autoscaler<A, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Autoscaler")
+            .field("config", &self.config)
+            .field("controller", &self.controller)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<A: WorkloadApi, R: StateRepo> Autoscaler<A, R> {
+    /// The loop of `controller`, acting while `guard` leads, over the
+    /// snapshots of `fleet` (the heartbeat ingestor's
+    /// [`snapshots`](rtc_heartbeat::IngestorHandle::snapshots)), on the
+    /// system clock.
+    ///
+    /// # Errors
+    ///
+    /// The [`ConfigError`] of [`LoopConfig::validate`].
+    pub fn new(
+        config: LoopConfig,
+        controller: Controller<A, R>,
+        guard: LeaderGuard,
+        fleet: watch::Receiver<Arc<FleetSnapshot>>,
+    ) -> Result<Self, ConfigError> {
+        config.validate()?;
+        Ok(Self {
+            config,
+            controller,
+            guard,
+            fleet,
+            wall: Arc::new(SystemClock),
+        })
+    }
+
+    /// Uses `clock` for the ticks' time instead of the system clock.
+    #[must_use]
+    pub fn with_wall_clock(mut self, clock: impl WallClock) -> Self {
+        self.wall = Arc::new(clock);
+        self
+    }
+
+    /// The last decisions, newest last, as they change.
+    pub fn decisions(&self) -> watch::Receiver<Arc<Vec<DecisionRecord>>> {
+        self.controller.decisions()
+    }
+
+    /// Runs until `shutdown` completes, then hands the controller back.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Controller<A, R> {
+        let Self {
+            config,
+            mut controller,
+            guard,
+            fleet,
+            wall,
+        } = self;
+        let fence = LeaseFence::new(guard.clone(), config.safety_margin);
+        let deadline = config.tick_deadline();
+        let mut ticks = tokio::time::interval(config.tick_interval);
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut leading = false;
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                _ = ticks.tick() => {}
+            }
+            let snapshot = Arc::clone(&fleet.borrow());
+            let samples = snapshot.samples(Instant::now());
+            #[allow(clippy::cast_precision_loss, reason = "a gauge of a node count")]
+            metrics::gauge!("rtc_lb_ring_nodes").set(samples.len() as f64);
+            if !guard.is_leader() {
+                if leading {
+                    warn!("lost leadership; scaling stops");
+                }
+                leading = false;
+                continue;
+            }
+            if !leading {
+                info!("leading: resuming the stored decision state");
+                controller.resume().await;
+                leading = true;
+            }
+            // The tick runs to completion (bounded) even if shutdown is
+            // asked for meanwhile; the loop checks before the next one.
+            let tick = controller.tick(wall.now_ms(), &samples, &fence);
+            match tokio::time::timeout(deadline, tick).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => warn!(error = %e, "tick failed"),
+                Err(_) => error!(deadline = ?deadline, "tick abandoned after its deadline"),
+            }
+        }
+        controller
+    }
+}
+
+#[cfg(test)]
+mod tests;
