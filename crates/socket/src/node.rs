@@ -1,4 +1,5 @@
-//! Wiring: start a node from validated [`Settings`], drain it, stop it.
+//! A node from validated [`Settings`]: connect, bind both ports, start every
+//! task; drain it; stop it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -6,77 +7,29 @@ use std::time::Duration;
 
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
-use rtc_drain::{Drain, DrainConfig, DrainWait, FinishReport};
+use rtc_drain::{Drain, DrainWait, FinishReport};
 use rtc_heartbeat::{
-    KeyLayout, Load, PublisherConfig, PublisherHandle, RedisOptions, RedisStore, SystemClock,
-    publisher,
+    KeyLayout, Load, PublisherConfig, PublisherHandle, RedisOptions, RedisStore as HeartbeatStore,
+    SystemClock, publisher,
 };
 use tokio::sync::{Mutex, watch};
 use tokio::task::JoinHandle;
 
-use crate::admin::{self, Admin};
-use crate::bus::Bus;
-use crate::forward::{self, ForwardConfig};
-use crate::offsets::group_of;
-use crate::relay::Relay;
-use crate::resources::Sampler;
-use crate::store::{BufferLimits, RelayStore};
-use crate::ws::{self, Limits, Public};
+use rtc_node_load::{Meter, Sampler};
+use rtc_relay::{Bus, KafkaBus, RedisStore, Relay, forward};
 
-/// Everything a node needs, validated.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    /// Node id: the pod name.
-    pub node_id: String,
-    /// Differs on every start.
-    pub boot_id: String,
-    /// The WebSocket port.
-    pub public_addr: SocketAddr,
-    /// The admin port.
-    pub admin_addr: SocketAddr,
-    /// Redis URL.
-    pub redis_url: String,
-    /// Kafka bootstrap servers.
-    pub kafka_bootstrap: Vec<String>,
-    /// Key prefix of presence, buffers and positions.
-    pub relay_prefix: String,
-    /// Key prefix of heartbeats.
-    pub heartbeat_prefix: String,
-    /// Delivery topics are `<prefix><node id>`.
-    pub topic_prefix: String,
-    /// HEARTBEAT_INTERVAL.
-    pub heartbeat_interval: Duration,
-    /// STALE_AFTER.
-    pub stale_after: Duration,
-    /// Lifetime of a presence claim; renewed every third of it.
-    pub presence_ttl: Duration,
-    /// Connection limits.
-    pub limits: Limits,
-    /// Offline buffers.
-    pub buffer: BufferLimits,
-    /// Frames queued per connection before it counts as too slow.
-    pub send_queue: usize,
-    /// Seconds in the messages/s and p95 windows.
-    pub window_secs: usize,
-    /// The drain.
-    pub drain: DrainConfig,
-    /// After the last client has left, how long to keep reading the delivery
-    /// topic for messages sent just before their recipient's presence moved.
-    pub handoff_grace: Duration,
-    /// OFFSET_COMMIT_INTERVAL: the consumer commits its position to the
-    /// broker at most this often while it moves.
-    pub offset_commit_interval: Duration,
-    /// The forwarder of topics of nodes that are gone.
-    pub forward: ForwardConfig,
-}
+use crate::NodeRelay;
+use crate::admin::{self, Admin};
+use crate::config::Settings;
+use crate::ws::{self, Public};
 
 /// The parts of a running node the admin port and signals act on.
 #[derive(Debug)]
 pub struct NodeCore {
-    relay: Arc<Relay>,
+    relay: Arc<NodeRelay>,
     drain: Drain,
     load: watch::Sender<Load>,
-    publisher: Mutex<Option<PublisherHandle<RedisStore>>>,
+    publisher: Mutex<Option<PublisherHandle<HeartbeatStore>>>,
     consumer_stop: watch::Sender<bool>,
     consumer: Mutex<Option<JoinHandle<bool>>>,
     handoff_grace: Duration,
@@ -89,7 +42,7 @@ impl NodeCore {
     }
 
     /// The relay.
-    pub fn relay(&self) -> &Arc<Relay> {
+    pub fn relay(&self) -> &Arc<NodeRelay> {
         &self.relay
     }
 
@@ -183,18 +136,21 @@ pub async fn start(
         rtc_heartbeat::connect(&RedisOptions::new(settings.redis_url.clone())).map_err(|e| {
             anyhow::anyhow!("bad setting REDIS_URL: value {:?}: {e}", settings.redis_url)
         })?;
-    let store = RelayStore::new(
+    let heartbeat_keys = KeyLayout::new(settings.heartbeat_prefix.clone());
+    let store = RedisStore::new(
         redis.clone(),
         settings.relay_prefix.clone(),
         settings.node_id.clone(),
         settings.presence_ttl,
         settings.buffer,
+        heartbeat_keys.clone(),
     );
-    let bus = Bus::connect(
+    let bus = KafkaBus::connect(
         settings.kafka_bootstrap.clone(),
         settings.topic_prefix.clone(),
         &settings.node_id,
         Duration::from_secs(10),
+        settings.offset_timeout,
     )
     .await
     .with_context(|| {
@@ -203,24 +159,23 @@ pub async fn start(
             settings.kafka_bootstrap.join(",")
         )
     })?;
-    let partition = bus
+    let topic = bus
         .own_topic(&settings.node_id)
         .await
         .context("creating this node's delivery topic")?;
-    let offsets = bus.offsets(group_of(&settings.node_id), settings.forward.offset_timeout);
+    let meter = Meter::new(settings.window_secs).context("bad setting METRICS_WINDOW_SECS")?;
     let relay = Arc::new(Relay::new(
         settings.node_id.clone(),
         settings.boot_id.clone(),
         store,
         bus,
         settings.send_queue,
-        settings.window_secs,
+        meter,
     ));
 
     let (consumer_stop, consumer_stop_rx) = watch::channel(false);
     let consumer = tokio::spawn(Arc::clone(&relay).consume(
-        partition,
-        offsets,
+        topic,
         settings.offset_commit_interval,
         consumer_stop_rx,
     ));
@@ -229,10 +184,9 @@ pub async fn start(
     let mut heartbeat = PublisherConfig::new(settings.node_id.clone(), settings.boot_id.clone());
     heartbeat.interval = settings.heartbeat_interval;
     heartbeat.stale_after = settings.stale_after;
-    let heartbeat_keys = KeyLayout::new(settings.heartbeat_prefix.clone());
     let publisher = publisher::spawn(
         heartbeat,
-        RedisStore::new(redis, heartbeat_keys.clone()),
+        HeartbeatStore::new(redis, heartbeat_keys),
         SystemClock,
         load_rx,
     )
@@ -289,7 +243,11 @@ pub async fn start(
         }
     });
     let admin_router = admin::router(Admin {
-        core: Arc::clone(&core),
+        drain: drain.clone(),
+        start_drain: {
+            let core = Arc::clone(&core);
+            Arc::new(move || core.drain_now())
+        },
         prometheus,
     });
     let admin_task = tokio::spawn({
@@ -306,7 +264,6 @@ pub async fn start(
     let forwarder_task = tokio::spawn(forward::run(
         Arc::clone(&relay),
         settings.forward,
-        heartbeat_keys,
         stop_rx.clone(),
     ));
     let sampler_task = tokio::spawn(sample(Arc::clone(&core), stop_rx));
@@ -336,17 +293,8 @@ async fn sample(core: Arc<NodeCore>, mut stop: watch::Receiver<bool>) {
         let measured = core.relay.measured();
         let conn = u64::try_from(core.drain.active()).unwrap_or(u64::MAX);
         let draining = core.drain.is_draining();
-        core.load.send_replace(Load {
-            cpu: usage.cpu,
-            mem: usage.mem,
-            limit_source: usage.source,
-            conn,
-            mps: measured.mps,
-            p95_ms: measured.p95_ms,
-            lag_records: measured.lag_records,
-            lag_ms: measured.lag_ms,
-            draining,
-        });
+        core.load
+            .send_replace(rtc_node_load::load(usage, measured, conn, draining));
         metrics::gauge!("rtc_socket_cpu_ratio").set(usage.cpu);
         metrics::gauge!("rtc_socket_memory_ratio").set(usage.mem);
         metrics::gauge!("rtc_socket_connections").set(conn as f64);
