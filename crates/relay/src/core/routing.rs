@@ -346,7 +346,7 @@ mod tests {
     /// `choices`; store failures stop after `failures` of them.
     fn answer(step: &Step, choice: u8, failures: &mut u32) -> Event {
         let mut fail = || {
-            if *failures > 0 && choice % 2 == 0 {
+            if *failures > 0 && choice.is_multiple_of(2) {
                 *failures -= 1;
                 true
             } else {
@@ -367,7 +367,7 @@ mod tests {
                 1 => Lookup::Node("a".into()),
                 _ => Lookup::Node("b".into()),
             }),
-            Step::Publish(_) if choice % 5 == 0 => Event::PublishFailed,
+            Step::Publish(_) if choice.is_multiple_of(5) => Event::PublishFailed,
             Step::Publish(_) => Event::Published,
             Step::Buffer if fail() => Event::StoreFailed,
             Step::Buffer => Event::Buffered,
