@@ -28,7 +28,7 @@ pub mod node;
 pub mod ws;
 
 pub use config::{ConfigError, RawSettings, Settings};
-pub use node::{Node, NodeCore, start};
+pub use node::{Node, NodeCore, StartError, start};
 
 /// The relay as the node runs it: presence in Redis, delivery topics on a
 /// Kafka-protocol broker.

@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
 use rtc_drain::{Drain, DrainWait, FinishReport};
 use rtc_heartbeat::{
@@ -15,13 +14,88 @@ use rtc_heartbeat::{
 use tokio::sync::{Mutex, watch};
 use tokio::task::JoinHandle;
 
-use rtc_node_load::{Meter, Sampler};
-use rtc_relay::{Bus, KafkaBus, RedisStore, Relay, forward};
+use rtc_node_load::{LoadError, Meter, Sampler};
+use rtc_relay::{Bus, BusError, KafkaBus, RedisStore, Relay, forward};
 
 use crate::NodeRelay;
 use crate::admin::{self, Admin};
 use crate::config::Settings;
 use crate::ws::{self, Public};
+
+/// A node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Redis's URL is not one fred accepts.
+    #[error("bad setting REDIS_URL: value {url:?}: {error}")]
+    RedisUrl {
+        /// The URL.
+        url: String,
+        /// Why.
+        error: rtc_heartbeat::StoreError,
+    },
+    /// The broker cannot be reached.
+    #[error("KAFKA_BOOTSTRAP {bootstrap:?}: the broker cannot be reached")]
+    Broker {
+        /// The bootstrap servers, comma-separated.
+        bootstrap: String,
+        /// Why.
+        source: BusError,
+    },
+    /// This node's delivery topic could not be created or opened.
+    #[error("creating this node's delivery topic")]
+    Topic {
+        /// Why.
+        source: BusError,
+    },
+    /// The load windows are not allowed.
+    #[error("bad setting METRICS_WINDOW_SECS")]
+    Window {
+        /// Why.
+        source: LoadError,
+    },
+    /// The heartbeat publisher refused its settings.
+    #[error("bad heartbeat setting: {error}")]
+    Heartbeat {
+        /// Why.
+        error: rtc_heartbeat::ConfigError,
+    },
+    /// A port cannot be bound.
+    #[error("bad setting {key}: cannot listen on {addr}")]
+    Bind {
+        /// PUBLIC_ADDR or ADMIN_ADDR.
+        key: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+impl StartError {
+    /// A short label for metrics and logs.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::RedisUrl { .. } => "redis_url",
+            Self::Broker { .. } => "broker",
+            Self::Topic { .. } => "topic",
+            Self::Window { .. } => "window",
+            Self::Heartbeat { .. } => "heartbeat",
+            Self::Bind { .. } => "bind",
+        }
+    }
+}
+
+async fn bind(
+    key: &'static str,
+    addr: SocketAddr,
+) -> Result<(tokio::net::TcpListener, SocketAddr), StartError> {
+    let bind_err = |source| StartError::Bind { key, addr, source };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(bind_err)?;
+    let bound = listener.local_addr().map_err(bind_err)?;
+    Ok((listener, bound))
+}
 
 /// The parts of a running node the admin port and signals act on.
 #[derive(Debug)]
@@ -126,16 +200,18 @@ impl Node {
 ///
 /// # Errors
 ///
-/// When Redis's URL is bad, the broker cannot be reached or a port cannot be
-/// bound; the message names the setting.
+/// [`StartError`] when Redis's URL is bad, the broker cannot be reached or
+/// a port cannot be bound; the message names the setting.
 pub async fn start(
     settings: Settings,
     prometheus: Option<PrometheusHandle>,
-) -> anyhow::Result<Node> {
-    let redis =
-        rtc_heartbeat::connect(&RedisOptions::new(settings.redis_url.clone())).map_err(|e| {
-            anyhow::anyhow!("bad setting REDIS_URL: value {:?}: {e}", settings.redis_url)
-        })?;
+) -> Result<Node, StartError> {
+    let redis = rtc_heartbeat::connect(&RedisOptions::new(settings.redis_url.clone())).map_err(
+        |error| StartError::RedisUrl {
+            url: settings.redis_url.clone(),
+            error,
+        },
+    )?;
     let heartbeat_keys = KeyLayout::new(settings.heartbeat_prefix.clone());
     let store = RedisStore::new(
         redis.clone(),
@@ -153,17 +229,15 @@ pub async fn start(
         settings.offset_timeout,
     )
     .await
-    .with_context(|| {
-        format!(
-            "KAFKA_BOOTSTRAP {:?}: the broker cannot be reached",
-            settings.kafka_bootstrap.join(",")
-        )
+    .map_err(|source| StartError::Broker {
+        bootstrap: settings.kafka_bootstrap.join(","),
+        source,
     })?;
     let topic = bus
         .own_topic(&settings.node_id)
         .await
-        .context("creating this node's delivery topic")?;
-    let meter = Meter::new(settings.window_secs).context("bad setting METRICS_WINDOW_SECS")?;
+        .map_err(|source| StartError::Topic { source })?;
+    let meter = Meter::new(settings.window_secs).map_err(|source| StartError::Window { source })?;
     let relay = Arc::new(Relay::new(
         settings.node_id.clone(),
         settings.boot_id.clone(),
@@ -190,7 +264,7 @@ pub async fn start(
         SystemClock,
         load_rx,
     )
-    .map_err(|e| anyhow::anyhow!("bad heartbeat setting: {e}"))?;
+    .map_err(|error| StartError::Heartbeat { error })?;
 
     let drain = Drain::new(settings.drain);
     let core = Arc::new(NodeCore {
@@ -203,24 +277,8 @@ pub async fn start(
         handoff_grace: settings.handoff_grace,
     });
 
-    let public = tokio::net::TcpListener::bind(settings.public_addr)
-        .await
-        .with_context(|| {
-            format!(
-                "bad setting PUBLIC_ADDR: cannot listen on {}",
-                settings.public_addr
-            )
-        })?;
-    let admin = tokio::net::TcpListener::bind(settings.admin_addr)
-        .await
-        .with_context(|| {
-            format!(
-                "bad setting ADMIN_ADDR: cannot listen on {}",
-                settings.admin_addr
-            )
-        })?;
-    let public_addr = public.local_addr().context("public address")?;
-    let admin_addr = admin.local_addr().context("admin address")?;
+    let (public, public_addr) = bind("PUBLIC_ADDR", settings.public_addr).await?;
+    let (admin, admin_addr) = bind("ADMIN_ADDR", settings.admin_addr).await?;
 
     let (stop, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
