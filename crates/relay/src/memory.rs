@@ -172,8 +172,10 @@ impl Registry for MemoryStore {
         self.with(|s, now| match s.claims.get(node) {
             Some((_, expires)) if *expires > now => false,
             _ => {
-                s.claims
-                    .insert(node.to_owned(), (self.node.clone(), now + ttl_ms(ttl)));
+                s.claims.insert(
+                    node.to_owned(),
+                    (self.node.clone(), now.saturating_add(ttl_ms(ttl))),
+                );
                 true
             }
         })
@@ -182,7 +184,7 @@ impl Registry for MemoryStore {
     async fn renew_forward(&self, node: &str, ttl: Duration) -> Result<bool, StoreError> {
         self.with(|s, now| match s.claims.get_mut(node) {
             Some((holder, expires)) if *holder == self.node && *expires > now => {
-                *expires = now + ttl_ms(ttl);
+                *expires = now.saturating_add(ttl_ms(ttl));
                 true
             }
             _ => false,
