@@ -208,6 +208,17 @@ mod tests {
     }
 
     #[test]
+    fn the_node_id_falls_back_to_hostname_and_each_start_differs() -> anyhow::Result<()> {
+        let cli = Cli::try_parse_from(["x", "--node-id", " "])?;
+        let s = cli.node.raw(Some("pod-7".to_owned())).validate()?;
+        assert_eq!(s.node_id, "pod-7");
+        let err = cli.node.raw(None).validate().err();
+        assert_eq!(err.map(|e| e.key), Some("POD_NAME"));
+        assert!(s.boot_id.ends_with(&format!("-{}", std::process::id())));
+        Ok(())
+    }
+
+    #[test]
     fn durations_need_a_unit() {
         assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
         assert_eq!(parse_duration("1500ms"), Some(Duration::from_millis(1500)));
