@@ -238,3 +238,133 @@ async fn a_node_that_comes_back_is_not_forwarded() -> Result {
     assert_eq!(a.store().registered().await?, ["x"]);
     Ok(())
 }
+
+mod simulation {
+    //! Random traffic over two nodes, clients connecting, moving and
+    //! leaving: every frame acked is, at the end, received by a connection,
+    //! in an inbox, or in a delivery topic past its reader's position.
+
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::{BTreeMap, BTreeSet};
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Connect { client: u8, node: u8 },
+        Leave { client: u8 },
+        Send { node: u8, to: u8 },
+        Pause { ms: u16 },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            2 => (0u8..3, 0u8..2).prop_map(|(client, node)| Op::Connect { client, node }),
+            1 => (0u8..3).prop_map(|client| Op::Leave { client }),
+            5 => (0u8..2, 0u8..4).prop_map(|(node, to)| Op::Send { node, to }),
+            1 => (0u16..600).prop_map(|ms| Op::Pause { ms }),
+        ]
+    }
+
+    type Conn = (usize, u64, tokio::sync::mpsc::Receiver<rtc_relay::Outbound>);
+
+    async fn run(ops: Vec<Op>) -> Result<(BTreeSet<String>, BTreeSet<String>)> {
+        let (redis, bus) = (MemoryRedis::default(), MemoryBus::default());
+        let nodes = ["a", "b"];
+        let relays = [relay(&redis, &bus, "a", 4)?, relay(&redis, &bus, "b", 4)?];
+        let (stop, stop_rx) = watch::channel(false);
+        let mut consumers = Vec::new();
+        for (r, node) in relays.iter().zip(nodes) {
+            let topic = bus.own_topic(node).await?;
+            consumers.push(tokio::spawn(Arc::clone(r).consume(
+                topic,
+                Duration::from_millis(100),
+                stop_rx.clone(),
+            )));
+        }
+        let mut conns: BTreeMap<String, Conn> = BTreeMap::new();
+        let mut received = BTreeSet::new();
+        let mut acked = BTreeSet::new();
+        let mut next_conn = 0u64;
+        for (i, op) in ops.into_iter().enumerate() {
+            match op {
+                Op::Connect { client, node } => {
+                    let client = format!("c{client}");
+                    let n = usize::from(node);
+                    if let Some((old, conn, rx)) = conns.remove(&client) {
+                        relays[old].detach(&client, conn, rx).await;
+                    }
+                    next_conn += 1;
+                    let (rx, _kick) = relays[n].attach(&client, next_conn);
+                    for f in relays[n].claim(&client).await? {
+                        received.insert(f);
+                    }
+                    conns.insert(client, (n, next_conn, rx));
+                }
+                Op::Leave { client } => {
+                    let client = format!("c{client}");
+                    if let Some((n, conn, mut rx)) = conns.remove(&client) {
+                        // Some frames were read, the rest are handed on.
+                        if let Ok(out) = rx.try_recv() {
+                            received.insert(out.frame.to_string());
+                        }
+                        relays[n].detach(&client, conn, rx).await;
+                    }
+                }
+                Op::Send { node, to } => {
+                    let frame = format!("{{\"n\":{i}}}");
+                    let to = format!("c{to}");
+                    relays[usize::from(node)]
+                        .route(&to, Arc::from(frame.as_str()), 0)
+                        .await?;
+                    acked.insert(frame);
+                }
+                Op::Pause { ms } => {
+                    tokio::time::sleep(Duration::from_millis(u64::from(ms))).await;
+                }
+            }
+        }
+        stop.send(true)?;
+        for c in consumers {
+            c.await?;
+        }
+        let mut kept = BTreeSet::new();
+        for (client, (_, _, mut rx)) in conns {
+            while let Ok(out) = rx.try_recv() {
+                received.insert(out.frame.to_string());
+            }
+            kept.extend(redis.inbox(&client));
+        }
+        for c in 0..4 {
+            kept.extend(redis.inbox(&format!("c{c}")));
+        }
+        for (r, node) in relays.iter().zip(nodes) {
+            let position = i64::try_from(r.position()).unwrap_or(i64::MAX);
+            kept.extend(
+                bus.records(node)
+                    .into_iter()
+                    .filter(|d| d.offset >= position)
+                    .map(|d| d.frame),
+            );
+        }
+        let found: BTreeSet<String> = received.union(&kept).cloned().collect();
+        Ok((acked, found))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn no_acked_frame_is_lost(ops in proptest::collection::vec(op(), 1..60)) {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .start_paused(true)
+                .build()
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let (acked, found) = runtime
+                .block_on(run(ops))
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let lost: Vec<_> = acked.difference(&found).collect();
+            prop_assert!(lost.is_empty(), "lost {lost:?}");
+        }
+    }
+}
