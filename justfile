@@ -21,7 +21,7 @@ trace:
     cargo run --quiet -p rtc-decision --example simulate > {{trace}}
 
 # The whole test suite: starts the local stack, runs every test, stops the stack whatever the outcome.
-test: check-decision-deps
+test: check-decision-deps check-relay-core
     #!/usr/bin/env bash
     set -euo pipefail
     trap 'deploy/local/stack down' EXIT
@@ -47,6 +47,18 @@ check-decision-deps:
         exit 1
     fi
     echo "rtc-decision dependencies are pure: $(tr '\n' ' ' <<<"$deps")"
+
+# Fail if the relay's sans-I/O core (a module of rtc-relay, so `cargo tree` cannot see it) uses async, networking or a clock.
+check-relay-core:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    banned='(tokio|fred|rskafka|axum|futures|kafka_protocol|std::net|std::time::(Instant|SystemTime)|SystemTime|Instant::now)'
+    if bad="$(grep -rnE "$banned" crates/relay/src/core)"; then
+        echo "the relay core must stay free of I/O, async and clocks, but has:" >&2
+        echo "$bad" >&2
+        exit 1
+    fi
+    echo "the relay core is pure"
 
 # Formatting check.
 fmt-check:

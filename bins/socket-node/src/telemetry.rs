@@ -8,7 +8,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 /// # Errors
 ///
 /// When a recorder is already installed.
-pub fn metrics(node_id: &str) -> anyhow::Result<PrometheusHandle> {
+pub(crate) fn metrics(node_id: &str) -> anyhow::Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new()
         .add_global_label("node_id", node_id)
         .install_recorder()

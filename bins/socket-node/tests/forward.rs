@@ -8,19 +8,21 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::{Client, Cluster, Result, Seen};
-use rtc_socket_node::bus::Bus;
-use rtc_socket_node::offsets::{OffsetClient, group_of};
-use rtc_socket_node::store::{BufferLimits, RelayStore};
+use rtc_heartbeat::KeyLayout;
+use rtc_kafka_offsets::OffsetClient;
+use rtc_relay::core::group_of;
+use rtc_relay::{BufferLimits, Bus, KafkaBus, RedisStore, Registry};
 use serde_json::json;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
-async fn test_bus(cluster: &Cluster) -> Result<Bus> {
-    Ok(Bus::connect(
+async fn test_bus(cluster: &Cluster) -> Result<KafkaBus> {
+    Ok(KafkaBus::connect(
         vec![cluster.endpoints.kafka_bootstrap.clone()],
         cluster.topic_prefix.clone(),
         "forward-test",
         Duration::from_secs(10),
+        TIMEOUT,
     )
     .await?)
 }
@@ -36,11 +38,17 @@ fn offsets(cluster: &Cluster, node: &str) -> OffsetClient {
 
 /// Publishes `count` message frames for `to` straight into `node`'s topic,
 /// as a sender on another node would; returns their ids.
-async fn publish(bus: &Bus, node: &str, to: &str, tag: &str, count: usize) -> Result<Vec<String>> {
+async fn publish(
+    bus: &KafkaBus,
+    node: &str,
+    to: &str,
+    tag: &str,
+    count: usize,
+) -> Result<Vec<String>> {
     let mut ids = Vec::new();
     for n in 0..count {
         let id = format!("sender/{tag}/{n}");
-        let sent_ms = rtc_socket_node::relay::wall_ms();
+        let sent_ms = rtc_relay::wall_ms();
         let frame = json!({"type": "message", "id": id, "from": "sender", "to": to, "sent_ms": sent_ms, "body": n});
         bus.publish(node, to, &frame.to_string(), sent_ms).await?;
         ids.push(id);
@@ -95,7 +103,7 @@ async fn offsets_commit_and_fetch_on_the_broker_and_a_restarted_node_resumes_fro
     let cluster = Cluster::new();
     let bus = test_bus(&cluster).await?;
     let node = cluster.start("node-x").await?;
-    let topic = bus.topic("node-x");
+    let topic = bus.topic_name("node-x");
     let group = offsets(&cluster, "node-x");
 
     // The client itself: commit then fetch; a group without commits has none.
@@ -126,7 +134,7 @@ async fn offsets_commit_and_fetch_on_the_broker_and_a_restarted_node_resumes_fro
         .collect();
     let mut settings = cluster.settings("node-x");
     settings.boot_id = "b2".to_owned();
-    let node = rtc_socket_node::start(settings, None)
+    let node = rtc_socket::start(settings, None)
         .await
         .map_err(|e| format!("{e:#}"))?;
     wait_committed(&group, &topic, 6).await?;
@@ -161,7 +169,7 @@ fn start_doomed(cluster: &Cluster, node: &str) -> Result<Doomed> {
                 return;
             }
         };
-        let node = match rt.block_on(rtc_socket_node::start(settings, None)) {
+        let node = match rt.block_on(rtc_socket::start(settings, None)) {
             Ok(n) => n,
             Err(e) => {
                 let _ = addr_tx.send(Err(format!("{e:#}")));
@@ -190,7 +198,7 @@ async fn a_node_killed_without_a_drain_loses_nothing_already_in_its_topic() -> R
     let bus = test_bus(&cluster).await?;
     let a = start_doomed(&cluster, "node-a")?;
     let b = cluster.start("node-b").await?;
-    let topic = bus.topic("node-a");
+    let topic = bus.topic_name("node-a");
     let group = offsets(&cluster, "node-a");
 
     let mut bob = Client::connect(a.addr, "bob").await?;
@@ -231,7 +239,7 @@ async fn a_node_killed_without_a_drain_loses_nothing_already_in_its_topic() -> R
     // Read to the end and gone for longer than retire_after: node-a leaves
     // the registry; node-b stays.
     let redis = rtc_testkit::redis().await?;
-    let store = RelayStore::new(
+    let store = RedisStore::new(
         redis.client().clone(),
         cluster.relay_prefix.clone(),
         "test",
@@ -240,6 +248,7 @@ async fn a_node_killed_without_a_drain_loses_nothing_already_in_its_topic() -> R
             max: 1,
             ttl: Duration::from_secs(1),
         },
+        KeyLayout::new(cluster.heartbeat_prefix.clone()),
     );
     let started = Instant::now();
     let mut registered = store.registered().await?;

@@ -9,10 +9,9 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use rtc_drain::DrainConfig;
-use rtc_socket_node::forward::ForwardConfig;
-use rtc_socket_node::node::{Node, Settings};
-use rtc_socket_node::store::BufferLimits;
-use rtc_socket_node::ws::Limits;
+use rtc_relay::{BufferLimits, ForwardConfig};
+use rtc_socket::ws::Limits;
+use rtc_socket::{Node, Settings};
 use rtc_testkit::{Endpoints, unique_name};
 use serde_json::Value;
 use tokio::net::TcpStream;
@@ -83,13 +82,13 @@ impl Cluster {
                 scan_interval: Duration::from_millis(300),
                 claim_ttl: Duration::from_secs(5),
                 retire_after: Duration::from_secs(4),
-                offset_timeout: Duration::from_secs(5),
             },
+            offset_timeout: Duration::from_secs(5),
         }
     }
 
     pub async fn start(&self, node: &str) -> Result<Node> {
-        Ok(rtc_socket_node::start(self.settings(node), None)
+        Ok(rtc_socket::start(self.settings(node), None)
             .await
             .map_err(|e| format!("{e:#}"))?)
     }

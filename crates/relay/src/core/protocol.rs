@@ -1,6 +1,6 @@
 //! The wire protocol between clients and the node (see
 //! `docs/socket-protocol.md`): what clients send, what the node sends, the
-//! close codes, and the checks on client ids. Pure.
+//! close codes, the ack statuses and the checks on client ids. Pure.
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;

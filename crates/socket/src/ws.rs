@@ -14,9 +14,11 @@ use rtc_drain::{Connection, Drain, Instruction};
 use serde::Deserialize;
 use tokio::time::Instant;
 
-use crate::protocol::{self, Control, close};
-use crate::relay::{KickReason, Relay, wall_ms};
-use crate::stats::TokenBucket;
+use rtc_relay::core::limit::TokenBucket;
+use rtc_relay::protocol::{self, Control, close};
+use rtc_relay::{KickReason, wall_ms};
+
+use crate::NodeRelay;
 
 /// Per-connection limits.
 #[derive(Debug, Clone, Copy)]
@@ -37,7 +39,7 @@ pub struct Limits {
 #[derive(Debug, Clone)]
 pub struct Public {
     /// The relay.
-    pub relay: Arc<Relay>,
+    pub relay: Arc<NodeRelay>,
     /// The drain.
     pub drain: Drain,
     /// The limits.
@@ -171,7 +173,7 @@ async fn session(state: Public, socket: WebSocket, client_id: Option<String>, co
 async fn serve(state: Public, mut socket: WebSocket, client: String, mut conn: Connection) {
     let relay = Arc::clone(&state.relay);
     let (mut rx, kick) = relay.attach(&client, conn.id());
-    let pending = match Box::pin(relay.store().connect(&client)).await {
+    let pending = match Box::pin(relay.claim(&client)).await {
         Ok(frames) => frames,
         Err(e) => {
             tracing::warn!(error = %e, "claiming the client failed");
@@ -250,7 +252,7 @@ async fn serve(state: Public, mut socket: WebSocket, client: String, mut conn: C
                 relay.delivered(out.sent_ms);
             }
             _ = refresh.tick() => {
-                match Box::pin(relay.store().refresh(&client)).await {
+                match Box::pin(relay.refresh(&client)).await {
                     Ok(true) => {}
                     Ok(false) => {
                         let _ = socket.send(closing(close::SUPERSEDED, "connected on another node")).await;
@@ -298,7 +300,7 @@ async fn serve(state: Public, mut socket: WebSocket, client: String, mut conn: C
 /// Handles one text frame; `false` when the connection must close.
 async fn handle_text(
     state: &Public,
-    relay: &Relay,
+    relay: &NodeRelay,
     socket: &mut WebSocket,
     client: &str,
     bucket: &mut TokenBucket,

@@ -1,82 +1,109 @@
-//! Wiring: start a node from validated [`Settings`], drain it, stop it.
+//! A node from validated [`Settings`]: connect, bind both ports, start every
+//! task; drain it; stop it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
-use rtc_drain::{Drain, DrainConfig, DrainWait, FinishReport};
+use rtc_drain::{Drain, DrainWait, FinishReport};
 use rtc_heartbeat::{
-    KeyLayout, Load, PublisherConfig, PublisherHandle, RedisOptions, RedisStore, SystemClock,
-    publisher,
+    KeyLayout, Load, PublisherConfig, PublisherHandle, RedisOptions, RedisStore as HeartbeatStore,
+    SystemClock, publisher,
 };
 use tokio::sync::{Mutex, watch};
 use tokio::task::JoinHandle;
 
-use crate::admin::{self, Admin};
-use crate::bus::Bus;
-use crate::forward::{self, ForwardConfig};
-use crate::offsets::group_of;
-use crate::relay::Relay;
-use crate::resources::Sampler;
-use crate::store::{BufferLimits, RelayStore};
-use crate::ws::{self, Limits, Public};
+use rtc_node_load::{LoadError, Meter, Sampler};
+use rtc_relay::{Bus, BusError, KafkaBus, RedisStore, Relay, forward};
 
-/// Everything a node needs, validated.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    /// Node id: the pod name.
-    pub node_id: String,
-    /// Differs on every start.
-    pub boot_id: String,
-    /// The WebSocket port.
-    pub public_addr: SocketAddr,
-    /// The admin port.
-    pub admin_addr: SocketAddr,
-    /// Redis URL.
-    pub redis_url: String,
-    /// Kafka bootstrap servers.
-    pub kafka_bootstrap: Vec<String>,
-    /// Key prefix of presence, buffers and positions.
-    pub relay_prefix: String,
-    /// Key prefix of heartbeats.
-    pub heartbeat_prefix: String,
-    /// Delivery topics are `<prefix><node id>`.
-    pub topic_prefix: String,
-    /// HEARTBEAT_INTERVAL.
-    pub heartbeat_interval: Duration,
-    /// STALE_AFTER.
-    pub stale_after: Duration,
-    /// Lifetime of a presence claim; renewed every third of it.
-    pub presence_ttl: Duration,
-    /// Connection limits.
-    pub limits: Limits,
-    /// Offline buffers.
-    pub buffer: BufferLimits,
-    /// Frames queued per connection before it counts as too slow.
-    pub send_queue: usize,
-    /// Seconds in the messages/s and p95 windows.
-    pub window_secs: usize,
-    /// The drain.
-    pub drain: DrainConfig,
-    /// After the last client has left, how long to keep reading the delivery
-    /// topic for messages sent just before their recipient's presence moved.
-    pub handoff_grace: Duration,
-    /// OFFSET_COMMIT_INTERVAL: the consumer commits its position to the
-    /// broker at most this often while it moves.
-    pub offset_commit_interval: Duration,
-    /// The forwarder of topics of nodes that are gone.
-    pub forward: ForwardConfig,
+use crate::NodeRelay;
+use crate::admin::{self, Admin};
+use crate::config::Settings;
+use crate::ws::{self, Public};
+
+/// A node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Redis's URL is not one fred accepts.
+    #[error("bad setting REDIS_URL: value {url:?}: {error}")]
+    RedisUrl {
+        /// The URL.
+        url: String,
+        /// Why.
+        error: rtc_heartbeat::StoreError,
+    },
+    /// The broker cannot be reached.
+    #[error("KAFKA_BOOTSTRAP {bootstrap:?}: the broker cannot be reached")]
+    Broker {
+        /// The bootstrap servers, comma-separated.
+        bootstrap: String,
+        /// Why.
+        source: BusError,
+    },
+    /// This node's delivery topic could not be created or opened.
+    #[error("creating this node's delivery topic")]
+    Topic {
+        /// Why.
+        source: BusError,
+    },
+    /// The load windows are not allowed.
+    #[error("bad setting METRICS_WINDOW_SECS")]
+    Window {
+        /// Why.
+        source: LoadError,
+    },
+    /// The heartbeat publisher refused its settings.
+    #[error("bad heartbeat setting: {error}")]
+    Heartbeat {
+        /// Why.
+        error: rtc_heartbeat::ConfigError,
+    },
+    /// A port cannot be bound.
+    #[error("bad setting {key}: cannot listen on {addr}")]
+    Bind {
+        /// PUBLIC_ADDR or ADMIN_ADDR.
+        key: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+impl StartError {
+    /// A short label for metrics and logs.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::RedisUrl { .. } => "redis_url",
+            Self::Broker { .. } => "broker",
+            Self::Topic { .. } => "topic",
+            Self::Window { .. } => "window",
+            Self::Heartbeat { .. } => "heartbeat",
+            Self::Bind { .. } => "bind",
+        }
+    }
+}
+
+async fn bind(
+    key: &'static str,
+    addr: SocketAddr,
+) -> Result<(tokio::net::TcpListener, SocketAddr), StartError> {
+    let bind_err = |source| StartError::Bind { key, addr, source };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(bind_err)?;
+    let bound = listener.local_addr().map_err(bind_err)?;
+    Ok((listener, bound))
 }
 
 /// The parts of a running node the admin port and signals act on.
 #[derive(Debug)]
 pub struct NodeCore {
-    relay: Arc<Relay>,
+    relay: Arc<NodeRelay>,
     drain: Drain,
     load: watch::Sender<Load>,
-    publisher: Mutex<Option<PublisherHandle<RedisStore>>>,
+    publisher: Mutex<Option<PublisherHandle<HeartbeatStore>>>,
     consumer_stop: watch::Sender<bool>,
     consumer: Mutex<Option<JoinHandle<bool>>>,
     handoff_grace: Duration,
@@ -89,7 +116,7 @@ impl NodeCore {
     }
 
     /// The relay.
-    pub fn relay(&self) -> &Arc<Relay> {
+    pub fn relay(&self) -> &Arc<NodeRelay> {
         &self.relay
     }
 
@@ -173,54 +200,56 @@ impl Node {
 ///
 /// # Errors
 ///
-/// When Redis's URL is bad, the broker cannot be reached or a port cannot be
-/// bound; the message names the setting.
+/// [`StartError`] when Redis's URL is bad, the broker cannot be reached or
+/// a port cannot be bound; the message names the setting.
 pub async fn start(
     settings: Settings,
     prometheus: Option<PrometheusHandle>,
-) -> anyhow::Result<Node> {
-    let redis =
-        rtc_heartbeat::connect(&RedisOptions::new(settings.redis_url.clone())).map_err(|e| {
-            anyhow::anyhow!("bad setting REDIS_URL: value {:?}: {e}", settings.redis_url)
-        })?;
-    let store = RelayStore::new(
+) -> Result<Node, StartError> {
+    let redis = rtc_heartbeat::connect(&RedisOptions::new(settings.redis_url.clone())).map_err(
+        |error| StartError::RedisUrl {
+            url: settings.redis_url.clone(),
+            error,
+        },
+    )?;
+    let heartbeat_keys = KeyLayout::new(settings.heartbeat_prefix.clone());
+    let store = RedisStore::new(
         redis.clone(),
         settings.relay_prefix.clone(),
         settings.node_id.clone(),
         settings.presence_ttl,
         settings.buffer,
+        heartbeat_keys.clone(),
     );
-    let bus = Bus::connect(
+    let bus = KafkaBus::connect(
         settings.kafka_bootstrap.clone(),
         settings.topic_prefix.clone(),
         &settings.node_id,
         Duration::from_secs(10),
+        settings.offset_timeout,
     )
     .await
-    .with_context(|| {
-        format!(
-            "KAFKA_BOOTSTRAP {:?}: the broker cannot be reached",
-            settings.kafka_bootstrap.join(",")
-        )
+    .map_err(|source| StartError::Broker {
+        bootstrap: settings.kafka_bootstrap.join(","),
+        source,
     })?;
-    let partition = bus
+    let topic = bus
         .own_topic(&settings.node_id)
         .await
-        .context("creating this node's delivery topic")?;
-    let offsets = bus.offsets(group_of(&settings.node_id), settings.forward.offset_timeout);
+        .map_err(|source| StartError::Topic { source })?;
+    let meter = Meter::new(settings.window_secs).map_err(|source| StartError::Window { source })?;
     let relay = Arc::new(Relay::new(
         settings.node_id.clone(),
         settings.boot_id.clone(),
         store,
         bus,
         settings.send_queue,
-        settings.window_secs,
+        meter,
     ));
 
     let (consumer_stop, consumer_stop_rx) = watch::channel(false);
     let consumer = tokio::spawn(Arc::clone(&relay).consume(
-        partition,
-        offsets,
+        topic,
         settings.offset_commit_interval,
         consumer_stop_rx,
     ));
@@ -229,14 +258,13 @@ pub async fn start(
     let mut heartbeat = PublisherConfig::new(settings.node_id.clone(), settings.boot_id.clone());
     heartbeat.interval = settings.heartbeat_interval;
     heartbeat.stale_after = settings.stale_after;
-    let heartbeat_keys = KeyLayout::new(settings.heartbeat_prefix.clone());
     let publisher = publisher::spawn(
         heartbeat,
-        RedisStore::new(redis, heartbeat_keys.clone()),
+        HeartbeatStore::new(redis, heartbeat_keys),
         SystemClock,
         load_rx,
     )
-    .map_err(|e| anyhow::anyhow!("bad heartbeat setting: {e}"))?;
+    .map_err(|error| StartError::Heartbeat { error })?;
 
     let drain = Drain::new(settings.drain);
     let core = Arc::new(NodeCore {
@@ -249,24 +277,8 @@ pub async fn start(
         handoff_grace: settings.handoff_grace,
     });
 
-    let public = tokio::net::TcpListener::bind(settings.public_addr)
-        .await
-        .with_context(|| {
-            format!(
-                "bad setting PUBLIC_ADDR: cannot listen on {}",
-                settings.public_addr
-            )
-        })?;
-    let admin = tokio::net::TcpListener::bind(settings.admin_addr)
-        .await
-        .with_context(|| {
-            format!(
-                "bad setting ADMIN_ADDR: cannot listen on {}",
-                settings.admin_addr
-            )
-        })?;
-    let public_addr = public.local_addr().context("public address")?;
-    let admin_addr = admin.local_addr().context("admin address")?;
+    let (public, public_addr) = bind("PUBLIC_ADDR", settings.public_addr).await?;
+    let (admin, admin_addr) = bind("ADMIN_ADDR", settings.admin_addr).await?;
 
     let (stop, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -289,7 +301,11 @@ pub async fn start(
         }
     });
     let admin_router = admin::router(Admin {
-        core: Arc::clone(&core),
+        drain: drain.clone(),
+        start_drain: {
+            let core = Arc::clone(&core);
+            Arc::new(move || core.drain_now())
+        },
         prometheus,
     });
     let admin_task = tokio::spawn({
@@ -306,7 +322,6 @@ pub async fn start(
     let forwarder_task = tokio::spawn(forward::run(
         Arc::clone(&relay),
         settings.forward,
-        heartbeat_keys,
         stop_rx.clone(),
     ));
     let sampler_task = tokio::spawn(sample(Arc::clone(&core), stop_rx));
@@ -336,17 +351,8 @@ async fn sample(core: Arc<NodeCore>, mut stop: watch::Receiver<bool>) {
         let measured = core.relay.measured();
         let conn = u64::try_from(core.drain.active()).unwrap_or(u64::MAX);
         let draining = core.drain.is_draining();
-        core.load.send_replace(Load {
-            cpu: usage.cpu,
-            mem: usage.mem,
-            limit_source: usage.source,
-            conn,
-            mps: measured.mps,
-            p95_ms: measured.p95_ms,
-            lag_records: measured.lag_records,
-            lag_ms: measured.lag_ms,
-            draining,
-        });
+        core.load
+            .send_replace(rtc_node_load::load(usage, measured, conn, draining));
         metrics::gauge!("rtc_socket_cpu_ratio").set(usage.cpu);
         metrics::gauge!("rtc_socket_memory_ratio").set(usage.mem);
         metrics::gauge!("rtc_socket_connections").set(conn as f64);

@@ -1,10 +1,10 @@
-//! Committed consumer positions in the broker's consumer-group offsets, so
-//! standard tools (kafka-exporter, `kafka-consumer-groups`) see each node's
-//! lag and whoever reads a node's delivery topic next resumes from it.
+//! Committed consumer positions in a Kafka-protocol broker's consumer-group
+//! offsets, for clients (such as rskafka) that have no group APIs, so
+//! standard tools (kafka-exporter, `kafka-consumer-groups`) see the lag and
+//! whoever reads a partition next resumes from the committed offset.
 //!
-//! rskafka has no group APIs, so this is a small client of its own over one
-//! TCP connection per group, speaking three requests with the
-//! `kafka-protocol` crate's messages:
+//! [`OffsetClient`] is a small client over one TCP connection per group,
+//! speaking three requests with the `kafka-protocol` crate's messages:
 //!
 //! - **FindCoordinator** (v1, key type group) on a bootstrap server finds
 //!   the broker that owns the group; the connection then goes there.
@@ -13,11 +13,20 @@
 //!   rebalance ever waits on a session timeout.
 //! - **OffsetFetch** (v1): the committed offset, `None` when there is none.
 //!
-//! These versions are the oldest that Kafka 4 still serves, and every
-//! broker since 0.10 serves them. Each request has a deadline; any failure
-//! drops the connection, and the next call finds the coordinator again.
-//! The group of node `n` is `rtc-node-<n>`; the committed offset is, as
-//! Kafka's tools expect, the next offset to read.
+//! # What it promises
+//!
+//! - **Old, widely served versions.** These are the oldest versions that
+//!   Kafka 4 still serves, and every broker since 0.10 serves them.
+//! - **Bounded.** Each request (and each connect) has a deadline, and a
+//!   response larger than 16 MiB is refused rather than allocated.
+//! - **Self-healing.** Any failure drops the connection, and the next call
+//!   finds the coordinator again; a "not coordinator" answer does too.
+//! - **Typed errors.** Every failure is an [`OffsetError`] naming the
+//!   request, the broker or the group, with a short [`OffsetError::label`]
+//!   for metrics.
+//!
+//! The committed offset is, as Kafka's tools expect, the next offset to
+//! read.
 
 use std::time::Duration;
 
@@ -37,11 +46,6 @@ const OFFSET_COMMIT_VERSION: i16 = 2;
 const OFFSET_FETCH_VERSION: i16 = 1;
 /// A response larger than this is refused rather than allocated.
 const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
-
-/// The consumer group whose offsets hold `node`'s position.
-pub fn group_of(node: &str) -> String {
-    format!("rtc-node-{node}")
-}
 
 /// An offset request failed.
 #[derive(Debug, thiserror::Error)]
@@ -398,10 +402,15 @@ async fn exchange<Q: Encodable, R: Decodable>(
     request: &Q,
     timeout: Duration,
 ) -> Result<R, OffsetError> {
-    let codec = |e: anyhow::Error| OffsetError::Codec {
-        api,
-        message: format!("{e:#}"),
-    };
+    // kafka-protocol's codec errors are only ever displayed here, with their
+    // causes (`{:#}`).
+    fn codec<E: std::fmt::Display>(api: &'static str) -> impl Fn(E) -> OffsetError + Copy {
+        move |e| OffsetError::Codec {
+            api,
+            message: format!("{e:#}"),
+        }
+    }
+    let codec = codec(api);
     conn.correlation = conn.correlation.wrapping_add(1);
     let correlation = conn.correlation;
     let header = RequestHeader::default()
@@ -465,11 +474,6 @@ async fn exchange<Q: Encodable, R: Decodable>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn groups_are_named_after_the_node() {
-        assert_eq!(group_of("socket-3"), "rtc-node-socket-3");
-    }
 
     #[tokio::test]
     async fn a_broker_that_is_down_is_a_typed_error_naming_it() {

@@ -29,16 +29,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rtc_heartbeat::KeyLayout;
 use tokio::sync::watch;
 
-use crate::bus;
-use crate::offsets::{OffsetError, group_of};
+use crate::bus::{Bus, BusError, SHORT_WAIT_MS, Topic};
+use crate::core::cursor::resume_at;
+use crate::core::forwarding::{gone, retire_due};
 use crate::relay::{Relay, wall_ms};
-use crate::store::StoreError;
+use crate::store::{PresenceStore, Registry, StoreError};
 
 /// How the forwarder runs.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ForwardConfig {
     /// Time between scans of the registry.
     pub scan_interval: Duration,
@@ -47,15 +47,13 @@ pub struct ForwardConfig {
     /// How long a node must have been gone, its topic read to the end,
     /// before it leaves the registry.
     pub retire_after: Duration,
-    /// Deadline of each offset request.
-    pub offset_timeout: Duration,
 }
 
 /// A forwarding pass failed; the next scan tries again from the last
 /// committed offset.
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
-    /// Redis failed.
+    /// The store failed.
     #[error("forwarding {node}: {source}")]
     Store {
         /// The dead node.
@@ -69,7 +67,7 @@ pub enum ForwardError {
         /// The dead node.
         node: String,
         /// Why.
-        source: OffsetError,
+        source: BusError,
     },
     /// The topic could not be read.
     #[error("forwarding {node}: reading its delivery topic: {source}")]
@@ -77,8 +75,19 @@ pub enum ForwardError {
         /// The dead node.
         node: String,
         /// Why.
-        source: bus::BusError,
+        source: BusError,
     },
+}
+
+impl ForwardError {
+    /// A short label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Store { .. } => "store",
+            Self::Offsets { .. } => "offsets",
+            Self::Bus { .. } => "bus",
+        }
+    }
 }
 
 /// What one pass did.
@@ -96,12 +105,14 @@ pub struct Pass {
 
 /// Registers this node's topic, then scans every `scan_interval` until
 /// `stop` is set.
-pub async fn run(
-    relay: Arc<Relay>,
+pub async fn run<S, B>(
+    relay: Arc<Relay<S, B>>,
     config: ForwardConfig,
-    heartbeats: KeyLayout,
     mut stop: watch::Receiver<bool>,
-) {
+) where
+    S: PresenceStore + Registry,
+    B: Bus,
+{
     // In the registry first, so that a forwarder finds this topic if this
     // node dies.
     let mut delay = Duration::from_millis(200);
@@ -120,7 +131,7 @@ pub async fn run(
             _ = stop.wait_for(|s| *s) => break,
             _ = tick.tick() => {}
         }
-        if let Err(e) = scan(&relay, &config, &heartbeats).await {
+        if let Err(e) = scan(&relay, &config).await {
             tracing::warn!(error = %e, "scanning for nodes that are gone failed");
         }
     }
@@ -133,20 +144,20 @@ pub async fn run(
 ///
 /// [`StoreError`] when the registry cannot be read; a failed pass is logged
 /// and counted, and does not stop the scan.
-pub async fn scan(
-    relay: &Relay,
-    config: &ForwardConfig,
-    heartbeats: &KeyLayout,
-) -> Result<(), StoreError> {
+pub async fn scan<S, B>(relay: &Relay<S, B>, config: &ForwardConfig) -> Result<(), StoreError>
+where
+    S: PresenceStore + Registry,
+    B: Bus,
+{
     let store = relay.store();
     for node in store.registered().await? {
-        if node == relay.node() || store.exists(&heartbeats.live(&node)).await? {
+        if node == relay.node() || !gone(&node, relay.node(), store.is_live(&node).await?) {
             continue;
         }
         if !store.claim_forward(&node, config.claim_ttl).await? {
             continue;
         }
-        match forward(relay, &node, config, heartbeats).await {
+        match forward(relay, &node, config).await {
             Ok(pass) if pass.forwarded > 0 || pass.retired => {
                 tracing::info!(%node, forwarded = pass.forwarded, retired = pass.retired, "forwarded the topic of a node that is gone");
             }
@@ -168,13 +179,16 @@ pub async fn scan(
 ///
 /// # Errors
 ///
-/// [`ForwardError`] when Redis, the offsets or the topic fail.
-pub async fn forward(
-    relay: &Relay,
+/// [`ForwardError`] when the store, the offsets or the topic fail.
+pub async fn forward<S, B>(
+    relay: &Relay<S, B>,
     dead: &str,
     config: &ForwardConfig,
-    heartbeats: &KeyLayout,
-) -> Result<Pass, ForwardError> {
+) -> Result<Pass, ForwardError>
+where
+    S: PresenceStore + Registry,
+    B: Bus,
+{
     let store = relay.store();
     let store_err = |source| ForwardError::Store {
         node: dead.to_owned(),
@@ -189,11 +203,9 @@ pub async fn forward(
         source,
     };
     let since = store.dead_since(dead, wall_ms()).await.map_err(store_err)?;
-    let topic = relay.bus().topic(dead);
-    let offsets = relay.bus().offsets(group_of(dead), config.offset_timeout);
     let mut pass = Pass::default();
-    let partition = match relay.bus().partition(dead).await {
-        Ok(p) => p,
+    let topic = match relay.bus().open(dead).await {
+        Ok(t) => t,
         Err(e) => {
             // No topic: nothing was ever sent there, or it was deleted.
             tracing::info!(error = %e, dead, "the delivery topic of a node that is gone cannot be read");
@@ -201,42 +213,31 @@ pub async fn forward(
             return retire(relay, dead, since, config, pass).await;
         }
     };
-    let mut position = offsets
-        .fetch(&topic, 0)
-        .await
-        .map_err(offsets_err)?
-        .unwrap_or(0)
-        .max(0);
+    let mut position = resume_at(topic.committed().await.map_err(offsets_err)?);
     loop {
-        let (deliveries, next, high_watermark) =
-            match bus::fetch(&partition, position, bus::SHORT_WAIT_MS).await {
-                Ok(r) => r,
-                Err(e) if e.is_out_of_range() => {
-                    position = bus::earliest(&partition).await.map_err(bus_err)?;
-                    continue;
-                }
-                Err(e) => return Err(bus_err(e)),
-            };
-        for d in &deliveries {
+        let batch = match topic.fetch(position, SHORT_WAIT_MS).await {
+            Ok(b) => b,
+            Err(e) if e.is_out_of_range() => {
+                position = topic.earliest().await.map_err(bus_err)?;
+                continue;
+            }
+            Err(e) => return Err(bus_err(e)),
+        };
+        for d in &batch.deliveries {
             relay.forward(dead, d).await;
         }
-        pass.forwarded += deliveries.len() as u64;
-        metrics::counter!("rtc_socket_forwarded_total").increment(deliveries.len() as u64);
-        if next != position {
-            position = next;
-            offsets
-                .commit(&topic, 0, position)
-                .await
-                .map_err(offsets_err)?;
+        let count = batch.deliveries.len() as u64;
+        pass.forwarded += count;
+        metrics::counter!("rtc_socket_forwarded_total").increment(count);
+        if batch.next != position {
+            position = batch.next;
+            topic.commit(position).await.map_err(offsets_err)?;
         }
-        if position >= high_watermark {
+        if position >= batch.high_watermark {
             pass.caught_up = true;
             break;
         }
-        let back = store
-            .exists(&heartbeats.live(dead))
-            .await
-            .map_err(store_err)?;
+        let back = store.is_live(dead).await.map_err(store_err)?;
         let ours = store
             .renew_forward(dead, config.claim_ttl)
             .await
@@ -249,15 +250,18 @@ pub async fn forward(
     retire(relay, dead, since, config, pass).await
 }
 
-async fn retire(
-    relay: &Relay,
+async fn retire<S, B>(
+    relay: &Relay<S, B>,
     dead: &str,
     since: u64,
     config: &ForwardConfig,
     mut pass: Pass,
-) -> Result<Pass, ForwardError> {
-    let gone_for = wall_ms().saturating_sub(since);
-    if u128::from(gone_for) >= config.retire_after.as_millis() {
+) -> Result<Pass, ForwardError>
+where
+    S: PresenceStore + Registry,
+    B: Bus,
+{
+    if retire_due(since, wall_ms(), config.retire_after) {
         relay
             .store()
             .retire(dead)
@@ -269,21 +273,4 @@ async fn retire(
         pass.retired = true;
     }
     Ok(pass)
-}
-
-/// The committed offset of `node`'s topic, for tests and tools.
-///
-/// # Errors
-///
-/// [`OffsetError`] when the broker cannot be reached or refuses.
-pub async fn committed(
-    relay: &Relay,
-    node: &str,
-    timeout: Duration,
-) -> Result<Option<i64>, OffsetError> {
-    relay
-        .bus()
-        .offsets(group_of(node), timeout)
-        .fetch(&relay.bus().topic(node), 0)
-        .await
 }

@@ -1,0 +1,276 @@
+//! Command line and environment, read once into [`RawSettings`] and
+//! validated by `rtc-socket`.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use clap::Args;
+use rtc_socket::RawSettings;
+use rtc_telemetry::LogFormat;
+
+/// The socket node's settings. Each flag can also be set through the
+/// environment key shown.
+#[derive(Debug, Args)]
+pub(crate) struct NodeArgs {
+    /// This node's id (the pod name); defaults to HOSTNAME.
+    #[arg(long, env = "POD_NAME", value_name = "NAME")]
+    pub(crate) node_id: Option<String>,
+
+    /// Address of the public WebSocket port.
+    #[arg(long, env = "PUBLIC_ADDR", default_value = "0.0.0.0:8000")]
+    pub(crate) public_addr: String,
+
+    /// Address of the admin port (/drain, /healthz, /readyz, /metrics).
+    #[arg(long, env = "ADMIN_ADDR", default_value = "0.0.0.0:8080")]
+    pub(crate) admin_addr: String,
+
+    /// Redis for presence, offline buffers and heartbeats.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub(crate) redis_url: String,
+
+    /// Kafka bootstrap servers, comma-separated.
+    #[arg(long, env = "KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
+    pub(crate) kafka_bootstrap: String,
+
+    /// Key prefix of presence entries, offline buffers and positions.
+    #[arg(long, env = "RELAY_PREFIX", default_value = "rtc:relay:")]
+    pub(crate) relay_prefix: String,
+
+    /// Key prefix of heartbeats (must match the load-balancer's).
+    #[arg(long, env = "HEARTBEAT_PREFIX", default_value = "rtc:hb:")]
+    pub(crate) heartbeat_prefix: String,
+
+    /// Delivery topics are named this prefix followed by the node id.
+    #[arg(long, env = "DELIVERY_TOPIC_PREFIX", default_value = "rtc.deliver.")]
+    pub(crate) topic_prefix: String,
+
+    /// Time between heartbeats, with a unit: 5s, 1500ms, 1m.
+    #[arg(long, env = "HEARTBEAT_INTERVAL", default_value = "5s")]
+    pub(crate) heartbeat_interval: String,
+
+    /// A node silent for this long is gone, ms; must exceed the interval.
+    #[arg(long, env = "STALE_AFTER_MS", default_value_t = 15_000)]
+    pub(crate) stale_after_ms: u64,
+
+    /// Lifetime of a client's presence entry, ms; renewed every third.
+    #[arg(long, env = "PRESENCE_TTL_MS", default_value_t = 30_000)]
+    pub(crate) presence_ttl_ms: u64,
+
+    /// Connections this node holds at most.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 50_000)]
+    pub(crate) max_connections: usize,
+
+    /// Largest text frame accepted, bytes.
+    #[arg(long, env = "MAX_FRAME_BYTES", default_value_t = 65_536)]
+    pub(crate) max_frame_bytes: usize,
+
+    /// Messages per second one connection may send, sustained.
+    #[arg(long, env = "RATE_LIMIT_PER_SEC", default_value_t = 100)]
+    pub(crate) rate_per_sec: u32,
+
+    /// Messages one connection may send in a burst.
+    #[arg(long, env = "RATE_LIMIT_BURST", default_value_t = 200)]
+    pub(crate) rate_burst: u32,
+
+    /// Frames queued per connection before it counts as too slow.
+    #[arg(long, env = "SEND_QUEUE", default_value_t = 256)]
+    pub(crate) send_queue: usize,
+
+    /// Messages kept per offline client.
+    #[arg(long, env = "OFFLINE_BUFFER_MAX", default_value_t = 1_000)]
+    pub(crate) buffer_max: usize,
+
+    /// How long an offline client's messages are kept, ms.
+    #[arg(long, env = "OFFLINE_BUFFER_TTL_MS", default_value_t = 86_400_000)]
+    pub(crate) buffer_ttl_ms: u64,
+
+    /// Seconds in the messages/s and p95 latency windows.
+    #[arg(long, env = "METRICS_WINDOW_SECS", default_value_t = 10)]
+    pub(crate) window_secs: usize,
+
+    /// Longest a drain may take, with a unit: 5m, 300s.
+    #[arg(long, env = "DRAIN_TIMEOUT", default_value = "5m")]
+    pub(crate) drain_timeout: String,
+
+    /// Wait after failing readiness before moving clients, ms.
+    #[arg(long, env = "DRAIN_ENDPOINT_DELAY_MS", default_value_t = 5_000)]
+    pub(crate) drain_endpoint_delay_ms: u64,
+
+    /// Reconnect batches are at least this far apart, ms.
+    #[arg(long, env = "DRAIN_BATCH_INTERVAL_MS", default_value_t = 1_000)]
+    pub(crate) drain_batch_interval_ms: u64,
+
+    /// Largest retry_after told to a client, ms.
+    #[arg(long, env = "DRAIN_MAX_RETRY_AFTER_MS", default_value_t = 10_000)]
+    pub(crate) drain_max_retry_after_ms: u64,
+
+    /// After the last client left, how long to keep reading the delivery
+    /// topic before the final hand-off, ms.
+    #[arg(long, env = "DRAIN_HANDOFF_GRACE_MS", default_value_t = 1_000)]
+    pub(crate) drain_handoff_grace_ms: u64,
+
+    /// The consumer commits its position to the broker at most this often, ms.
+    #[arg(long, env = "OFFSET_COMMIT_INTERVAL_MS", default_value_t = 1_000)]
+    pub(crate) offset_commit_interval_ms: u64,
+
+    /// Time between scans for nodes that are gone, ms.
+    #[arg(long, env = "FORWARD_SCAN_INTERVAL_MS", default_value_t = 5_000)]
+    pub(crate) forward_scan_interval_ms: u64,
+
+    /// Lifetime of a claim on a gone node's topic, ms; renewed while forwarding.
+    #[arg(long, env = "FORWARD_CLAIM_TTL_MS", default_value_t = 30_000)]
+    pub(crate) forward_claim_ttl_ms: u64,
+
+    /// A gone node whose topic is read to the end leaves the registry after
+    /// this long, ms; more than PRESENCE_TTL_MS.
+    #[arg(long, env = "FORWARD_RETIRE_AFTER_MS", default_value_t = 600_000)]
+    pub(crate) forward_retire_after_ms: u64,
+
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
+    pub(crate) log_format: LogFormat,
+}
+
+impl NodeArgs {
+    /// The settings as given, with `hostname` (HOSTNAME) as the fallback
+    /// node id and this start's boot id and drain seed.
+    pub(crate) fn raw(&self, hostname: Option<String>) -> RawSettings {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let pid = std::process::id();
+        RawSettings {
+            node_id: self.node_id.clone(),
+            public_addr: self.public_addr.clone(),
+            admin_addr: self.admin_addr.clone(),
+            redis_url: self.redis_url.clone(),
+            kafka_bootstrap: self.kafka_bootstrap.clone(),
+            relay_prefix: self.relay_prefix.clone(),
+            heartbeat_prefix: self.heartbeat_prefix.clone(),
+            topic_prefix: self.topic_prefix.clone(),
+            heartbeat_interval: self.heartbeat_interval.clone(),
+            stale_after_ms: self.stale_after_ms,
+            presence_ttl_ms: self.presence_ttl_ms,
+            max_connections: self.max_connections,
+            max_frame_bytes: self.max_frame_bytes,
+            rate_per_sec: self.rate_per_sec,
+            rate_burst: self.rate_burst,
+            send_queue: self.send_queue,
+            buffer_max: self.buffer_max,
+            buffer_ttl_ms: self.buffer_ttl_ms,
+            window_secs: self.window_secs,
+            drain_timeout: self.drain_timeout.clone(),
+            drain_endpoint_delay_ms: self.drain_endpoint_delay_ms,
+            drain_batch_interval_ms: self.drain_batch_interval_ms,
+            drain_max_retry_after_ms: self.drain_max_retry_after_ms,
+            drain_handoff_grace_ms: self.drain_handoff_grace_ms,
+            offset_commit_interval_ms: self.offset_commit_interval_ms,
+            forward_scan_interval_ms: self.forward_scan_interval_ms,
+            forward_claim_ttl_ms: self.forward_claim_ttl_ms,
+            forward_retire_after_ms: self.forward_retire_after_ms,
+            hostname,
+            boot_id: format!("{}-{pid}", now.as_millis()),
+            drain_seed: u64::from(pid) ^ u64::from(now.subsec_nanos()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use rtc_socket::Settings;
+    use rtc_socket::config::parse_duration;
+    use std::time::Duration;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        node: NodeArgs,
+    }
+
+    fn settings(args: &[&str]) -> anyhow::Result<Settings> {
+        let id: &[&str] = if args.contains(&"--node-id") {
+            &[]
+        } else {
+            &["--node-id", "socket-0"]
+        };
+        let cli = Cli::try_parse_from(["x"].iter().chain(id).chain(args.iter()).copied())?;
+        Ok(cli.node.raw(None).validate()?)
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let s = settings(&[]).expect("defaults");
+        assert_eq!(s.node_id, "socket-0");
+        assert_eq!(s.drain.timeout, Duration::from_secs(300));
+        assert_eq!(s.heartbeat_interval, Duration::from_secs(5));
+        assert_eq!(s.limits.presence_refresh, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn the_node_id_falls_back_to_hostname_and_each_start_differs() -> anyhow::Result<()> {
+        let cli = Cli::try_parse_from(["x", "--node-id", " "])?;
+        let s = cli.node.raw(Some("pod-7".to_owned())).validate()?;
+        assert_eq!(s.node_id, "pod-7");
+        let err = cli.node.raw(None).validate().err();
+        assert_eq!(err.map(|e| e.key), Some("POD_NAME"));
+        assert!(s.boot_id.ends_with(&format!("-{}", std::process::id())));
+        Ok(())
+    }
+
+    #[test]
+    fn durations_need_a_unit() {
+        assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1500ms"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2h"), Some(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("300"), None);
+        assert_eq!(parse_duration("5 m"), None);
+        assert_eq!(parse_duration("ms"), None);
+        assert_eq!(parse_duration("99999999999999999999s"), None);
+    }
+
+    #[test]
+    fn bad_values_name_the_key_and_the_value() {
+        for (args, key) in [
+            (vec!["--drain-timeout", "300"], "DRAIN_TIMEOUT"),
+            (vec!["--drain-timeout", "0s"], "DRAIN_TIMEOUT"),
+            (vec!["--heartbeat-interval", "soon"], "HEARTBEAT_INTERVAL"),
+            (vec!["--stale-after-ms", "1000"], "STALE_AFTER_MS"),
+            (vec!["--admin-addr", "nowhere"], "ADMIN_ADDR"),
+            (vec!["--public-addr", "1.2.3.4"], "PUBLIC_ADDR"),
+            (vec!["--kafka-bootstrap", "broker"], "KAFKA_BOOTSTRAP"),
+            (vec!["--kafka-bootstrap", ""], "KAFKA_BOOTSTRAP"),
+            (vec!["--max-frame-bytes", "10"], "MAX_FRAME_BYTES"),
+            (vec!["--max-connections", "0"], "MAX_CONNECTIONS"),
+            (vec!["--rate-per-sec", "0"], "RATE_LIMIT_PER_SEC"),
+            (vec!["--presence-ttl-ms", "10"], "PRESENCE_TTL_MS"),
+            (vec!["--node-id", "a b"], "POD_NAME"),
+            (vec!["--topic-prefix", "a/b"], "DELIVERY_TOPIC_PREFIX"),
+            (vec!["--window-secs", "0"], "METRICS_WINDOW_SECS"),
+            (
+                vec!["--offset-commit-interval-ms", "0"],
+                "OFFSET_COMMIT_INTERVAL_MS",
+            ),
+            (
+                vec!["--forward-scan-interval-ms", "0"],
+                "FORWARD_SCAN_INTERVAL_MS",
+            ),
+            (vec!["--forward-claim-ttl-ms", "10"], "FORWARD_CLAIM_TTL_MS"),
+            (
+                vec!["--forward-retire-after-ms", "30000"],
+                "FORWARD_RETIRE_AFTER_MS",
+            ),
+            (
+                vec!["--drain-timeout", "5s", "--drain-endpoint-delay-ms", "5000"],
+                "DRAIN_TIMEOUT",
+            ),
+        ] {
+            let err = settings(&args)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains(key), "{args:?}: {err}");
+            assert!(err.contains("allowed"), "{args:?}: {err}");
+        }
+    }
+}

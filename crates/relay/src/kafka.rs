@@ -1,0 +1,234 @@
+//! The Kafka-protocol bus: one delivery topic of one partition per node
+//! (`<topic prefix><node id>`), read and written with rskafka; the readers'
+//! positions are the committed offsets of the consumer group
+//! `rtc-node-<node>` ([`crate::core::group_of`]), through
+//! `rtc-kafka-offsets`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rskafka::BackoffConfig;
+use rskafka::chrono::{TimeZone, Utc};
+use rskafka::client::partition::{Compression, OffsetAt, PartitionClient, UnknownTopicHandling};
+use rskafka::client::{Client, ClientBuilder};
+use rskafka::record::Record;
+use rtc_kafka_offsets::OffsetClient;
+use tokio::sync::Mutex;
+
+use crate::bus::{Batch, Bus, BusError, Delivery, Topic};
+use crate::core::group_of;
+
+/// The broker client and cached producers for other nodes' topics.
+#[derive(Debug)]
+pub struct KafkaBus {
+    client: Client,
+    bootstrap: Vec<String>,
+    client_id: String,
+    topic_prefix: String,
+    offset_timeout: Duration,
+    producers: Mutex<HashMap<String, Arc<PartitionClient>>>,
+}
+
+/// One node's delivery topic on the broker.
+#[derive(Debug)]
+pub struct KafkaTopic {
+    name: String,
+    partition: Arc<PartitionClient>,
+    offsets: OffsetClient,
+}
+
+impl KafkaBus {
+    /// Connects to `bootstrap`. Requests are retried for at most
+    /// `deadline`; each offset request fails after `offset_timeout`.
+    ///
+    /// # Errors
+    ///
+    /// [`BusError`] when the broker cannot be reached.
+    pub async fn connect(
+        bootstrap: Vec<String>,
+        topic_prefix: impl Into<String>,
+        client_id: &str,
+        deadline: Duration,
+        offset_timeout: Duration,
+    ) -> Result<Self, BusError> {
+        let client = ClientBuilder::new(bootstrap.clone())
+            .client_id(client_id.to_owned())
+            .backoff_config(BackoffConfig {
+                init_backoff: Duration::from_millis(50),
+                max_backoff: Duration::from_millis(500),
+                base: 2.0,
+                deadline: Some(deadline),
+            })
+            .build()
+            .await?;
+        Ok(Self {
+            client,
+            bootstrap,
+            client_id: client_id.to_owned(),
+            topic_prefix: topic_prefix.into(),
+            offset_timeout,
+            producers: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// A client for the committed offsets of `node`'s group.
+    pub fn offsets(&self, node: &str) -> OffsetClient {
+        OffsetClient::new(
+            self.bootstrap.clone(),
+            self.client_id.clone(),
+            group_of(node),
+            self.offset_timeout,
+        )
+    }
+
+    fn topic(&self, node: &str, partition: Arc<PartitionClient>) -> KafkaTopic {
+        KafkaTopic {
+            name: self.topic_name(node),
+            partition,
+            offsets: self.offsets(node),
+        }
+    }
+
+    async fn producer(&self, node: &str) -> Result<Arc<PartitionClient>, BusError> {
+        let mut producers = self.producers.lock().await;
+        if let Some(p) = producers.get(node) {
+            return Ok(Arc::clone(p));
+        }
+        // A node whose topic is gone fails at once rather than after retries:
+        // the frame is then buffered.
+        let p = Arc::new(
+            self.client
+                .partition_client(self.topic_name(node), 0, UnknownTopicHandling::Error)
+                .await?,
+        );
+        producers.insert(node.to_owned(), Arc::clone(&p));
+        Ok(p)
+    }
+}
+
+impl Bus for KafkaBus {
+    type Topic = KafkaTopic;
+
+    fn topic_name(&self, node: &str) -> String {
+        format!("{}{node}", self.topic_prefix)
+    }
+
+    async fn own_topic(&self, node: &str) -> Result<KafkaTopic, BusError> {
+        let topic = self.topic_name(node);
+        let exists = self
+            .client
+            .list_topics()
+            .await?
+            .iter()
+            .any(|t| t.name == topic);
+        if !exists {
+            match self
+                .client
+                .controller_client()?
+                .create_topic(topic.as_str(), 1, 1, 5_000)
+                .await
+            {
+                Ok(()) => tracing::info!(%topic, "created the delivery topic"),
+                // A restarted node with the same name finds it there.
+                Err(e) => tracing::debug!(%topic, error = %e, "creating the delivery topic"),
+            }
+        }
+        let partition = self
+            .client
+            .partition_client(topic, 0, UnknownTopicHandling::Retry)
+            .await?;
+        Ok(self.topic(node, Arc::new(partition)))
+    }
+
+    async fn open(&self, node: &str) -> Result<KafkaTopic, BusError> {
+        let partition = self.producer(node).await?;
+        Ok(self.topic(node, partition))
+    }
+
+    async fn publish(
+        &self,
+        node: &str,
+        to: &str,
+        frame: &str,
+        sent_ms: u64,
+    ) -> Result<(), BusError> {
+        let producer = self.producer(node).await?;
+        let record = Record {
+            key: Some(to.as_bytes().to_vec()),
+            value: Some(frame.as_bytes().to_vec()),
+            headers: BTreeMap::new(),
+            timestamp: Utc
+                .timestamp_millis_opt(i64::try_from(sent_ms).unwrap_or(0))
+                .single()
+                .unwrap_or_default(),
+        };
+        let result = producer
+            .produce(vec![record], Compression::NoCompression)
+            .await;
+        if result.is_err() {
+            // Drop a client that failed; the next publish builds a new one.
+            self.producers.lock().await.remove(node);
+        }
+        result?;
+        Ok(())
+    }
+}
+
+impl Topic for KafkaTopic {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn group(&self) -> &str {
+        self.offsets.group()
+    }
+
+    /// Records before `position` (a fetch may return the start of a batch)
+    /// are skipped; the position after them counts records that are not
+    /// deliveries too.
+    async fn fetch(&self, position: i64, max_wait_ms: i32) -> Result<Batch, BusError> {
+        let (records, high_watermark) = self
+            .partition
+            .fetch_records(position, 1..1_048_576, max_wait_ms)
+            .await?;
+        let next = records
+            .iter()
+            .map(|r| r.offset + 1)
+            .max()
+            .unwrap_or(position)
+            .max(position);
+        let deliveries = records
+            .into_iter()
+            .filter(|r| r.offset >= position)
+            .filter_map(|r| {
+                let to = String::from_utf8(r.record.key?).ok()?;
+                let frame = String::from_utf8(r.record.value?).ok()?;
+                let sent_ms = u64::try_from(r.record.timestamp.timestamp_millis()).unwrap_or(0);
+                Some(Delivery {
+                    offset: r.offset,
+                    to,
+                    frame,
+                    sent_ms,
+                })
+            })
+            .collect();
+        Ok(Batch {
+            deliveries,
+            next,
+            high_watermark,
+        })
+    }
+
+    async fn earliest(&self) -> Result<i64, BusError> {
+        Ok(self.partition.get_offset(OffsetAt::Earliest).await?)
+    }
+
+    async fn committed(&self) -> Result<Option<i64>, BusError> {
+        Ok(self.offsets.fetch(&self.name, 0).await?)
+    }
+
+    async fn commit(&self, position: i64) -> Result<(), BusError> {
+        Ok(self.offsets.commit(&self.name, 0, position).await?)
+    }
+}

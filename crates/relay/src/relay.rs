@@ -1,0 +1,491 @@
+//! The relay shared by every connection and the consumer: the local
+//! connection table, the driver of [`crate::core::routing`] over the store
+//! and the bus, the node's own topic consumer, and the load figures it
+//! measures as it goes.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rtc_node_load::{Lag, Measured, Meter};
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::time::Instant;
+
+use crate::bus::{Bus, Delivery, SHORT_WAIT_MS, Topic};
+use crate::core::cursor::{Cursor, resume_at};
+use crate::core::message_id;
+use crate::core::protocol::Status;
+use crate::core::routing::{Event, Offer, Origin, Routing, Step};
+use crate::store::{PresenceStore, StoreError};
+
+/// Wall-clock ms since the Unix epoch: message send times are compared
+/// across nodes, so they cannot be monotonic.
+pub fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// A frame on its way to a local connection.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    /// The message frame.
+    pub frame: Arc<str>,
+    /// Its send time, for the latency figure.
+    pub sent_ms: u64,
+}
+
+/// A connection's mailbox, as the relay sees it.
+#[derive(Debug)]
+struct Local {
+    conn: u64,
+    tx: mpsc::Sender<Outbound>,
+    /// Told when the connection cannot keep up or is replaced.
+    kick: Arc<Kick>,
+}
+
+/// Why a connection is asked to close by the relay.
+#[derive(Debug, Default)]
+pub struct Kick {
+    notify: Notify,
+    reason: Mutex<Option<KickReason>>,
+}
+
+/// See [`Kick`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KickReason {
+    /// Its outbound queue is full.
+    Slow,
+    /// A newer connection with the same client id arrived here.
+    Superseded,
+}
+
+impl Kick {
+    fn fire(&self, reason: KickReason) {
+        *lock(&self.reason) = Some(reason);
+        self.notify.notify_one();
+    }
+
+    /// Waits for a kick.
+    pub async fn wait(&self) -> KickReason {
+        loop {
+            if let Some(reason) = *lock(&self.reason) {
+                return reason;
+            }
+            self.notify.notified().await;
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Never held across an await; a poisoned lock only means a panic mid-way
+    // through a plain update.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Why a message could not be routed.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// The presence store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl RelayError {
+    /// A short label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Store(e) => e.label(),
+        }
+    }
+}
+
+/// The relay shared by every connection and the consumer.
+#[derive(Debug)]
+pub struct Relay<S, B> {
+    node: String,
+    boot: String,
+    store: S,
+    bus: B,
+    local: Mutex<HashMap<String, Local>>,
+    seq: AtomicU64,
+    queue: usize,
+    origin: Instant,
+    meter: Mutex<Meter>,
+    handed_off: AtomicU64,
+    position: AtomicU64,
+}
+
+impl<S: PresenceStore, B: Bus> Relay<S, B> {
+    /// A relay for `node` (boot `boot`), with `queue` frames of room per
+    /// connection and its figures in `meter`.
+    pub fn new(node: String, boot: String, store: S, bus: B, queue: usize, meter: Meter) -> Self {
+        Self {
+            node,
+            boot,
+            store,
+            bus,
+            local: Mutex::new(HashMap::new()),
+            seq: AtomicU64::new(0),
+            queue: queue.max(1),
+            origin: Instant::now(),
+            meter: Mutex::new(meter),
+            handed_off: AtomicU64::new(0),
+            position: AtomicU64::new(0),
+        }
+    }
+
+    /// This node's id.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// The presence store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// The bus.
+    pub fn bus(&self) -> &B {
+        &self.bus
+    }
+
+    fn mono_ms(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// A new message id, unique across nodes and restarts.
+    pub fn next_id(&self) -> String {
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        message_id(&self.node, &self.boot, n)
+    }
+
+    /// Registers a local connection for `client`; a previous connection of
+    /// the same client on this node is kicked.
+    pub fn attach(&self, client: &str, conn: u64) -> (mpsc::Receiver<Outbound>, Arc<Kick>) {
+        let (tx, rx) = mpsc::channel(self.queue);
+        let kick = Arc::new(Kick::default());
+        let previous = lock(&self.local).insert(
+            client.to_owned(),
+            Local {
+                conn,
+                tx,
+                kick: Arc::clone(&kick),
+            },
+        );
+        if let Some(previous) = previous {
+            previous.kick.fire(KickReason::Superseded);
+        }
+        (rx, kick)
+    }
+
+    /// Claims `client` for this node in the presence store and takes the
+    /// frames buffered for it.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the store fails.
+    pub async fn claim(&self, client: &str) -> Result<Vec<String>, StoreError> {
+        self.store.connect(client).await
+    }
+
+    /// Renews this node's claim on `client`; `false` when another node has
+    /// taken it over.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] when the store fails.
+    pub async fn refresh(&self, client: &str) -> Result<bool, StoreError> {
+        self.store.refresh(client).await
+    }
+
+    /// Unregisters `client`'s connection `conn` (not a newer one) and hands
+    /// on whatever is still queued for it. Call after the socket is done.
+    pub async fn detach(&self, client: &str, conn: u64, mut rx: mpsc::Receiver<Outbound>) {
+        let ours = {
+            let mut local = lock(&self.local);
+            if local.get(client).is_some_and(|l| l.conn == conn) {
+                local.remove(client);
+                true
+            } else {
+                false
+            }
+        };
+        // Closed first, so nothing arrives after the last frame is taken:
+        // senders then route through the store instead.
+        rx.close();
+        while let Ok(out) = rx.try_recv() {
+            if let Err(e) = self
+                .drive(client, &out.frame, out.sent_ms, Origin::HandOff)
+                .await
+            {
+                tracing::warn!(error = %e, client, "a queued frame could not be handed on");
+                metrics::counter!("rtc_socket_lost_total", "reason" => e.label()).increment(1);
+            }
+        }
+        if ours && let Err(e) = self.store.leave(client).await {
+            tracing::warn!(error = %e, client, "presence not released; it will expire");
+        }
+    }
+
+    /// Routes a message frame from a client here for `to`.
+    ///
+    /// # Errors
+    ///
+    /// [`RelayError`] when the recipient is not local and the store fails.
+    pub async fn route(
+        &self,
+        to: &str,
+        frame: Arc<str>,
+        sent_ms: u64,
+    ) -> Result<Status, RelayError> {
+        Ok(self.drive(to, &frame, sent_ms, Origin::Client).await?)
+    }
+
+    /// Offers a frame to `to`'s local connection.
+    fn offer(&self, to: &str, frame: &Arc<str>, sent_ms: u64) -> (Offer, Option<Arc<Kick>>) {
+        let out = Outbound {
+            frame: Arc::clone(frame),
+            sent_ms,
+        };
+        let local = lock(&self.local);
+        match local.get(to) {
+            None => (Offer::Absent, None),
+            Some(l) => match l.tx.try_send(out) {
+                Ok(()) => (Offer::Accepted, None),
+                Err(mpsc::error::TrySendError::Full(_)) => (Offer::Full, Some(Arc::clone(&l.kick))),
+                Err(mpsc::error::TrySendError::Closed(_)) => (Offer::Absent, None),
+            },
+        }
+    }
+
+    /// Runs [`Routing`] for one frame against the local table, the store
+    /// and the bus.
+    async fn drive(
+        &self,
+        to: &str,
+        frame: &Arc<str>,
+        sent_ms: u64,
+        origin: Origin,
+    ) -> Result<Status, StoreError> {
+        let mut routing = Routing::new(origin);
+        let mut kick = None;
+        let mut failure = None;
+        loop {
+            let event = match routing.step().clone() {
+                Step::Offer => {
+                    let (offer, k) = self.offer(to, frame, sent_ms);
+                    kick = k;
+                    Event::Offered(offer)
+                }
+                Step::KickSlow => {
+                    // A reader this slow is closed and gets the rest on
+                    // reconnect.
+                    if let Some(k) = kick.take() {
+                        k.fire(KickReason::Slow);
+                    }
+                    Event::Kicked
+                }
+                Step::CountHandOff => {
+                    self.handed_off.fetch_add(1, Ordering::Relaxed);
+                    Event::Counted
+                }
+                Step::Lookup => match self.store.route(to, frame).await {
+                    Ok(lookup) => Event::Looked(lookup),
+                    Err(e) => {
+                        failure = Some(e);
+                        Event::StoreFailed
+                    }
+                },
+                Step::Publish(node) => match self.bus.publish(&node, to, frame, sent_ms).await {
+                    Ok(()) => Event::Published,
+                    Err(e) => {
+                        tracing::warn!(error = %e, %node, "relay failed; buffering");
+                        Event::PublishFailed
+                    }
+                },
+                Step::Buffer => match self.store.buffer(to, frame).await {
+                    Ok(()) => Event::Buffered,
+                    Err(e) => {
+                        failure = Some(e);
+                        Event::StoreFailed
+                    }
+                },
+                Step::Wait(delay) => {
+                    if let Some(e) = failure.take() {
+                        tracing::warn!(error = %e, "handing on a topic record failed; retrying");
+                    }
+                    tokio::time::sleep(delay).await;
+                    Event::Waited
+                }
+                Step::Done(status) => return Ok(status),
+                Step::Failed => {
+                    return Err(
+                        failure.unwrap_or_else(|| StoreError::Unavailable("no answer".to_owned()))
+                    );
+                }
+            };
+            routing.on(event);
+        }
+    }
+
+    /// Counts a frame written to a client's socket.
+    pub fn delivered(&self, sent_ms: u64) {
+        let now = self.mono_ms();
+        let latency = wall_ms().saturating_sub(sent_ms);
+        lock(&self.meter).delivered(now, latency);
+        metrics::counter!("rtc_socket_delivered_total").increment(1);
+    }
+
+    /// The figures now.
+    pub fn measured(&self) -> Measured {
+        let now = self.mono_ms();
+        lock(&self.meter).measured(now)
+    }
+
+    /// Frames handed on to other nodes or buffers because their recipient
+    /// had left this node.
+    pub fn handed_off(&self) -> u64 {
+        self.handed_off.load(Ordering::Relaxed)
+    }
+
+    /// The next offset of the delivery topic to read.
+    pub fn position(&self) -> u64 {
+        self.position.load(Ordering::Relaxed)
+    }
+
+    fn set_position(&self, position: i64) {
+        self.position
+            .store(u64::try_from(position).unwrap_or(0), Ordering::Relaxed);
+    }
+
+    /// Consumes this node's delivery topic from the committed offset of its
+    /// consumer group (or the start) until `stop` is set and everything up to
+    /// the high watermark has been handled. Commits the position at most
+    /// every `commit_interval` while it moves, and at the end; a failed
+    /// commit is logged, counted and tried again at the next one. Returns
+    /// whether the last commit succeeded.
+    pub async fn consume<T: Topic>(
+        self: Arc<Self>,
+        topic: T,
+        commit_interval: Duration,
+        mut stop: watch::Receiver<bool>,
+    ) -> bool {
+        let position = loop {
+            match topic.committed().await {
+                Ok(p) => {
+                    let p = resume_at(p);
+                    tracing::info!(
+                        position = p,
+                        group = topic.group(),
+                        "resuming the delivery topic"
+                    );
+                    break p;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the committed offset; retrying");
+                    metrics::counter!("rtc_socket_offset_errors_total", "op" => "fetch", "reason" => e.label())
+                        .increment(1);
+                    if *stop.borrow() {
+                        return false;
+                    }
+                    tokio::select! {
+                        _ = stop.changed() => {}
+                        () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    }
+                }
+            }
+        };
+        self.set_position(position);
+        let mut cursor = Cursor::new(position, self.mono_ms());
+        loop {
+            let stopping = *stop.borrow();
+            let fetched = tokio::select! {
+                biased;
+                _ = stop.changed(), if !stopping => continue,
+                r = topic.fetch(cursor.position(), if stopping { SHORT_WAIT_MS } else { 250 }) => r,
+            };
+            let batch = match fetched {
+                Ok(b) => b,
+                Err(e) if e.is_out_of_range() => {
+                    // The topic was recreated or trimmed: go on from what it has.
+                    let earliest = topic.earliest().await.unwrap_or(0);
+                    tracing::warn!(
+                        position = cursor.position(),
+                        earliest,
+                        "the committed offset is not in the topic; going on from its first record"
+                    );
+                    cursor.seek(earliest);
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, position = cursor.position(), "fetching the delivery topic failed");
+                    if cursor.fetch_failed(stopping) {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            let oldest_unhandled = batch.deliveries.first().map(|d| d.sent_ms);
+            for d in &batch.deliveries {
+                self.deliver(d, Origin::Topic).await;
+            }
+            cursor.handled(batch.next);
+            self.set_position(cursor.position());
+            let lag = Lag::after_batch(
+                batch.high_watermark,
+                cursor.position(),
+                oldest_unhandled,
+                wall_ms(),
+            );
+            lock(&self.meter).set_lag(lag);
+            if cursor.commit_due(self.mono_ms(), commit_interval)
+                && commit(&topic, cursor.position()).await
+            {
+                cursor.committed();
+            }
+            if stopping && cursor.caught_up(batch.high_watermark) {
+                break;
+            }
+        }
+        let position = cursor.position();
+        let committed_ok = !cursor.uncommitted() || commit(&topic, position).await;
+        tracing::info!(position, committed_ok, "delivery-topic consumer stopped");
+        committed_ok
+    }
+
+    /// Hands on a record read from `dead`'s delivery topic: to the
+    /// recipient here, on its node, or into its buffer, never back into
+    /// `dead`'s topic. Retries until the store takes it.
+    pub async fn forward(&self, dead: &str, d: &Delivery) {
+        self.deliver(
+            d,
+            Origin::Forward {
+                dead: dead.to_owned(),
+            },
+        )
+        .await;
+    }
+
+    async fn deliver(&self, d: &Delivery, origin: Origin) {
+        let frame: Arc<str> = Arc::from(d.frame.as_str());
+        // Topic and forward origins retry until the store takes the frame.
+        let _ = self.drive(&d.to, &frame, d.sent_ms, origin).await;
+    }
+}
+
+/// Commits `position` of `topic`; logs and counts a failure.
+pub(crate) async fn commit<T: Topic>(topic: &T, position: i64) -> bool {
+    match topic.commit(position).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, position, group = topic.group(), "committing the offset failed; it is tried again at the next commit");
+            metrics::counter!("rtc_socket_offset_errors_total", "op" => "commit", "reason" => e.label())
+                .increment(1);
+            false
+        }
+    }
+}

@@ -1,0 +1,370 @@
+//! The relay over the in-memory store and bus: the routing rules end to end
+//! without servers, with paused time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rtc_node_load::Meter;
+use rtc_relay::memory::{MemoryBus, MemoryRedis, MemoryStore};
+use rtc_relay::{
+    BufferLimits, Bus, ForwardConfig, KickReason, PresenceStore, Registry, Relay, RelayError,
+    Status, StoreError, Topic, forward,
+};
+use tokio::sync::watch;
+
+type Result<T = (), E = Box<dyn std::error::Error + Send + Sync>> = std::result::Result<T, E>;
+type TestRelay = Relay<MemoryStore, MemoryBus>;
+
+const TTL: Duration = Duration::from_secs(30);
+const LIMITS: BufferLimits = BufferLimits {
+    max: 100,
+    ttl: Duration::from_secs(600),
+};
+
+fn relay(redis: &MemoryRedis, bus: &MemoryBus, node: &str, queue: usize) -> Result<Arc<TestRelay>> {
+    Ok(Arc::new(Relay::new(
+        node.to_owned(),
+        "boot".to_owned(),
+        redis.store(node, TTL, LIMITS),
+        bus.clone(),
+        queue,
+        Meter::new(10)?,
+    )))
+}
+
+fn frame(n: u32) -> Arc<str> {
+    Arc::from(format!("{{\"n\":{n}}}"))
+}
+
+#[tokio::test(start_paused = true)]
+async fn local_remote_and_offline_recipients() -> Result {
+    let (redis, bus) = (MemoryRedis::default(), MemoryBus::default());
+    let a = relay(&redis, &bus, "a", 8)?;
+    bus.own_topic("b").await?;
+    redis.store("b", TTL, LIMITS).connect("bob").await?;
+
+    let (mut rx, _kick) = a.attach("alice", 1);
+    assert_eq!(a.route("alice", frame(1), 5).await?, Status::Delivered);
+    assert_eq!(rx.recv().await.map(|o| o.sent_ms), Some(5));
+
+    assert_eq!(a.route("bob", frame(2), 6).await?, Status::Relayed);
+    let records = bus.records("b");
+    assert_eq!(records.len(), 1);
+    assert_eq!((records[0].to.as_str(), records[0].sent_ms), ("bob", 6));
+
+    assert_eq!(a.route("carol", frame(3), 7).await?, Status::Buffered);
+    assert_eq!(redis.inbox("carol"), [frame(3).to_string()]);
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_topic_that_cannot_be_reached_means_the_buffer_and_a_store_that_is_down_an_error()
+-> Result {
+    let (redis, bus) = (MemoryRedis::default(), MemoryBus::default());
+    let a = relay(&redis, &bus, "a", 8)?;
+    // Bob's presence names a node whose topic does not exist.
+    redis.store("b", TTL, LIMITS).connect("bob").await?;
+    assert_eq!(a.route("bob", frame(1), 1).await?, Status::Buffered);
+    assert_eq!(redis.inbox("bob").len(), 1);
+
+    redis.set_down(true);
+    let err = a.route("bob", frame(2), 2).await.err();
+    assert!(
+        matches!(err, Some(RelayError::Store(StoreError::Unavailable(_)))),
+        "{err:?}"
+    );
+    // A local recipient does not need the store.
+    let (_rx, _kick) = a.attach("alice", 1);
+    assert_eq!(a.route("alice", frame(3), 3).await?, Status::Delivered);
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_reader_is_kicked_and_what_it_left_is_handed_on() -> Result {
+    let (redis, bus) = (MemoryRedis::default(), MemoryBus::default());
+    let a = relay(&redis, &bus, "a", 1)?;
+    let (rx, kick) = a.attach("bob", 7);
+    a.claim("bob").await?;
+    assert_eq!(a.route("bob", frame(1), 1).await?, Status::Delivered);
+    // The queue is full: the reader is kicked, the frame kept for it.
+    assert_eq!(a.route("bob", frame(2), 2).await?, Status::Buffered);
+    assert_eq!(kick.wait().await, KickReason::Slow);
+
+    // The queued frame is handed on at detach, and the claim released.
+    a.detach("bob", 7, rx).await;
+    assert_eq!(a.handed_off(), 1);
+    assert_eq!(
+        redis.inbox("bob"),
+        [frame(2).to_string(), frame(1).to_string()]
+    );
+    assert_eq!(redis.holder("bob"), None);
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_newer_connection_supersedes_and_an_old_detach_leaves_it_alone() -> Result {
+    let (redis, bus) = (MemoryRedis::default(), MemoryBus::default());
+    let a = relay(&redis, &bus, "a", 4)?;
+    let (old_rx, old_kick) = a.attach("bob", 1);
+    a.claim("bob").await?;
+    let (mut new_rx, _new_kick) = a.attach("bob", 2);
+    assert_eq!(old_kick.wait().await, KickReason::Superseded);
+    a.detach("bob", 1, old_rx).await;
+    assert_eq!(redis.holder("bob").as_deref(), Some("a"));
+    assert_eq!(a.route("bob", frame(1), 1).await?, Status::Delivered);
+    assert!(new_rx.recv().await.is_some());
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_consumer_hands_on_every_record_retrying_while_the_store_is_down_and_commits() -> Result
+{
+    let (redis, bus) = (MemoryRedis::default(), MemoryBus::default());
+    let a = relay(&redis, &bus, "a", 8)?;
+    let topic = bus.own_topic("a").await?;
+    bus.publish("a", "bob", &frame(1), 1).await?;
+    bus.publish("a", "carol", &frame(2), 2).await?;
+    bus.publish("a", "bob", &frame(3), 3).await?;
+    let (mut bob, _kick) = a.attach("bob", 1);
+
+    redis.set_down(true);
+    let (stop, stop_rx) = watch::channel(false);
+    let consumer = tokio::spawn(Arc::clone(&a).consume(
+        bus.open("a").await?,
+        Duration::from_millis(100),
+        stop_rx,
+    ));
+    assert_eq!(bob.recv().await.map(|o| o.sent_ms), Some(1));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Carol's record waits for the store: the position does not pass it.
+    assert_eq!(a.position(), 0);
+    assert!(bob.try_recv().is_err());
+    redis.set_down(false);
+    assert_eq!(bob.recv().await.map(|o| o.sent_ms), Some(3));
+    assert_eq!(redis.inbox("carol"), [frame(2).to_string()]);
+
+    stop.send(true)?;
+    assert!(consumer.await?, "the last commit succeeded");
+    assert_eq!(topic.committed().await?, Some(3));
+    assert_eq!(a.position(), 3);
+    assert_eq!(a.handed_off(), 1);
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restarted_consumer_resumes_from_the_committed_offset() -> Result {
+    let (redis, bus) = (MemoryRedis::default(), MemoryBus::default());
+    let a = relay(&redis, &bus, "a", 8)?;
+    let topic = bus.own_topic("a").await?;
+    for n in 0..3 {
+        bus.publish("a", "bob", &frame(n), u64::from(n)).await?;
+    }
+    topic.commit(2).await?;
+    let (mut bob, _kick) = a.attach("bob", 1);
+    let (stop, stop_rx) = watch::channel(false);
+    let consumer = tokio::spawn(Arc::clone(&a).consume(topic, Duration::ZERO, stop_rx));
+    assert_eq!(bob.recv().await.map(|o| o.sent_ms), Some(2));
+    stop.send(true)?;
+    assert!(consumer.await?);
+    assert!(bob.try_recv().is_err());
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dead_nodes_topic_is_forwarded_never_back_to_it_and_then_retired() -> Result {
+    let (redis, bus) = (MemoryRedis::default(), MemoryBus::default());
+    let a = relay(&redis, &bus, "a", 8)?;
+    let b = relay(&redis, &bus, "b", 8)?;
+    let dead = redis.store("x", TTL, LIMITS);
+    dead.register(0).await?;
+    a.store().register(0).await?;
+    b.store().register(0).await?;
+    redis.set_live("a", true);
+    redis.set_live("b", true);
+    bus.own_topic("x").await?;
+    bus.own_topic("b").await?;
+    // Bob's presence still names the dead node; carol is on b.
+    dead.connect("bob").await?;
+    b.claim("carol").await?;
+    bus.publish("x", "bob", &frame(1), 1).await?;
+    bus.publish("x", "carol", &frame(2), 2).await?;
+
+    let config = ForwardConfig {
+        scan_interval: Duration::from_secs(1),
+        claim_ttl: Duration::from_secs(5),
+        retire_after: Duration::ZERO,
+    };
+    // Another forwarder holds the claim: nothing happens.
+    assert!(b.store().claim_forward("x", config.claim_ttl).await?);
+    forward::scan(&a, &config).await?;
+    assert!(redis.inbox("bob").is_empty());
+    b.store().release_forward("x").await?;
+
+    forward::scan(&a, &config).await?;
+    assert_eq!(redis.inbox("bob"), [frame(1).to_string()]);
+    assert_eq!(
+        bus.records("x").len(),
+        2,
+        "nothing went back to the dead node"
+    );
+    assert_eq!(bus.records("b").len(), 1);
+    assert_eq!(bus.open("x").await?.committed().await?, Some(2));
+    assert_eq!(a.store().registered().await?, ["a", "b"]);
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_node_that_comes_back_is_not_forwarded() -> Result {
+    let (redis, bus) = (MemoryRedis::default(), MemoryBus::default());
+    let a = relay(&redis, &bus, "a", 8)?;
+    let x = redis.store("x", TTL, LIMITS);
+    x.register(0).await?;
+    redis.set_live("x", true);
+    bus.own_topic("x").await?;
+    bus.publish("x", "bob", &frame(1), 1).await?;
+    let config = ForwardConfig {
+        scan_interval: Duration::from_secs(1),
+        claim_ttl: Duration::from_secs(5),
+        retire_after: Duration::from_secs(600),
+    };
+    forward::scan(&a, &config).await?;
+    assert!(redis.inbox("bob").is_empty());
+    redis.set_live("x", false);
+    let pass = forward::forward(&a, "x", &config).await?;
+    assert_eq!(
+        (pass.forwarded, pass.caught_up, pass.retired),
+        (1, true, false)
+    );
+    assert_eq!(a.store().registered().await?, ["x"]);
+    Ok(())
+}
+
+mod simulation {
+    //! Random traffic over two nodes, clients connecting, moving and
+    //! leaving: every frame acked is, at the end, received by a connection,
+    //! in an inbox, or in a delivery topic past its reader's position.
+
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::{BTreeMap, BTreeSet};
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Connect { client: u8, node: u8 },
+        Leave { client: u8 },
+        Send { node: u8, to: u8 },
+        Pause { ms: u16 },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            2 => (0u8..3, 0u8..2).prop_map(|(client, node)| Op::Connect { client, node }),
+            1 => (0u8..3).prop_map(|client| Op::Leave { client }),
+            5 => (0u8..2, 0u8..4).prop_map(|(node, to)| Op::Send { node, to }),
+            1 => (0u16..600).prop_map(|ms| Op::Pause { ms }),
+        ]
+    }
+
+    type Conn = (usize, u64, tokio::sync::mpsc::Receiver<rtc_relay::Outbound>);
+
+    async fn run(ops: Vec<Op>) -> Result<(BTreeSet<String>, BTreeSet<String>)> {
+        let (redis, bus) = (MemoryRedis::default(), MemoryBus::default());
+        let nodes = ["a", "b"];
+        let relays = [relay(&redis, &bus, "a", 4)?, relay(&redis, &bus, "b", 4)?];
+        let (stop, stop_rx) = watch::channel(false);
+        let mut consumers = Vec::new();
+        for (r, node) in relays.iter().zip(nodes) {
+            let topic = bus.own_topic(node).await?;
+            consumers.push(tokio::spawn(Arc::clone(r).consume(
+                topic,
+                Duration::from_millis(100),
+                stop_rx.clone(),
+            )));
+        }
+        let mut conns: BTreeMap<String, Conn> = BTreeMap::new();
+        let mut received = BTreeSet::new();
+        let mut acked = BTreeSet::new();
+        let mut next_conn = 0u64;
+        for (i, op) in ops.into_iter().enumerate() {
+            match op {
+                Op::Connect { client, node } => {
+                    let client = format!("c{client}");
+                    let n = usize::from(node);
+                    if let Some((old, conn, rx)) = conns.remove(&client) {
+                        relays[old].detach(&client, conn, rx).await;
+                    }
+                    next_conn += 1;
+                    let (rx, _kick) = relays[n].attach(&client, next_conn);
+                    for f in relays[n].claim(&client).await? {
+                        received.insert(f);
+                    }
+                    conns.insert(client, (n, next_conn, rx));
+                }
+                Op::Leave { client } => {
+                    let client = format!("c{client}");
+                    if let Some((n, conn, mut rx)) = conns.remove(&client) {
+                        // Some frames were read, the rest are handed on.
+                        if let Ok(out) = rx.try_recv() {
+                            received.insert(out.frame.to_string());
+                        }
+                        relays[n].detach(&client, conn, rx).await;
+                    }
+                }
+                Op::Send { node, to } => {
+                    let frame = format!("{{\"n\":{i}}}");
+                    let to = format!("c{to}");
+                    relays[usize::from(node)]
+                        .route(&to, Arc::from(frame.as_str()), 0)
+                        .await?;
+                    acked.insert(frame);
+                }
+                Op::Pause { ms } => {
+                    tokio::time::sleep(Duration::from_millis(u64::from(ms))).await;
+                }
+            }
+        }
+        stop.send(true)?;
+        for c in consumers {
+            c.await?;
+        }
+        let mut kept = BTreeSet::new();
+        for (client, (_, _, mut rx)) in conns {
+            while let Ok(out) = rx.try_recv() {
+                received.insert(out.frame.to_string());
+            }
+            kept.extend(redis.inbox(&client));
+        }
+        for c in 0..4 {
+            kept.extend(redis.inbox(&format!("c{c}")));
+        }
+        for (r, node) in relays.iter().zip(nodes) {
+            let position = i64::try_from(r.position()).unwrap_or(i64::MAX);
+            kept.extend(
+                bus.records(node)
+                    .into_iter()
+                    .filter(|d| d.offset >= position)
+                    .map(|d| d.frame),
+            );
+        }
+        let found: BTreeSet<String> = received.union(&kept).cloned().collect();
+        Ok((acked, found))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn no_acked_frame_is_lost(ops in proptest::collection::vec(op(), 1..60)) {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .start_paused(true)
+                .build()
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let (acked, found) = runtime
+                .block_on(run(ops))
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let lost: Vec<_> = acked.difference(&found).collect();
+            prop_assert!(lost.is_empty(), "lost {lost:?}");
+        }
+    }
+}

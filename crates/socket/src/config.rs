@@ -1,0 +1,383 @@
+//! The node's settings, validated once at start into [`Settings`].
+//!
+//! The binary reads flags and the environment into [`RawSettings`] (plain
+//! values, named after the flags); [`RawSettings::validate`] checks every
+//! value before anything connects and names the key, the value and what is
+//! allowed when one is wrong. Nothing here reads the environment or the
+//! clock.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use rtc_drain::DrainConfig;
+use rtc_relay::{BufferLimits, ForwardConfig};
+
+use crate::ws::Limits;
+
+/// A setting is not allowed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ConfigError {
+    /// The key at fault, e.g. `DRAIN_TIMEOUT`; also the metric label.
+    pub key: &'static str,
+    /// What is wrong: the key, the value and what is allowed.
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(key: &'static str, message: String) -> Self {
+        Self { key, message }
+    }
+}
+
+/// Everything a node needs, validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Node id: the pod name.
+    pub node_id: String,
+    /// Differs on every start.
+    pub boot_id: String,
+    /// The WebSocket port.
+    pub public_addr: SocketAddr,
+    /// The admin port.
+    pub admin_addr: SocketAddr,
+    /// Redis URL.
+    pub redis_url: String,
+    /// Kafka bootstrap servers.
+    pub kafka_bootstrap: Vec<String>,
+    /// Key prefix of presence, buffers and positions.
+    pub relay_prefix: String,
+    /// Key prefix of heartbeats.
+    pub heartbeat_prefix: String,
+    /// Delivery topics are `<prefix><node id>`.
+    pub topic_prefix: String,
+    /// HEARTBEAT_INTERVAL.
+    pub heartbeat_interval: Duration,
+    /// STALE_AFTER.
+    pub stale_after: Duration,
+    /// Lifetime of a presence claim; renewed every third of it.
+    pub presence_ttl: Duration,
+    /// Connection limits.
+    pub limits: Limits,
+    /// Offline buffers.
+    pub buffer: BufferLimits,
+    /// Frames queued per connection before it counts as too slow.
+    pub send_queue: usize,
+    /// Seconds in the messages/s and p95 windows.
+    pub window_secs: usize,
+    /// The drain.
+    pub drain: DrainConfig,
+    /// After the last client has left, how long to keep reading the delivery
+    /// topic for messages sent just before their recipient's presence moved.
+    pub handoff_grace: Duration,
+    /// OFFSET_COMMIT_INTERVAL: the consumer commits its position to the
+    /// broker at most this often while it moves.
+    pub offset_commit_interval: Duration,
+    /// Deadline of each committed-offset request.
+    pub offset_timeout: Duration,
+    /// The forwarder of topics of nodes that are gone.
+    pub forward: ForwardConfig,
+}
+
+/// The settings as given, before validation; each field is named after its
+/// flag.
+#[derive(Debug, Clone)]
+pub struct RawSettings {
+    /// This node's id (the pod name); `None` or blank: `hostname`.
+    pub node_id: Option<String>,
+    /// Address of the public WebSocket port.
+    pub public_addr: String,
+    /// Address of the admin port (/drain, /healthz, /readyz, /metrics).
+    pub admin_addr: String,
+    /// Redis for presence, offline buffers and heartbeats.
+    pub redis_url: String,
+    /// Kafka bootstrap servers, comma-separated.
+    pub kafka_bootstrap: String,
+    /// Key prefix of presence entries, offline buffers and positions.
+    pub relay_prefix: String,
+    /// Key prefix of heartbeats (must match the load-balancer's).
+    pub heartbeat_prefix: String,
+    /// Delivery topics are named this prefix followed by the node id.
+    pub topic_prefix: String,
+    /// Time between heartbeats, with a unit: 5s, 1500ms, 1m.
+    pub heartbeat_interval: String,
+    /// A node silent for this long is gone, ms; must exceed the interval.
+    pub stale_after_ms: u64,
+    /// Lifetime of a client's presence entry, ms; renewed every third.
+    pub presence_ttl_ms: u64,
+    /// Connections this node holds at most.
+    pub max_connections: usize,
+    /// Largest text frame accepted, bytes.
+    pub max_frame_bytes: usize,
+    /// Messages per second one connection may send, sustained.
+    pub rate_per_sec: u32,
+    /// Messages one connection may send in a burst.
+    pub rate_burst: u32,
+    /// Frames queued per connection before it counts as too slow.
+    pub send_queue: usize,
+    /// Messages kept per offline client.
+    pub buffer_max: usize,
+    /// How long an offline client's messages are kept, ms.
+    pub buffer_ttl_ms: u64,
+    /// Seconds in the messages/s and p95 latency windows.
+    pub window_secs: usize,
+    /// Longest a drain may take, with a unit: 5m, 300s.
+    pub drain_timeout: String,
+    /// Wait after failing readiness before moving clients, ms.
+    pub drain_endpoint_delay_ms: u64,
+    /// Reconnect batches are at least this far apart, ms.
+    pub drain_batch_interval_ms: u64,
+    /// Largest retry_after told to a client, ms.
+    pub drain_max_retry_after_ms: u64,
+    /// After the last client left, how long to keep reading the delivery
+    /// topic before the final hand-off, ms.
+    pub drain_handoff_grace_ms: u64,
+    /// The consumer commits its position to the broker at most this often, ms.
+    pub offset_commit_interval_ms: u64,
+    /// Time between scans for nodes that are gone, ms.
+    pub forward_scan_interval_ms: u64,
+    /// Lifetime of a claim on a gone node's topic, ms; renewed while forwarding.
+    pub forward_claim_ttl_ms: u64,
+    /// A gone node whose topic is read to the end leaves the registry after
+    /// this long, ms; more than PRESENCE_TTL_MS.
+    pub forward_retire_after_ms: u64,
+    /// HOSTNAME, the fallback for the node id.
+    pub hostname: Option<String>,
+    /// Differs on every start (from the caller's clock and process id).
+    pub boot_id: String,
+    /// Seed of the drain's jitter (the caller's randomness).
+    pub drain_seed: u64,
+}
+
+/// Parses `<n>ms`, `<n>s`, `<n>m` or `<n>h`.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().ok()?;
+    let ms = match unit {
+        "ms" => n,
+        "s" => n.checked_mul(1_000)?,
+        "m" => n.checked_mul(60_000)?,
+        "h" => n.checked_mul(3_600_000)?,
+        _ => return None,
+    };
+    Some(Duration::from_millis(ms))
+}
+
+fn duration(key: &'static str, value: &str) -> Result<Duration, ConfigError> {
+    match parse_duration(value) {
+        Some(d) if !d.is_zero() => Ok(d),
+        _ => Err(ConfigError::new(
+            key,
+            format!(
+                "bad setting {key}: value {value:?} is not allowed; allowed: a positive duration with a unit, e.g. 300s, 5m, 1500ms"
+            ),
+        )),
+    }
+}
+
+fn positive(key: &'static str, value: u64) -> Result<u64, ConfigError> {
+    if value == 0 {
+        return Err(ConfigError::new(
+            key,
+            format!("bad setting {key}: value 0 is not allowed; allowed: 1 or more"),
+        ));
+    }
+    Ok(value)
+}
+
+fn addr(key: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value.parse().map_err(|e| {
+        ConfigError::new(key, format!(
+            "bad setting {key}: value {value:?} is not allowed ({e}); allowed: IP:PORT, e.g. 0.0.0.0:8080"
+        ))
+    })
+}
+
+impl RawSettings {
+    /// Validates everything, before anything connects.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] naming the key, the value and what is allowed.
+    pub fn validate(&self) -> Result<Settings, ConfigError> {
+        let node_id = match &self.node_id {
+            Some(id) if !id.trim().is_empty() => id.clone(),
+            _ => self.hostname.clone().filter(|h| !h.is_empty()).ok_or_else(|| {
+                ConfigError::new(
+                    "POD_NAME",
+                    "bad setting POD_NAME: it is unset and so is HOSTNAME; allowed: this node's unique name (the pod name)".to_owned(),
+                )
+            })?,
+        };
+        if rtc_heartbeat::validate_node_id(&node_id).is_err() {
+            return Err(ConfigError::new(
+                "POD_NAME",
+                format!(
+                    "bad setting POD_NAME: value {node_id:?} is not allowed; allowed: 1 to 253 characters from [A-Za-z0-9._-]"
+                ),
+            ));
+        }
+        let kafka: Vec<String> = self
+            .kafka_bootstrap
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if kafka.is_empty() || kafka.iter().any(|s| !s.contains(':')) {
+            return Err(ConfigError::new(
+                "KAFKA_BOOTSTRAP",
+                format!(
+                    "bad setting KAFKA_BOOTSTRAP: value {:?} is not allowed; allowed: comma-separated HOST:PORT entries",
+                    self.kafka_bootstrap
+                ),
+            ));
+        }
+        let topic_ok = !self.topic_prefix.is_empty()
+            && self.topic_prefix.len() + node_id.len() <= 249
+            && self
+                .topic_prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if !topic_ok {
+            return Err(ConfigError::new(
+                "DELIVERY_TOPIC_PREFIX",
+                format!(
+                    "bad setting DELIVERY_TOPIC_PREFIX: value {:?} is not allowed; allowed: characters from [A-Za-z0-9._-], at most 249 with the node id",
+                    self.topic_prefix
+                ),
+            ));
+        }
+        let heartbeat_interval = duration("HEARTBEAT_INTERVAL", &self.heartbeat_interval)?;
+        let stale_after = Duration::from_millis(positive("STALE_AFTER_MS", self.stale_after_ms)?);
+        if stale_after <= heartbeat_interval {
+            return Err(ConfigError::new(
+                "STALE_AFTER_MS",
+                format!(
+                    "bad setting STALE_AFTER_MS: value {} is not allowed; allowed: more than HEARTBEAT_INTERVAL ({heartbeat_interval:?})",
+                    self.stale_after_ms
+                ),
+            ));
+        }
+        let presence_ttl_ms = positive("PRESENCE_TTL_MS", self.presence_ttl_ms)?;
+        if presence_ttl_ms < 300 {
+            return Err(ConfigError::new(
+                "PRESENCE_TTL_MS",
+                format!(
+                    "bad setting PRESENCE_TTL_MS: value {presence_ttl_ms} is not allowed; allowed: 300 or more"
+                ),
+            ));
+        }
+        let max_connections =
+            usize::try_from(positive("MAX_CONNECTIONS", self.max_connections as u64)?)
+                .unwrap_or(usize::MAX);
+        let max_frame_bytes = self.max_frame_bytes;
+        if !(256..=16 * 1024 * 1024).contains(&max_frame_bytes) {
+            return Err(ConfigError::new(
+                "MAX_FRAME_BYTES",
+                format!(
+                    "bad setting MAX_FRAME_BYTES: value {max_frame_bytes} is not allowed; allowed: 256 to 16777216"
+                ),
+            ));
+        }
+        positive("RATE_LIMIT_PER_SEC", u64::from(self.rate_per_sec))?;
+        positive("RATE_LIMIT_BURST", u64::from(self.rate_burst))?;
+        positive("SEND_QUEUE", self.send_queue as u64)?;
+        positive("OFFLINE_BUFFER_MAX", self.buffer_max as u64)?;
+        positive("OFFLINE_BUFFER_TTL_MS", self.buffer_ttl_ms)?;
+        if !(1..=3600).contains(&self.window_secs) {
+            return Err(ConfigError::new(
+                "METRICS_WINDOW_SECS",
+                format!(
+                    "bad setting METRICS_WINDOW_SECS: value {} is not allowed; allowed: 1 to 3600",
+                    self.window_secs
+                ),
+            ));
+        }
+        let drain = DrainConfig {
+            endpoint_delay: Duration::from_millis(self.drain_endpoint_delay_ms),
+            timeout: duration("DRAIN_TIMEOUT", &self.drain_timeout)?,
+            tail: None,
+            min_batch_interval: Duration::from_millis(positive(
+                "DRAIN_BATCH_INTERVAL_MS",
+                self.drain_batch_interval_ms,
+            )?),
+            max_retry_after: Duration::from_millis(self.drain_max_retry_after_ms),
+            force_grace: Duration::from_secs(2),
+            seed: self.drain_seed,
+        };
+        drain.validate().map_err(|e| {
+            ConfigError::new("DRAIN_TIMEOUT", format!(
+                "bad setting DRAIN_TIMEOUT / DRAIN_ENDPOINT_DELAY_MS ({} / {}): {e}; allowed: an endpoint delay below the timeout",
+                self.drain_timeout,
+                self.drain_endpoint_delay_ms
+            ))
+        })?;
+        let presence_ttl = Duration::from_millis(presence_ttl_ms);
+        let offset_commit_interval = Duration::from_millis(positive(
+            "OFFSET_COMMIT_INTERVAL_MS",
+            self.offset_commit_interval_ms,
+        )?);
+        let scan_interval = Duration::from_millis(positive(
+            "FORWARD_SCAN_INTERVAL_MS",
+            self.forward_scan_interval_ms,
+        )?);
+        let claim_ttl = Duration::from_millis(self.forward_claim_ttl_ms);
+        if self.forward_claim_ttl_ms < 1_000 {
+            return Err(ConfigError::new(
+                "FORWARD_CLAIM_TTL_MS",
+                format!(
+                    "bad setting FORWARD_CLAIM_TTL_MS: value {} is not allowed; allowed: 1000 or more",
+                    self.forward_claim_ttl_ms
+                ),
+            ));
+        }
+        if self.forward_retire_after_ms <= presence_ttl_ms {
+            return Err(ConfigError::new(
+                "FORWARD_RETIRE_AFTER_MS",
+                format!(
+                    "bad setting FORWARD_RETIRE_AFTER_MS: value {} is not allowed; allowed: more than PRESENCE_TTL_MS ({presence_ttl_ms})",
+                    self.forward_retire_after_ms
+                ),
+            ));
+        }
+        Ok(Settings {
+            node_id,
+            boot_id: self.boot_id.clone(),
+            public_addr: addr("PUBLIC_ADDR", &self.public_addr)?,
+            admin_addr: addr("ADMIN_ADDR", &self.admin_addr)?,
+            redis_url: self.redis_url.clone(),
+            kafka_bootstrap: kafka,
+            relay_prefix: self.relay_prefix.clone(),
+            heartbeat_prefix: self.heartbeat_prefix.clone(),
+            topic_prefix: self.topic_prefix.clone(),
+            heartbeat_interval,
+            stale_after,
+            presence_ttl,
+            limits: Limits {
+                max_connections,
+                max_frame_bytes,
+                rate_per_second: self.rate_per_sec,
+                burst: self.rate_burst,
+                presence_refresh: presence_ttl / 3,
+            },
+            buffer: BufferLimits {
+                max: self.buffer_max,
+                ttl: Duration::from_millis(self.buffer_ttl_ms),
+            },
+            send_queue: self.send_queue,
+            window_secs: self.window_secs,
+            drain,
+            handoff_grace: Duration::from_millis(self.drain_handoff_grace_ms),
+            offset_commit_interval,
+            forward: ForwardConfig {
+                scan_interval,
+                claim_ttl,
+                retire_after: Duration::from_millis(self.forward_retire_after_ms),
+            },
+            offset_timeout: Duration::from_secs(5),
+        })
+    }
+}
