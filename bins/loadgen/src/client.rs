@@ -11,6 +11,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 
 use crate::frames::{Reason, ServerFrame, client_id, send_frame};
@@ -66,6 +67,15 @@ pub(crate) struct Shared {
 const BACKOFF: Duration = Duration::from_millis(500);
 /// Pause when no target is Ready.
 const NO_TARGET_WAIT: Duration = Duration::from_millis(200);
+
+/// Small buffers: frames are a few hundred bytes, and tungstenite's
+/// defaults (128 KiB each way) would cost a quarter of a megabyte per
+/// connection, the generator's limit long before its CPU.
+fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+}
 
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -170,28 +180,25 @@ impl Client {
     async fn connection(&mut self, target: SocketAddr) -> Ended {
         let url = format!("ws://{target}/ws?client_id={}", self.id);
         let timeout = self.shared.connect_timeout;
-        let mut ws: Ws =
-            match tokio::time::timeout(timeout, tokio_tungstenite::connect_async(url.as_str()))
-                .await
-            {
-                Ok(Ok((ws, _))) => ws,
-                Ok(Err(tungstenite::Error::Http(response)))
-                    if response.status().as_u16() == 503 =>
-                {
-                    let retry = response
-                        .headers()
-                        .get("retry-after")
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.trim().parse::<u64>().ok())
-                        .unwrap_or(1);
-                    return Ended::Retry(Reason::Refused503, Duration::from_secs(retry));
-                }
-                Ok(Err(error)) => {
-                    tracing::debug!(client = %self.id, %target, %error, "connect failed");
-                    return Ended::Retry(Reason::ConnectFailed, BACKOFF);
-                }
-                Err(_) => return Ended::Retry(Reason::ConnectFailed, BACKOFF),
-            };
+        let connect =
+            tokio_tungstenite::connect_async_with_config(url.as_str(), Some(ws_config()), true);
+        let mut ws: Ws = match tokio::time::timeout(timeout, connect).await {
+            Ok(Ok((ws, _))) => ws,
+            Ok(Err(tungstenite::Error::Http(response))) if response.status().as_u16() == 503 => {
+                let retry = response
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .unwrap_or(1);
+                return Ended::Retry(Reason::Refused503, Duration::from_secs(retry));
+            }
+            Ok(Err(error)) => {
+                tracing::debug!(client = %self.id, %target, %error, "connect failed");
+                return Ended::Retry(Reason::ConnectFailed, BACKOFF);
+            }
+            Err(_) => return Ended::Retry(Reason::ConnectFailed, BACKOFF),
+        };
         match tokio::time::timeout(timeout, ws.next()).await {
             Ok(Some(Ok(Message::Text(text))))
                 if matches!(

@@ -33,11 +33,13 @@ pub struct Snapshot {
 
 impl Snapshot {
     fn line(&self) -> String {
+        let conns = match &self.phase {
+            Some(_) => format!("{}/{}", self.open, self.wanted),
+            None => self.open.to_string(),
+        };
         format!(
-            "{} conns {}/{} sent {} acked {} received {} pending {} reconnects {}",
+            "{} conns {conns} sent {} acked {} received {} pending {} reconnects {}",
             self.phase.as_deref().unwrap_or("grace"),
-            self.open,
-            self.wanted,
             self.sent,
             self.acked,
             self.received,
