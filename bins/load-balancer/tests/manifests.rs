@@ -154,7 +154,7 @@ fn every_configured_key_is_a_setting_of_a_binary() -> Result {
         .collect();
     assert!(known.contains("SOCKET_WORKLOAD_NAME"), "{known:?}");
     let socket_config = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../socket-node/src/config.rs"),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../socket-node/src/args.rs"),
     )?;
     known.extend(
         socket_config
