@@ -7,7 +7,8 @@
 //!   with 200 msg/s;
 //! - messages: 200 connections, held 10 s, at R msg/s overall.
 //!
-//! A step holds when every connection wanted was open (the ramp's last
+//! Every step runs (the machine is shared and noisy: one slow step does not
+//! end the series). A step holds when every connection wanted was open (the ramp's last
 //! rounding aside), the schedule's messages were all sent, every one
 //! arrived within the grace period, and p99 latency stayed under a second.
 //! The generator's CPU time (user + system, from /proc/self/stat) is printed
@@ -128,19 +129,17 @@ fn main() -> Result {
         for n in [2_000u32, 4_000, 8_000] {
             let phases = vec![phase("ramp", PhaseKind::Ramp, u64::from(n / 200), n, 200.0)];
             let s = step(&ns, format!("{n} connections"), phases, u64::from(n)).await?;
-            if !s.holds() {
-                break;
+            if s.holds() {
+                best_connections = n;
             }
-            best_connections = n;
         }
         let mut best_rate = 0;
         for r in [500u32, 1_000, 2_000] {
             let phases = vec![phase("hold", PhaseKind::Steady, 10, 200, f64::from(r))];
             let s = step(&ns, format!("{r} msg/s"), phases, 200).await?;
-            if !s.holds() {
-                break;
+            if s.holds() {
+                best_rate = r;
             }
-            best_rate = r;
         }
         println!(
             "ceiling on this machine: {best_connections} connections held (at 200 msg/s), {best_rate} msg/s held (on 200 connections), against two socket pods"
