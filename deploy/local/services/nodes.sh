@@ -83,11 +83,17 @@ start() {
 }
 
 stop() {
-  local f
+  local f d
   for f in "$RTC_STACK_RUN"/rtc-node-*.pid; do
     [[ -f "$f" ]] || continue
     # An agent stops its pods first (SIGTERM, SIGKILL 5 s later), then exits.
     stop_recorded "$(basename "$f" .pid)" 30
+  done
+  # The agents remove their pods' cgroups; the empty parents go here (rmdir
+  # removes only empty directories, so a cgroup still in use stays).
+  for d in /sys/fs/cgroup/*/"$CGROUP_PARENT" /sys/fs/cgroup/"$CGROUP_PARENT"; do
+    [[ -d "$d" ]] || continue
+    find "$d" -depth -type d -exec rmdir {} + 2>/dev/null || true
   done
 }
 
