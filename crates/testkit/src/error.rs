@@ -107,6 +107,19 @@ pub enum Error {
         waited: std::time::Duration,
     },
 
+    /// The pods of a workload did not all get Ready in time.
+    #[error("not {count} Ready pods matching {selector} after {waited:?}: {seen}")]
+    NotReady {
+        /// The pods' label selector.
+        selector: String,
+        /// How many Ready pods were awaited.
+        count: usize,
+        /// How long the test waited.
+        waited: std::time::Duration,
+        /// Each pod seen last: name, phase, container state, ready.
+        seen: String,
+    },
+
     /// A manifest of deploy/k8s could not be used as a fixture.
     #[error("manifest {path}: {reason}")]
     Manifest {
@@ -140,6 +153,7 @@ impl Error {
             Self::NoServiceAccount { .. } => "no_service_account",
             Self::Manifest { .. } => "manifest",
             Self::NotObserved { .. } => "not_observed",
+            Self::NotReady { .. } => "not_ready",
             Self::Redis(_) => "redis",
             Self::Kafka(_) => "kafka",
             Self::Kube(_) => "kube",

@@ -163,17 +163,14 @@ pub async fn create_ready_pod(pods: &Api<Pod>, pod: &Pod) -> Result<(), kube::Er
 /// [`Error::Manifest`] when the manifest cannot be read or holds another
 /// kind, [`Error::Kube`] when the API server refuses an object.
 pub async fn grant_load_balancer(ns: &TestNamespace) -> Result<(), Error> {
-    let path =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/k8s/01-rbac.yaml");
+    let path = crate::manifests::path_of("01-rbac.yaml");
     let manifest = |reason: String| Error::Manifest {
         path: path.clone(),
         reason,
     };
-    let text = std::fs::read_to_string(&path).map_err(|e| manifest(e.to_string()))?;
-    let docs: Vec<serde_json::Value> =
-        serde_saphyr::from_multiple(&text).map_err(|e| manifest(e.to_string()))?;
+    let docs = crate::manifests::documents("01-rbac.yaml")?;
     let pp = PostParams::default();
-    for mut doc in docs.into_iter().filter(|d| !d.is_null()) {
+    for mut doc in docs {
         doc["metadata"]["namespace"] = ns.name().into();
         if let Some(subjects) = doc["subjects"].as_array_mut() {
             for subject in subjects {

@@ -32,6 +32,7 @@ pub mod fixtures;
 mod http;
 mod kafka;
 mod kubernetes;
+pub mod manifests;
 mod names;
 mod redis;
 

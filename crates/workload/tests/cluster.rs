@@ -14,11 +14,10 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
-use kube::api::{ListParams, PostParams};
+use kube::api::PostParams;
 use kube::{Api, Client};
-use rtc_testkit::{Endpoints, TestNamespace, unique_name};
+use rtc_testkit::{Endpoints, TestNamespace, manifests, unique_name};
 use rtc_workload::{AlwaysValid, KubeWorkloadApi, ScaleOutcome, ScalerConfig, WorkloadScaler};
-use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 
 type Result<T = (), E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
@@ -29,58 +28,9 @@ const READY_TIMEOUT: Duration = Duration::from_secs(90);
 /// The drain of an empty node takes DRAIN_ENDPOINT_DELAY_MS plus the hand-off.
 const GONE_TIMEOUT: Duration = Duration::from_secs(90);
 
-fn k8s_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/k8s")
-}
-
-/// The documents of one file of deploy/k8s.
-fn documents(file: &str) -> Result<Vec<Value>> {
-    let text = std::fs::read_to_string(k8s_dir().join(file))?;
-    let docs: Vec<Value> = serde_saphyr::from_multiple(&text)?;
-    Ok(docs.into_iter().filter(|d| !d.is_null()).collect())
-}
-
-fn document(file: &str, kind: &str) -> Result<Value> {
-    documents(file)?
-        .into_iter()
-        .find(|d| d["kind"] == kind)
-        .ok_or_else(|| format!("no {kind} in deploy/k8s/{file}").into())
-}
-
-/// The shared ConfigMap of deploy/k8s, pointed at the stack's Redis and
-/// broker, with this test's own key prefixes and a 5 s drain.
-fn config_map(namespace: &str, endpoints: &Endpoints) -> Result<ConfigMap> {
-    let mut doc = document("02-config.yaml", "ConfigMap")?;
-    doc["metadata"]["namespace"] = namespace.into();
-    let data = &mut doc["data"];
-    data["REDIS_URL"] = endpoints.redis_url.clone().into();
-    data["KAFKA_BOOTSTRAP"] = endpoints.kafka_bootstrap.clone().into();
-    data["LOG_FORMAT"] = "plain".into();
-    let prefix = unique_name("cluster");
-    data["HEARTBEAT_PREFIX"] = format!("{prefix}:hb:").into();
-    data["RELAY_PREFIX"] = format!("{prefix}:relay:").into();
-    data["DELIVERY_TOPIC_PREFIX"] = format!("{prefix}.deliver.").into();
-    data["HEARTBEAT_INTERVAL"] = "1s".into();
-    // A 5 s drain: 2 s for the endpoints to drop the pod, then the clients
-    // are told to reconnect in batches over the remaining 3 s.
-    data["DRAIN_TIMEOUT"] = "5s".into();
-    data["DRAIN_ENDPOINT_DELAY_MS"] = "2000".into();
-    Ok(serde_json::from_value(doc)?)
-}
-
-/// The socket Deployment of deploy/k8s/04-socket.yaml, in `namespace`, with
-/// a grace period that fits the test's shorter drain.
-fn socket_deployment(namespace: &str, replicas: i32) -> Result<Value> {
-    let mut doc = document("04-socket.yaml", "Deployment")?;
-    doc["metadata"]["namespace"] = namespace.into();
-    doc["spec"]["replicas"] = replicas.into();
-    doc["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = 40.into();
-    Ok(doc)
-}
-
 /// The same pod template as a StatefulSet, as an operator would run it.
 fn socket_stateful_set(namespace: &str, replicas: i32) -> Result<StatefulSet> {
-    let deployment = socket_deployment(namespace, replicas)?;
+    let deployment = manifests::socket_deployment(namespace, replicas)?;
     let spec = &deployment["spec"];
     let doc = serde_json::json!({
         "apiVersion": "apps/v1",
@@ -104,46 +54,9 @@ async fn load_balancer_client(ns: &TestNamespace) -> Result<Client> {
     Ok(ns.service_account_client("load-balancer").await?)
 }
 
-fn is_ready(pod: &Pod) -> bool {
-    pod.metadata.deletion_timestamp.is_none()
-        && pod
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-/// Waits until the workload's pods are exactly `count`, all Ready; returns
-/// them sorted by name.
+/// The workload's pods, exactly `count` and all Ready, sorted by name.
 async fn wait_ready(pods: &Api<Pod>, count: usize, timeout: Duration) -> Result<Vec<Pod>> {
-    let deadline = Instant::now() + timeout;
-    let params = ListParams::default().labels(&format!("app={NAME}"));
-    loop {
-        let list = pods.list(&params).await?.items;
-        if list.len() == count && list.iter().all(is_ready) {
-            let mut list = list;
-            list.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-            return Ok(list);
-        }
-        if Instant::now() >= deadline {
-            let seen: Vec<_> = list
-                .iter()
-                .map(|p| {
-                    let status = p.status.as_ref();
-                    (
-                        p.metadata.name.clone().unwrap_or_default(),
-                        status.and_then(|s| s.phase.clone()),
-                        status
-                            .and_then(|s| s.container_statuses.as_ref())
-                            .map(|c| format!("{:?}", c.first().and_then(|c| c.state.clone()))),
-                        is_ready(p),
-                    )
-                })
-                .collect();
-            return Err(format!("not {count} Ready pods after {timeout:?}: {seen:?}").into());
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    Ok(manifests::wait_ready(pods, &format!("app={NAME}"), count, timeout).await?)
 }
 
 /// Waits until pod `name` (of `uid`) no longer exists.
@@ -265,7 +178,8 @@ fn scaler(client: Client, ns: &TestNamespace) -> Result<WorkloadScaler<KubeWorkl
 /// A fresh namespace holding the socket nodes' ConfigMap.
 async fn namespace_with_config() -> Result<TestNamespace> {
     let ns = rtc_testkit::kubernetes().await?;
-    let config = config_map(ns.name(), &Endpoints::from_env())?;
+    let config =
+        manifests::socket_config(ns.name(), &Endpoints::from_env(), &unique_name("cluster"))?;
     ns.api::<ConfigMap>()
         .create(&PostParams::default(), &config)
         .await?;
@@ -276,7 +190,8 @@ async fn namespace_with_config() -> Result<TestNamespace> {
 async fn the_replica_set_controller_removes_the_pod_the_scaler_chose_after_its_drain() -> Result {
     let ns = namespace_with_config().await?;
     let pp = PostParams::default();
-    let deployment: Deployment = serde_json::from_value(socket_deployment(ns.name(), 3)?)?;
+    let deployment: Deployment =
+        serde_json::from_value(manifests::socket_deployment(ns.name(), 3)?)?;
     let created = Instant::now();
     ns.api::<Deployment>().create(&pp, &deployment).await?;
     let pods = ns.api::<Pod>();
