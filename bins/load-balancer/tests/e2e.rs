@@ -39,7 +39,14 @@ async fn overload_scales_out_both_kinds_by_the_critical_step() -> Result {
         .ok_or_else(|| format!("{kind:?}: no scale-out to 8:\n{}", lb.log()))?;
         println!("{kind:?}: first overloaded heartbeat to /scale write seen: {took:?}");
 
-        let log = lb.log();
+        // The write is visible on the API server a moment before the
+        // load-balancer has read its answer and logged it.
+        let log = eventually(Duration::from_secs(5), || async {
+            let log = lb.log();
+            log.contains("Successfully scaled").then_some(log)
+        })
+        .await
+        .unwrap_or_else(|| lb.log());
         assert!(
             log.contains("CRITICAL: resource overload (CPU 80.0%, Mem 80.0%)"),
             "{log}"
