@@ -31,7 +31,7 @@ pub fn unique_name(kind: &str) -> String {
 
 /// Four base-36 digits of the current millisecond: it repeats only every
 /// 36^4 ms (about 28 minutes), which is plenty next to pid and counter.
-#[allow(
+#[expect(
     clippy::disallowed_methods,
     reason = "names only need to differ between runs, not to be a clock that tests depend on"
 )]

@@ -29,7 +29,7 @@ pub trait WallClock: Send + Sync + fmt::Debug + 'static {
 pub struct SystemClock;
 
 impl WallClock for SystemClock {
-    #[allow(
+    #[expect(
         clippy::disallowed_methods,
         reason = "this is the one place the wall clock is read"
     )]
