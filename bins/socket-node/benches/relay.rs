@@ -33,6 +33,7 @@ use anyhow::{Context, bail};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
+use rtc_time::{SystemClock, WallClock};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -186,10 +187,7 @@ impl Cluster {
         if !loopback(&redis_url) || !loopback(&kafka) {
             bail!("only a Redis and a broker on loopback are used: {redis_url} / {kafka}");
         }
-        let ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or(0);
+        let ms = SystemClock.now_ms();
         Ok(Self {
             redis_url,
             kafka,

@@ -1,11 +1,12 @@
 //! Command line and environment, read once into [`RawSettings`] and
 //! validated by `rtc-socket`.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 use clap::Args;
 use rtc_socket::RawSettings;
 use rtc_telemetry::LogFormat;
+use rtc_time::WallClock;
 
 /// The socket node's settings. Each flag can also be set through the
 /// environment key shown.
@@ -132,11 +133,9 @@ pub(crate) struct NodeArgs {
 
 impl NodeArgs {
     /// The settings as given, with `hostname` (HOSTNAME) as the fallback
-    /// node id and this start's boot id and drain seed.
-    pub(crate) fn raw(&self, hostname: Option<String>) -> RawSettings {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
+    /// node id and this start's boot id and drain seed, taken from `clock`.
+    pub(crate) fn raw(&self, hostname: Option<String>, clock: &dyn WallClock) -> RawSettings {
+        let now = clock.now().duration_since(UNIX_EPOCH).unwrap_or_default();
         let pid = std::process::id();
         RawSettings {
             node_id: self.node_id.clone(),
@@ -180,6 +179,7 @@ mod tests {
     use clap::Parser;
     use rtc_socket::Settings;
     use rtc_socket::config::parse_duration;
+    use rtc_time::{ManualClock, SystemClock};
     use std::time::Duration;
 
     #[derive(Debug, Parser)]
@@ -195,7 +195,7 @@ mod tests {
             &["--node-id", "socket-0"]
         };
         let cli = Cli::try_parse_from(["x"].iter().chain(id).chain(args.iter()).copied())?;
-        Ok(cli.node.raw(None).validate()?)
+        Ok(cli.node.raw(None, &SystemClock).validate()?)
     }
 
     #[test]
@@ -208,13 +208,14 @@ mod tests {
     }
 
     #[test]
-    fn the_node_id_falls_back_to_hostname_and_each_start_differs() -> anyhow::Result<()> {
+    fn the_node_id_falls_back_to_hostname_and_the_boot_id_names_the_start() -> anyhow::Result<()> {
         let cli = Cli::try_parse_from(["x", "--node-id", " "])?;
-        let s = cli.node.raw(Some("pod-7".to_owned())).validate()?;
+        let clock = ManualClock::new(1_700_000_000_123);
+        let s = cli.node.raw(Some("pod-7".to_owned()), &clock).validate()?;
         assert_eq!(s.node_id, "pod-7");
-        let err = cli.node.raw(None).validate().err();
+        let err = cli.node.raw(None, &clock).validate().err();
         assert_eq!(err.map(|e| e.key), Some("POD_NAME"));
-        assert!(s.boot_id.ends_with(&format!("-{}", std::process::id())));
+        assert_eq!(s.boot_id, format!("1700000000123-{}", std::process::id()));
         Ok(())
     }
 

@@ -34,7 +34,9 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &args::NodeArgs) -> anyhow::Result<ExitCode> {
-    let settings = args.raw(std::env::var("HOSTNAME").ok()).validate()?;
+    let settings = args
+        .raw(std::env::var("HOSTNAME").ok(), &rtc_time::SystemClock)
+        .validate()?;
     rtc_telemetry::init_logs(args.log_format)?;
     let prometheus = telemetry::metrics(&settings.node_id)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

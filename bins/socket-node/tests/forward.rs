@@ -11,7 +11,7 @@ use common::{Client, Cluster, Result, Seen};
 use rtc_heartbeat::KeyLayout;
 use rtc_kafka_offsets::OffsetClient;
 use rtc_relay::core::group_of;
-use rtc_relay::{BufferLimits, Bus, KafkaBus, RedisStore, Registry};
+use rtc_relay::{BufferLimits, Bus, KafkaBus, RedisStore, Registry, SystemClock, WallClock};
 use serde_json::json;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -48,7 +48,7 @@ async fn publish(
     let mut ids = Vec::new();
     for n in 0..count {
         let id = format!("sender/{tag}/{n}");
-        let sent_ms = rtc_relay::wall_ms();
+        let sent_ms = SystemClock.now_ms();
         let frame = json!({"type": "message", "id": id, "from": "sender", "to": to, "sent_ms": sent_ms, "body": n});
         bus.publish(node, to, &frame.to_string(), sent_ms).await?;
         ids.push(id);

@@ -34,7 +34,7 @@ use tokio::sync::watch;
 use crate::bus::{Bus, BusError, SHORT_WAIT_MS, Topic};
 use crate::core::cursor::resume_at;
 use crate::core::forwarding::{gone, retire_due};
-use crate::relay::{Relay, wall_ms};
+use crate::relay::Relay;
 use crate::store::{PresenceStore, Registry, StoreError};
 
 /// How the forwarder runs.
@@ -116,7 +116,7 @@ pub async fn run<S, B>(
     // In the registry first, so that a forwarder finds this topic if this
     // node dies.
     let mut delay = Duration::from_millis(200);
-    while let Err(e) = relay.store().register(wall_ms()).await {
+    while let Err(e) = relay.store().register(relay.wall_ms()).await {
         tracing::warn!(error = %e, "registering the delivery topic; retrying");
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
@@ -202,7 +202,10 @@ where
         node: dead.to_owned(),
         source,
     };
-    let since = store.dead_since(dead, wall_ms()).await.map_err(store_err)?;
+    let since = store
+        .dead_since(dead, relay.wall_ms())
+        .await
+        .map_err(store_err)?;
     let mut pass = Pass::default();
     let topic = match relay.bus().open(dead).await {
         Ok(t) => t,
@@ -261,7 +264,7 @@ where
     S: PresenceStore + Registry,
     B: Bus,
 {
-    if retire_due(since, wall_ms(), config.retire_after) {
+    if retire_due(since, relay.wall_ms(), config.retire_after) {
         relay
             .store()
             .retire(dead)

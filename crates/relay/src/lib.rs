@@ -56,5 +56,7 @@ pub use core::routing::Lookup;
 pub use forward::{ForwardConfig, ForwardError, Pass};
 pub use kafka::{KafkaBus, KafkaTopic};
 pub use redis::RedisStore;
-pub use relay::{Kick, KickReason, Outbound, Relay, RelayError, wall_ms};
+pub use relay::{Kick, KickReason, Outbound, Relay, RelayError};
+// The wall clock the relay takes (`Relay::with_wall_clock`).
+pub use rtc_time::{ManualClock, SystemClock, WallClock};
 pub use store::{PresenceStore, Registry, StoreError};

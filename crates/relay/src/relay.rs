@@ -6,9 +6,10 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rtc_node_load::{Lag, Measured, Meter};
+use rtc_time::{SystemClock, WallClock};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
 
@@ -18,15 +19,6 @@ use crate::core::message_id;
 use crate::core::protocol::Status;
 use crate::core::routing::{Event, Offer, Origin, Routing, Step};
 use crate::store::{PresenceStore, StoreError};
-
-/// Wall-clock ms since the Unix epoch: message send times are compared
-/// across nodes, so they cannot be monotonic.
-pub fn wall_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
 
 /// A frame on its way to a local connection.
 #[derive(Debug, Clone)]
@@ -113,6 +105,7 @@ pub struct Relay<S, B> {
     seq: AtomicU64,
     queue: usize,
     origin: Instant,
+    wall: Arc<dyn WallClock>,
     meter: Mutex<Meter>,
     handed_off: AtomicU64,
     position: AtomicU64,
@@ -131,10 +124,25 @@ impl<S: PresenceStore, B: Bus> Relay<S, B> {
             seq: AtomicU64::new(0),
             queue: queue.max(1),
             origin: Instant::now(),
+            wall: Arc::new(SystemClock),
             meter: Mutex::new(meter),
             handed_off: AtomicU64::new(0),
             position: AtomicU64::new(0),
         }
+    }
+
+    /// The same relay with `clock` as its wall clock (the system clock by
+    /// default).
+    #[must_use]
+    pub fn with_wall_clock(mut self, clock: impl WallClock) -> Self {
+        self.wall = Arc::new(clock);
+        self
+    }
+
+    /// Wall-clock ms since the Unix epoch, from the relay's clock: message
+    /// send times are compared across nodes, so they cannot be monotonic.
+    pub fn wall_ms(&self) -> u64 {
+        self.wall.now_ms()
     }
 
     /// This node's id.
@@ -334,7 +342,7 @@ impl<S: PresenceStore, B: Bus> Relay<S, B> {
     /// Counts a frame written to a client's socket.
     pub fn delivered(&self, sent_ms: u64) {
         let now = self.mono_ms();
-        let latency = wall_ms().saturating_sub(sent_ms);
+        let latency = self.wall_ms().saturating_sub(sent_ms);
         lock(&self.meter).delivered(now, latency);
         metrics::counter!("rtc_socket_delivered_total").increment(1);
     }
@@ -439,7 +447,7 @@ impl<S: PresenceStore, B: Bus> Relay<S, B> {
                 batch.high_watermark,
                 cursor.position(),
                 oldest_unhandled,
-                wall_ms(),
+                self.wall_ms(),
             );
             lock(&self.meter).set_lag(lag);
             if cursor.commit_due(self.mono_ms(), commit_interval)

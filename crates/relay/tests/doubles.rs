@@ -7,8 +7,8 @@ use std::time::Duration;
 use rtc_node_load::Meter;
 use rtc_relay::memory::{MemoryBus, MemoryRedis, MemoryStore};
 use rtc_relay::{
-    BufferLimits, Bus, ForwardConfig, KickReason, PresenceStore, Registry, Relay, RelayError,
-    Status, StoreError, Topic, forward,
+    BufferLimits, Bus, ForwardConfig, KickReason, ManualClock, PresenceStore, Registry, Relay,
+    RelayError, Status, StoreError, Topic, forward,
 };
 use tokio::sync::watch;
 
@@ -236,6 +236,36 @@ async fn a_node_that_comes_back_is_not_forwarded() -> Result {
         (1, true, false)
     );
     assert_eq!(a.store().registered().await?, ["x"]);
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_gone_node_is_retired_by_the_relays_wall_clock() -> Result {
+    let (redis, bus) = (MemoryRedis::default(), MemoryBus::default());
+    let clock = ManualClock::new(1_700_000_000_000);
+    let a = Relay::new(
+        "a".to_owned(),
+        "boot".to_owned(),
+        redis.store("a", TTL, LIMITS),
+        bus.clone(),
+        8,
+        Meter::new(10)?,
+    )
+    .with_wall_clock(clock.clone());
+    redis.store("x", TTL, LIMITS).register(0).await?;
+    bus.own_topic("x").await?;
+    let config = ForwardConfig {
+        scan_interval: Duration::from_secs(1),
+        claim_ttl: Duration::from_secs(5),
+        retire_after: Duration::from_secs(600),
+    };
+    let first = forward::forward(&a, "x", &config).await?;
+    assert_eq!((first.caught_up, first.retired), (true, false));
+    clock.advance(599_999);
+    assert!(!forward::forward(&a, "x", &config).await?.retired);
+    clock.advance(1);
+    assert!(forward::forward(&a, "x", &config).await?.retired);
+    assert!(a.store().registered().await?.is_empty());
     Ok(())
 }
 

@@ -14,9 +14,9 @@ use rtc_drain::{Connection, Drain, Instruction};
 use serde::Deserialize;
 use tokio::time::Instant;
 
+use rtc_relay::KickReason;
 use rtc_relay::core::limit::TokenBucket;
 use rtc_relay::protocol::{self, Control, close};
-use rtc_relay::{KickReason, wall_ms};
 
 use crate::NodeRelay;
 
@@ -349,7 +349,7 @@ async fn handle_text(
         }
     };
     let id = relay.next_id();
-    let sent_ms = wall_ms();
+    let sent_ms = relay.wall_ms();
     let Some(frame) = protocol::message_frame(&id, client, &outgoing.to, sent_ms, &outgoing.body)
     else {
         return true;
