@@ -15,6 +15,7 @@ use rtc_loadgen::progress::{Progress, Silent, Stderr};
 use rtc_loadgen::target::{Strategy, parse_target};
 use rtc_loadgen::{PhaseKind, Profile, Rate, RunConfig};
 use rtc_telemetry::LogFormat;
+use rtc_time::{SystemClock, WallClock};
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum Kind {
@@ -116,7 +117,10 @@ fn profile(cli: &Cli) -> anyhow::Result<Profile> {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let profile = profile(&cli)?;
     rtc_telemetry::init_logs(cli.log_format)?;
-    let run_id = cli.run_id.clone().unwrap_or_else(default_run_id);
+    let run_id = cli
+        .run_id
+        .clone()
+        .unwrap_or_else(|| default_run_id(SystemClock.now_ms()));
     let mut config = RunConfig::new(run_id, profile);
     config.grace = cli.grace;
     config.strategy = cli.strategy;
@@ -181,13 +185,10 @@ async fn kube_client(path: Option<&std::path::Path>) -> anyhow::Result<kube::Cli
     kube::Client::try_from(config).context("building the Kubernetes client")
 }
 
-/// A short id from the wall clock: unique enough between runs on one
-/// machine, and only a label.
-fn default_run_id() -> String {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis());
-    let mut n = ms;
+/// A short id from the wall clock (`now_ms`, ms since the Unix epoch):
+/// unique enough between runs on one machine, and only a label.
+fn default_run_id(now_ms: u64) -> String {
+    let mut n = now_ms;
     let mut id = String::new();
     while n > 0 {
         let digit = u32::try_from(n % 36).unwrap_or(0);
@@ -195,4 +196,17 @@ fn default_run_id() -> String {
         n /= 36;
     }
     if id.is_empty() { "0".into() } else { id }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_run_id_is_the_time_in_base_36() {
+        assert_eq!(default_run_id(0), "0");
+        assert_eq!(default_run_id(35), "z");
+        assert_eq!(default_run_id(36), "10");
+        assert!(rtc_loadgen::frames::valid_run_id(&default_run_id(u64::MAX)));
+    }
 }

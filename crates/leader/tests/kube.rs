@@ -10,7 +10,9 @@ use std::time::{Duration, SystemTime};
 use common::{Candidate, LEASE, RETRY, Recorder, leader_among};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Patch, PatchParams};
-use rtc_leader::{KubeLeaseStore, LeaseRecord, LeaseStore, SkewedClock, StoreError};
+use rtc_leader::{
+    KubeLeaseStore, LeaseRecord, LeaseStore, SkewedClock, StoreError, SystemClock, WallClock,
+};
 use tokio::time::{Instant, sleep};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -144,8 +146,8 @@ async fn a_stale_resource_version_is_refused() -> TestResult {
     let record = |holder: &str| LeaseRecord {
         holder: Some(holder.to_owned()),
         lease_duration: LEASE,
-        acquire_time: Some(SystemTime::now()),
-        renew_time: Some(SystemTime::now()),
+        acquire_time: Some(SystemClock.now()),
+        renew_time: Some(SystemClock.now()),
         transitions: 0,
     };
     assert_eq!(store.get().await?, None);
@@ -252,7 +254,8 @@ async fn skewed_clocks_do_not_make_two_leaders() -> TestResult {
         // a live Lease expired (or a dead one fresh).
         if let Some(renewed) = leases.get(lease).await?.spec.and_then(|s| s.renew_time) {
             let renewed = SystemTime::from(renewed.0);
-            let gap = SystemTime::now()
+            let gap = SystemClock
+                .now()
                 .duration_since(renewed)
                 .unwrap_or_default();
             if gap > LEASE {

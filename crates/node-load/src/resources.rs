@@ -1058,7 +1058,9 @@ mod tests {
     }
 
     fn rtc_nanos() -> u128 {
-        std::time::SystemTime::now()
+        use rtc_time::WallClock;
+        rtc_time::SystemClock
+            .now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or(0)
