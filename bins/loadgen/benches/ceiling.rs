@@ -17,11 +17,12 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rtc_loadgen::progress::Silent;
 use rtc_loadgen::{Phase, PhaseKind, Profile, Rate, RunConfig, Summary};
 use support::{Result, discovery, socket_pods};
+use tokio::time::Instant;
 
 /// Clock ticks per second of /proc/self/stat (USER_HZ, 100 on Linux).
 const USER_HZ: f64 = 100.0;

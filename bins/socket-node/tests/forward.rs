@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{Client, Cluster, Result, Seen};
 use rtc_heartbeat::KeyLayout;
@@ -13,6 +13,7 @@ use rtc_kafka_offsets::OffsetClient;
 use rtc_relay::core::group_of;
 use rtc_relay::{BufferLimits, Bus, KafkaBus, RedisStore, Registry, SystemClock, WallClock};
 use serde_json::json;
+use tokio::time::Instant;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 

@@ -232,7 +232,7 @@ async fn a_drain_moves_every_client_to_the_other_node_and_loses_nothing() -> Res
     // A second /drain (POST) waits on the same drain.
     let second = tokio::spawn(async move { http(admin, "POST", "/drain").await });
 
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     while !drain.is_finished() && started.elapsed() < Duration::from_secs(15) {
         send(&mut sender, &mut acked).await?;
         tokio::time::sleep(Duration::from_millis(20)).await;

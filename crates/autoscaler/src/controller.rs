@@ -9,8 +9,8 @@ use rtc_workload::{
 use serde::Serialize;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
-use std::time::Instant;
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tracing::{Instrument, debug, info, warn};
 
 /// Why a tick did not complete.

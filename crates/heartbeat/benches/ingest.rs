@@ -35,7 +35,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
@@ -47,6 +47,7 @@ use rtc_heartbeat::{
     SystemClock, WallClock, connect, publisher,
 };
 use tokio::sync::{broadcast, watch};
+use tokio::time::Instant;
 
 /// Clock ticks per second of `/proc/*/stat` CPU times (USER_HZ, 100 on Linux).
 const TICKS_PER_SEC: f64 = 100.0;
@@ -209,7 +210,7 @@ fn run_publisher(args: &Args) -> anyhow::Result<()> {
         }
         let (_load, load_rx) = watch::channel(busy_load());
         let boot = format!("boot-{}", std::process::id());
-        let start = tokio::time::Instant::now();
+        let start = Instant::now();
         let deadline = start + Duration::from_secs(args.deadline_secs);
         let spread = args.interval().as_nanos();
         let nodes = u128::try_from(args.nodes)?;
@@ -502,7 +503,7 @@ fn start_baseline(args: &Args, prefix: &str, tx: mpsc::Sender<Msg>) -> anyhow::R
     spawn_reader("baseline", tx, move |mut stop, tx| async move {
         let store = RedisStore::new(connect(&RedisOptions::new(url))?, KeyLayout::new(prefix));
         let candidate = format!("baseline-{}", std::process::id());
-        let mut next = tokio::time::Instant::now();
+        let mut next = Instant::now();
         loop {
             tokio::select! {
                 _ = stop.changed() => break,
@@ -518,7 +519,7 @@ fn start_baseline(args: &Args, prefix: &str, tx: mpsc::Sender<Msg>) -> anyhow::R
                 Ok(payloads) => payloads.iter().filter(|p| p.is_some()).count(),
                 Err(error) => {
                     tracing::warn!(%error, "baseline read failed");
-                    next = tokio::time::Instant::now() + poll_interval;
+                    next = Instant::now() + poll_interval;
                     continue;
                 }
             };
@@ -536,7 +537,7 @@ fn start_baseline(args: &Args, prefix: &str, tx: mpsc::Sender<Msg>) -> anyhow::R
             if tx.send(Msg::Poll(poll)).is_err() {
                 break;
             }
-            next = tokio::time::Instant::now() + poll_interval;
+            next = Instant::now() + poll_interval;
         }
         Ok(())
     })

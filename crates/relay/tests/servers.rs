@@ -159,7 +159,7 @@ async fn the_kafka_bus_publishes_reads_and_commits() -> Result {
     }
     let mut position = 0;
     let mut seen = Vec::new();
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     while seen.len() < 3 && started.elapsed() < Duration::from_secs(10) {
         let batch = topic.fetch(position, 250).await?;
         seen.extend(batch.deliveries.iter().map(|d| (d.to.clone(), d.sent_ms)));

@@ -353,9 +353,12 @@ async fn stateful_set_pods_are_not_annotated_and_the_top_ordinal_is_named() -> R
     let mark = Patch::Merge(json!({"metadata": {"annotations": {OTHER_ANNOTATION: "team-rtc"}}}));
     for ordinal in 0..3 {
         let name = format!("{NAME}-{ordinal}");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
         while pods.get_opt(&name).await?.is_none() {
-            assert!(std::time::Instant::now() < deadline, "{name} never created");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{name} never created"
+            );
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
         pods.patch(&name, &PatchParams::default(), &mark).await?;

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
@@ -18,6 +18,7 @@ use kube::api::PostParams;
 use kube::{Api, Client};
 use rtc_testkit::{Endpoints, TestNamespace, manifests, unique_name};
 use rtc_workload::{AlwaysValid, KubeWorkloadApi, ScaleOutcome, ScalerConfig, WorkloadScaler};
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
 type Result<T = (), E = Box<dyn std::error::Error>> = std::result::Result<T, E>;

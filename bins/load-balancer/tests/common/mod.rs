@@ -11,8 +11,9 @@ use rtc_heartbeat::{
 use rtc_testkit::{Endpoints, TestNamespace, fixtures};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 pub type Result<T = (), E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
 
