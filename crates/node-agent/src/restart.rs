@@ -44,8 +44,8 @@ impl RestartPolicy {
 /// Restart delays of one container: doubling from `initial` to `max`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Backoff {
-    initial: Duration,
-    max: Duration,
+    delays: rtc_time::Backoff,
+    /// Restarts since the last run that lasted long enough to forget them.
     streak: u32,
 }
 
@@ -59,21 +59,18 @@ impl Backoff {
     /// Delays from `initial`, doubling, up to `max`.
     pub fn new(initial: Duration, max: Duration) -> Self {
         Self {
-            initial,
-            max: max.max(initial),
+            delays: rtc_time::Backoff::new(initial, max.max(initial)),
             streak: 0,
         }
     }
 
     /// The wait before starting again after a run that lasted `ran_for`.
     pub fn next_delay(&mut self, ran_for: Duration) -> Duration {
-        if ran_for >= self.max * 2 {
+        if ran_for >= self.delays.max.saturating_mul(2) {
             self.streak = 0;
         }
-        let factor = 1_u32.checked_shl(self.streak.min(31)).unwrap_or(u32::MAX);
-        let delay = self.initial.saturating_mul(factor).min(self.max);
         self.streak = self.streak.saturating_add(1);
-        delay
+        self.delays.delay(self.streak)
     }
 }
 

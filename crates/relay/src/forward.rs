@@ -29,6 +29,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use rtc_time::Backoff;
 use tokio::sync::watch;
 
 use crate::bus::{Bus, BusError, SHORT_WAIT_MS, Topic};
@@ -114,15 +115,17 @@ pub async fn run<S, B>(
     B: Bus,
 {
     // In the registry first, so that a forwarder finds this topic if this
-    // node dies.
-    let mut delay = Duration::from_millis(200);
+    // node dies; retried 200 ms after a failure, doubling, at most the scan
+    // interval.
+    let backoff = Backoff::new(Duration::from_millis(200), config.scan_interval);
+    let mut failures: u32 = 0;
     while let Err(e) = relay.store().register(relay.wall_ms()).await {
         tracing::warn!(error = %e, "registering the delivery topic; retrying");
+        failures = failures.saturating_add(1);
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
-            () = tokio::time::sleep(delay) => {}
+            () = tokio::time::sleep(backoff.delay(failures)) => {}
         }
-        delay = (delay * 2).min(config.scan_interval);
     }
     let mut tick = tokio::time::interval(config.scan_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -22,12 +22,17 @@
 
 use std::time::Duration;
 
+use rtc_time::Backoff;
+
 use super::protocol::Status;
 
 /// First wait after a store failure, for origins that retry.
 pub const FIRST_RETRY: Duration = Duration::from_millis(100);
 /// Longest wait between retries.
 pub const MAX_RETRY: Duration = Duration::from_secs(2);
+/// The waits between retries: [`FIRST_RETRY`], doubling, at most
+/// [`MAX_RETRY`].
+pub const RETRY: Backoff = Backoff::new(FIRST_RETRY, MAX_RETRY);
 
 /// Where a frame comes from; it decides the rules the frame is routed by.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,7 +128,8 @@ pub enum Event {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Routing {
     origin: Origin,
-    next_wait: Duration,
+    /// Store failures so far, for the next wait of [`RETRY`].
+    failures: u32,
     step: Step,
 }
 
@@ -137,7 +143,7 @@ impl Routing {
         };
         Self {
             origin,
-            next_wait: FIRST_RETRY,
+            failures: 0,
             step,
         }
     }
@@ -192,9 +198,8 @@ impl Routing {
             // A record of a delivery topic is never skipped: the position
             // must not pass a message that is neither delivered nor stored.
             Origin::Topic | Origin::Forward { .. } => {
-                let wait = self.next_wait;
-                self.next_wait = (wait * 2).min(MAX_RETRY);
-                Step::Wait(wait)
+                self.failures = self.failures.saturating_add(1);
+                Step::Wait(RETRY.delay(self.failures))
             }
             Origin::Client | Origin::HandOff => Step::Failed,
         }
