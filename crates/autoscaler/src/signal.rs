@@ -50,6 +50,10 @@ impl SignalSink for NoSignals {
 /// Keeps every signal in memory, for tests.
 #[cfg(any(test, feature = "test-util"))]
 #[derive(Debug, Default)]
+#[expect(
+    clippy::disallowed_types,
+    reason = "signals are recorded and read in sync code, never across an .await"
+)]
 pub struct RecordingSink {
     signals: std::sync::Mutex<Vec<ScaleSignal>>,
 }

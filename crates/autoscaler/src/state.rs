@@ -88,6 +88,10 @@ impl<R: StateRepo + ?Sized> StateRepo for Arc<R> {
 /// An in-memory repository with the same fencing rule, for tests.
 #[cfg(any(test, feature = "test-util"))]
 #[derive(Debug, Default)]
+#[expect(
+    clippy::disallowed_types,
+    reason = "the state is locked only in sync code, never across an .await"
+)]
 pub struct MemoryStateRepo {
     stored: std::sync::Mutex<Option<StoredState>>,
 }

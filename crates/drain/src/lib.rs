@@ -59,7 +59,7 @@ pub mod schedule;
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, MutexGuard};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -241,9 +241,13 @@ struct Registry {
     connections: BTreeMap<u64, watch::Sender<Option<Instruction>>>,
 }
 
+#[expect(
+    clippy::disallowed_types,
+    reason = "the registry is locked only in sync code (and in `Drop`, which cannot await), never across an .await"
+)]
 struct Inner {
     config: DrainConfig,
-    registry: Mutex<Registry>,
+    registry: std::sync::Mutex<Registry>,
     active: watch::Sender<usize>,
     ready: watch::Sender<bool>,
     phase: watch::Sender<Phase>,
@@ -278,6 +282,10 @@ impl std::fmt::Debug for Drain {
 impl Drain {
     /// A node that is ready and has no connections. The configuration is
     /// used as given; check it first with [`DrainConfig::validate`].
+    #[expect(
+        clippy::disallowed_types,
+        reason = "makes the registry lock, taken only in sync code"
+    )]
     pub fn new(config: DrainConfig) -> Self {
         let (active, _) = watch::channel(0);
         let (ready, _) = watch::channel(true);
@@ -285,7 +293,7 @@ impl Drain {
         Self {
             inner: Arc::new(Inner {
                 config,
-                registry: Mutex::new(Registry {
+                registry: std::sync::Mutex::new(Registry {
                     draining: false,
                     next_id: 0,
                     connections: BTreeMap::new(),

@@ -2,6 +2,7 @@
 
 use super::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use tokio::sync::Mutex;
 
 fn config() -> DrainConfig {
     DrainConfig {
@@ -20,9 +21,7 @@ fn polite(drain: &Drain, log: Arc<Mutex<Vec<(Duration, Instruction)>>>, t0: Inst
     let mut conn = drain.register().expect("not draining");
     tokio::spawn(async move {
         let instruction = conn.instruction().await;
-        log.lock()
-            .expect("test lock")
-            .push((t0.elapsed(), instruction));
+        log.lock().await.push((t0.elapsed(), instruction));
         drop(conn);
     });
 }
@@ -51,7 +50,7 @@ async fn batches_wait_for_the_endpoint_delay_and_spread_over_the_window() {
     }
     assert_eq!(drain.active(), 100);
     let summary = drain.start(async { FinishReport::default() }).wait().await;
-    let log = log.lock().expect("test lock").clone();
+    let log = log.lock().await.clone();
     assert_eq!(log.len(), 100);
     // Window = 65 - 5 - 10 = 50 s; 51 batches, 1 s apart, from t = 5 s.
     assert_eq!(summary.batches, 51);
@@ -110,7 +109,7 @@ async fn finish_runs_only_after_the_last_connection_has_gone() {
     tokio::spawn(async move {
         let _ = conn.instruction().await;
         tokio::time::sleep(Duration::from_secs(3)).await;
-        *left.lock().expect("test lock") = Some(t0.elapsed());
+        *left.lock().await = Some(t0.elapsed());
         drop(conn);
     });
     let active = drain.active_watch();
@@ -127,10 +126,7 @@ async fn finish_runs_only_after_the_last_connection_has_gone() {
         summary.finish.handed_off, 0,
         "finish saw no connection left"
     );
-    assert_eq!(
-        *left_at.lock().expect("test lock"),
-        Some(Duration::from_secs(8))
-    );
+    assert_eq!(*left_at.lock().await, Some(Duration::from_secs(8)));
     assert_eq!(summary.duration_ms, 8_000);
 }
 

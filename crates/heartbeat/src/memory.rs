@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -25,8 +25,12 @@ struct Data {
 ///
 /// The lock is never held across an `.await`.
 #[derive(Debug, Clone, Default)]
+#[expect(
+    clippy::disallowed_types,
+    reason = "the data is locked only in sync code, never across an .await"
+)]
 pub struct MemoryStore {
-    data: Arc<Mutex<Data>>,
+    data: Arc<std::sync::Mutex<Data>>,
     down: Arc<AtomicBool>,
     calls: Arc<AtomicU64>,
 }

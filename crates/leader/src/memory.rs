@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use crate::store::{LeaseRecord, LeaseStore, StoreError, Versioned};
@@ -37,8 +37,12 @@ struct Data {
 /// order) or set for every call with [`set_down`](Self::set_down). The lock
 /// is never held across an `.await`.
 #[derive(Debug, Clone, Default)]
+#[expect(
+    clippy::disallowed_types,
+    reason = "the data is locked only in sync code, never across an .await"
+)]
 pub struct MemoryLeaseStore {
-    data: Arc<Mutex<Data>>,
+    data: Arc<std::sync::Mutex<Data>>,
     latency: Arc<AtomicU64>,
     calls: Arc<AtomicU64>,
 }

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, MutexGuard};
 use std::time::Duration;
 
 use rtc_node_load::{Lag, Measured, Meter};
@@ -40,9 +40,13 @@ struct Local {
 
 /// Why a connection is asked to close by the relay.
 #[derive(Debug, Default)]
+#[expect(
+    clippy::disallowed_types,
+    reason = "the reason is set and read in sync code, never across an .await"
+)]
 pub struct Kick {
     notify: Notify,
-    reason: Mutex<Option<KickReason>>,
+    reason: std::sync::Mutex<Option<KickReason>>,
 }
 
 /// See [`Kick`].
@@ -71,7 +75,11 @@ impl Kick {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+#[expect(
+    clippy::disallowed_types,
+    reason = "the relay's locks are taken only through here, in sync code, and the guard is never held across an .await"
+)]
+fn lock<T>(m: &std::sync::Mutex<T>) -> MutexGuard<'_, T> {
     // Never held across an await; a poisoned lock only means a panic mid-way
     // through a plain update.
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -96,17 +104,21 @@ impl RelayError {
 
 /// The relay shared by every connection and the consumer.
 #[derive(Debug)]
+#[expect(
+    clippy::disallowed_types,
+    reason = "the connection table and the meter are locked only in sync code, never across an .await"
+)]
 pub struct Relay<S, B> {
     node: String,
     boot: String,
     store: S,
     bus: B,
-    local: Mutex<HashMap<String, Local>>,
+    local: std::sync::Mutex<HashMap<String, Local>>,
     seq: AtomicU64,
     queue: usize,
     origin: Instant,
     wall: Arc<dyn WallClock>,
-    meter: Mutex<Meter>,
+    meter: std::sync::Mutex<Meter>,
     handed_off: AtomicU64,
     position: AtomicU64,
 }
@@ -114,18 +126,22 @@ pub struct Relay<S, B> {
 impl<S: PresenceStore, B: Bus> Relay<S, B> {
     /// A relay for `node` (boot `boot`), with `queue` frames of room per
     /// connection and its figures in `meter`.
+    #[expect(
+        clippy::disallowed_types,
+        reason = "makes the connection table and meter locks, taken only in sync code"
+    )]
     pub fn new(node: String, boot: String, store: S, bus: B, queue: usize, meter: Meter) -> Self {
         Self {
             node,
             boot,
             store,
             bus,
-            local: Mutex::new(HashMap::new()),
+            local: std::sync::Mutex::new(HashMap::new()),
             seq: AtomicU64::new(0),
             queue: queue.max(1),
             origin: Instant::now(),
             wall: Arc::new(SystemClock),
-            meter: Mutex::new(meter),
+            meter: std::sync::Mutex::new(meter),
             handed_off: AtomicU64::new(0),
             position: AtomicU64::new(0),
         }

@@ -1,7 +1,7 @@
 //! An in-memory [`WorkloadApi`] with fault injection, for tests.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{MutexGuard, PoisonError};
 
 use crate::api::{ApiError, PodState, WorkloadApi, WorkloadKind, WorkloadState};
 use crate::victim::DELETION_COST_ANNOTATION;
@@ -40,9 +40,13 @@ impl Fault {
 /// a /scale write with an old one fails with [`ApiError::Conflict`].
 /// `list_pods` ignores the selector: every pod belongs to the workload.
 #[derive(Debug)]
+#[expect(
+    clippy::disallowed_types,
+    reason = "the namespace is locked only in sync code, never across an .await"
+)]
 pub struct FakeWorkloadApi {
     namespace: String,
-    state: Mutex<State>,
+    state: std::sync::Mutex<State>,
 }
 
 #[derive(Debug, Default)]
@@ -67,10 +71,14 @@ fn key(kind: WorkloadKind, name: &str) -> (String, String) {
 
 impl FakeWorkloadApi {
     /// An empty namespace.
+    #[expect(
+        clippy::disallowed_types,
+        reason = "makes the namespace lock, taken only in sync code"
+    )]
     pub fn new(namespace: impl Into<String>) -> Self {
         Self {
             namespace: namespace.into(),
-            state: Mutex::new(State::default()),
+            state: std::sync::Mutex::new(State::default()),
         }
     }
 

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{MutexGuard, PoisonError};
 use std::time::Duration;
 
 use rtc_time::Backoff;
@@ -69,10 +69,14 @@ impl ScaleOutcome {
 /// kind it found, and detects again when the workload disappears or comes
 /// back as another object (a new uid, or the other kind).
 #[derive(Debug)]
+#[expect(
+    clippy::disallowed_types,
+    reason = "what the scaler remembers is locked only in sync code, never across an .await"
+)]
 pub struct WorkloadScaler<A> {
     api: A,
     config: ScalerConfig,
-    memory: Mutex<Memory>,
+    memory: std::sync::Mutex<Memory>,
 }
 
 #[derive(Debug, Default)]
@@ -95,11 +99,15 @@ enum Failure {
 impl<A: WorkloadApi> WorkloadScaler<A> {
     /// A scaler for `config.workload_name()` in `api.namespace()`. Nothing is
     /// requested until the first call.
+    #[expect(
+        clippy::disallowed_types,
+        reason = "makes the memory lock, taken only in sync code"
+    )]
     pub fn new(api: A, config: ScalerConfig) -> Self {
         Self {
             api,
             config,
-            memory: Mutex::new(Memory::default()),
+            memory: std::sync::Mutex::new(Memory::default()),
         }
     }
 

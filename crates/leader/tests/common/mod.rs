@@ -3,7 +3,7 @@
 
 #![allow(dead_code, unreachable_pub, reason = "each test binary uses a part")]
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use rtc_leader::{ElectionConfig, Elector, KubeLeaseStore, LeaderGuard, SystemClock, WallClock};
@@ -88,8 +88,12 @@ pub async fn leader_among(guards: &[LeaderGuard], limit: Duration) -> Option<usi
 /// Looks at every guard ever registered every 5 ms and counts the moments
 /// when more than one said "leader".
 #[derive(Clone, Default)]
+#[expect(
+    clippy::disallowed_types,
+    reason = "`watch` is sync, and the sampler copies the list out before it sleeps"
+)]
 pub struct Recorder {
-    guards: Arc<Mutex<Vec<(String, LeaderGuard)>>>,
+    guards: Arc<std::sync::Mutex<Vec<(String, LeaderGuard)>>>,
 }
 
 pub struct Recording {
