@@ -2,21 +2,21 @@
 
 use std::process::Command;
 
-fn loadgen(args: &[&str]) -> (i32, String) {
+fn loadgen(args: &[&str]) -> std::io::Result<(i32, String)> {
     let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
         .args(args)
         .env_remove("KUBECONFIG")
-        .output()
-        .expect("the binary runs");
-    (
+        .output()?;
+    Ok((
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    ))
 }
 
 #[test]
 fn a_target_off_this_machine_is_refused_naming_the_address_and_the_rule() {
-    let (code, stderr) = loadgen(&["--target", "ws://10.20.30.40:8000", "--duration", "1s"]);
+    let (code, stderr) = loadgen(&["--target", "ws://10.20.30.40:8000", "--duration", "1s"])
+        .expect("the binary runs");
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("10.20.30.40:8000"), "{stderr}");
     assert!(
@@ -40,7 +40,8 @@ fn a_bad_profile_is_refused_naming_the_field_and_what_is_allowed() {
         "ws://127.0.0.1:1",
         "--profile",
         path.to_str().expect("utf-8 path"),
-    ]);
+    ])
+    .expect("the binary runs");
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("phases[0].kind"), "{stderr}");
     assert!(stderr.contains("steady, ramp, spike, calm"), "{stderr}");
@@ -48,7 +49,8 @@ fn a_bad_profile_is_refused_naming_the_field_and_what_is_allowed() {
 
 #[test]
 fn a_bad_duration_flag_is_refused() {
-    let (code, stderr) = loadgen(&["--target", "127.0.0.1:1", "--duration", "soon"]);
+    let (code, stderr) =
+        loadgen(&["--target", "127.0.0.1:1", "--duration", "soon"]).expect("the binary runs");
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("bad duration"), "{stderr}");
 }

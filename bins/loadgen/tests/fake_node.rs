@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::{Mutex, mpsc, watch};
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
-use tokio_tungstenite::tungstenite::http::StatusCode;
+use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
@@ -81,7 +81,7 @@ async fn connection(
                 *refusal.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
                 refusal
                     .headers_mut()
-                    .insert("retry-after", "1".parse().expect("header"));
+                    .insert("retry-after", HeaderValue::from_static("1"));
                 return Err(refusal);
             }
             client = request

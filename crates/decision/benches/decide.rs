@@ -2,6 +2,12 @@
 //! the same run: a bare pass that only sums CPU over the same nodes. The
 //! ratio tells how much the full policy costs over touching every node once.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a benchmark whose fixture cannot be built should stop at once; criterion's functions return nothing"
+)]
+
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use rtc_decision::{Engine, NodeSample, Observation, Policy, State};
 use std::hint::black_box;

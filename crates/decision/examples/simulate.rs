@@ -12,7 +12,7 @@
 //! ```
 
 use rtc_decision::replay::ReplayInput;
-use rtc_decision::{Action, Engine, NodeSample, Observation, Policy, State};
+use rtc_decision::{Action, Engine, NodeSample, Observation, Policy, PolicyError, State};
 
 const TICK_MS: u64 = 15_000;
 const JOIN_DELAY_MS: u64 = 30_000;
@@ -52,8 +52,12 @@ struct Pod {
 }
 
 /// Runs the simulation and returns the observations, one per tick.
-pub fn trace() -> Vec<ReplayInput> {
-    let engine = Engine::new(Policy::default()).expect("default policy is valid");
+///
+/// # Errors
+///
+/// [`PolicyError`] if the default policy is not valid.
+pub fn trace() -> Result<Vec<ReplayInput>, PolicyError> {
+    let engine = Engine::new(Policy::default())?;
     let mut state = State::default();
     let mut pods: Vec<Pod> = (0..3)
         .map(|ordinal| Pod {
@@ -140,12 +144,13 @@ pub fn trace() -> Vec<ReplayInput> {
         replicas = decision.to;
         now += TICK_MS;
     }
-    out
+    Ok(out)
 }
 
 #[allow(dead_code)]
-fn main() {
-    for line in trace() {
-        println!("{}", serde_json::to_string(&line).expect("serializable"));
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    for line in trace()? {
+        println!("{}", serde_json::to_string(&line)?);
     }
+    Ok(())
 }

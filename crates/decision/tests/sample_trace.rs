@@ -9,6 +9,7 @@ mod simulate;
 fn bundled_trace_matches_the_simulator() {
     let bundled = include_str!("../examples/spike-then-calm.jsonl");
     let generated: String = simulate::trace()
+        .expect("the default policy is valid")
         .iter()
         .map(|l| serde_json::to_string(l).expect("serializable") + "\n")
         .collect();

@@ -13,14 +13,12 @@ use rtc_heartbeat::{FleetEvent, LinkStatus, Load, SystemClock, publisher};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-fn redis_script(action: &'static str) {
+fn redis_script(action: &'static str) -> std::io::Result<()> {
     let script =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../deploy/local/services/redis.sh");
-    let status = Command::new(&script)
-        .arg(action)
-        .status()
-        .expect("run the redis service script");
+    let status = Command::new(&script).arg(action).status()?;
     assert!(status.success(), "{} {action}: {status}", script.display());
+    Ok(())
 }
 
 /// Starts Redis again however the test ends, so later tests find it up.
@@ -65,7 +63,8 @@ async fn ingestion_recovers_from_a_redis_restart_without_serving_stale_data_as_f
     let _guard = StartOnDrop;
     tokio::task::spawn_blocking(|| redis_script("stop"))
         .await
-        .expect("stop");
+        .expect("stop")
+        .expect("run the redis service script");
     let stopped = Instant::now();
     let seq_at_stop = fleet
         .snapshot()
@@ -96,7 +95,8 @@ async fn ingestion_recovers_from_a_redis_restart_without_serving_stale_data_as_f
 
     tokio::task::spawn_blocking(|| redis_script("start"))
         .await
-        .expect("start");
+        .expect("start")
+        .expect("run the redis service script");
 
     // Back: reconnected, resynchronised, fresh data from after the restart.
     assert!(

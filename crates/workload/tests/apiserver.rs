@@ -111,12 +111,12 @@ fn scaler(
     namespace: &TestNamespace,
     min: u32,
     max: u32,
-) -> WorkloadScaler<KubeWorkloadApi> {
-    let config = ScalerConfig::new(NAME, min, max).expect("valid bounds");
-    WorkloadScaler::new(
+) -> Result<WorkloadScaler<KubeWorkloadApi>> {
+    let config = ScalerConfig::new(NAME, min, max)?;
+    Ok(WorkloadScaler::new(
         KubeWorkloadApi::new(client.clone(), namespace.name()),
         config,
-    )
+    ))
 }
 
 #[tokio::test]
@@ -124,13 +124,13 @@ async fn detects_each_kind_and_refuses_neither_or_both() -> Result {
     for kind in WorkloadKind::ALL {
         let namespace = rtc_testkit::kubernetes().await?;
         create(&namespace, kind, 2).await?;
-        let scaler = scaler(namespace.client(), &namespace, 2, 50);
+        let scaler = scaler(namespace.client(), &namespace, 2, 50)?;
         assert_eq!(scaler.detect().await?, kind);
         namespace.cleanup().await?;
     }
 
     let namespace = rtc_testkit::kubernetes().await?;
-    let scaler = scaler(namespace.client(), &namespace, 2, 50);
+    let scaler = scaler(namespace.client(), &namespace, 2, 50)?;
     let error = scaler.detect().await.expect_err("nothing there");
     assert!(matches!(error, ScaleError::NotFound { .. }), "{error:?}");
     assert!(error.to_string().contains(namespace.name()), "{error}");
@@ -148,7 +148,7 @@ async fn scales_up_and_down_through_the_scale_subresource() -> Result {
     for kind in WorkloadKind::ALL {
         let namespace = rtc_testkit::kubernetes().await?;
         create(&namespace, kind, 5).await?;
-        let scaler = scaler(namespace.client(), &namespace, 2, 50);
+        let scaler = scaler(namespace.client(), &namespace, 2, 50)?;
 
         let read = current(&scaler, &namespace).await?;
         assert_eq!(
@@ -187,7 +187,7 @@ async fn scales_up_and_down_through_the_scale_subresource() -> Result {
 async fn clamps_at_both_bounds() -> Result {
     let namespace = rtc_testkit::kubernetes().await?;
     create(&namespace, WorkloadKind::StatefulSet, 4).await?;
-    let scaler = scaler(namespace.client(), &namespace, 3, 6);
+    let scaler = scaler(namespace.client(), &namespace, 3, 6)?;
 
     let read = current(&scaler, &namespace).await?;
     let outcome = scaler.scale_to(&read, 20, "test", &AlwaysValid).await?;
@@ -229,7 +229,7 @@ async fn a_concurrent_writer_makes_a_conflict_not_an_overwrite() -> Result {
     for kind in WorkloadKind::ALL {
         let namespace = rtc_testkit::kubernetes().await?;
         create(&namespace, kind, 5).await?;
-        let scaler = scaler(namespace.client(), &namespace, 2, 50);
+        let scaler = scaler(namespace.client(), &namespace, 2, 50)?;
         let read = current(&scaler, &namespace).await?;
 
         // Another writer (an operator, KEDA) changes replicas in between.
@@ -287,7 +287,7 @@ async fn deployment_pods_get_deletion_costs_with_the_victim_lowest() -> Result {
     for name in names {
         create_pod(&pods, name).await?;
     }
-    let scaler = scaler(namespace.client(), &namespace, 2, 50);
+    let scaler = scaler(namespace.client(), &namespace, 2, 50)?;
     let read = current(&scaler, &namespace).await?;
     let loads = BTreeMap::from([
         (names[0].to_owned(), 120),
@@ -363,7 +363,7 @@ async fn stateful_set_pods_are_not_annotated_and_the_top_ordinal_is_named() -> R
         }
         pods.patch(&name, &PatchParams::default(), &mark).await?;
     }
-    let scaler = scaler(namespace.client(), &namespace, 2, 50);
+    let scaler = scaler(namespace.client(), &namespace, 2, 50)?;
     let read = current(&scaler, &namespace).await?;
     let loads = BTreeMap::from([("socket-0".to_owned(), 1), ("socket-2".to_owned(), 900)]);
 
@@ -391,7 +391,7 @@ async fn stateful_set_pods_are_not_annotated_and_the_top_ordinal_is_named() -> R
 async fn a_workload_deleted_mid_run_is_a_clear_error_and_recovers() -> Result {
     let namespace = rtc_testkit::kubernetes().await?;
     create(&namespace, WorkloadKind::Deployment, 3).await?;
-    let scaler = scaler(namespace.client(), &namespace, 2, 50);
+    let scaler = scaler(namespace.client(), &namespace, 2, 50)?;
     let read = current(&scaler, &namespace).await?;
 
     delete(&namespace, WorkloadKind::Deployment).await?;

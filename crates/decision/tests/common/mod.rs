@@ -1,5 +1,10 @@
 //! Small fixture builders shared by the decision tests.
 #![allow(dead_code, unreachable_pub)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test support: a fixture that cannot be built should fail the test that uses it, at once"
+)]
 
 use rtc_decision::{Decision, Engine, NodeSample, Observation, Policy, State};
 

@@ -1,6 +1,11 @@
 //! Shared set-up for the tests against the local stack's Redis.
 
 #![allow(dead_code, unreachable_pub, reason = "each test binary uses a part")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test support: a fixture that cannot be built should fail the test that uses it, at once"
+)]
 
 use std::time::Duration;
 

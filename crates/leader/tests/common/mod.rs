@@ -2,6 +2,11 @@
 //! server, and a recorder that checks there is never more than one leader.
 
 #![allow(dead_code, unreachable_pub, reason = "each test binary uses a part")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test support: a fixture that cannot be built should fail the test that uses it, at once"
+)]
 
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;

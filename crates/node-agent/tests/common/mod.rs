@@ -8,6 +8,11 @@
     unreachable_pub,
     reason = "each test binary uses a different part"
 )]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test support: a fixture that cannot be built should fail the test that uses it, at once"
+)]
 
 use std::io::Read;
 use std::net::Ipv4Addr;
