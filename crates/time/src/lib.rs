@@ -2,10 +2,10 @@
 //! waits between retries can be tested without the real clock.
 //!
 //! - [`WallClock`]: the one wall-clock abstraction of the workspace.
-//!   [`SystemClock`] reads the system clock (the only place in the
-//!   load-balancer side that does), [`ManualClock`] moves only when told to,
-//!   and [`SkewedClock`] is the system clock shifted, as on a node whose
-//!   clock is wrong.
+//!   [`SystemClock`] reads the system clock, the one place the services do
+//!   (`clippy.toml` bans `SystemTime::now` elsewhere); [`ManualClock`]
+//!   moves only when told to, and [`SkewedClock`] is the system clock
+//!   shifted, as on a node whose clock is wrong.
 //! - [`Backoff`]: exponential delays between retries, doubling from `min`
 //!   up to `max`.
 //!
