@@ -26,6 +26,9 @@ pub enum TickError {
     /// state was not advanced, so the next tick decides again.
     #[error("scaling failed: {0}")]
     Scale(#[source] ScaleError),
+    /// The workload could not be claimed for this leader's token.
+    #[error("claiming the workload failed: {0}")]
+    Claim(#[source] ScaleError),
 }
 
 impl TickError {
@@ -35,6 +38,7 @@ impl TickError {
             TickError::NotLeader(_) => "not_leader",
             TickError::Read(_) => "read_failed",
             TickError::Scale(_) => "scale_failed",
+            TickError::Claim(_) => "claim_failed",
         }
     }
 }
@@ -68,6 +72,11 @@ pub struct TickReport {
     /// Whether the decision state was saved for a successor.
     pub state_saved: bool,
 }
+
+/// The leader's scaling loop, one tick at a time: read the workload,
+/// decide, prepare a scale-in, write `/scale`, publish the signal, save the
+/// How long saving the decision state may take before the tick goes on.
+pub(crate) const SAVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The leader's scaling loop, one tick at a time: read the workload,
 /// decide, prepare a scale-in, write `/scale`, publish the signal, save the
@@ -159,6 +168,25 @@ impl<A: WorkloadApi, R: StateRepo> Controller<A, R> {
     /// Runs one tick at `now_ms` (wall clock, ms since the Unix epoch: the
     /// state's times must mean the same on every replica) over the fleet's
     /// latest samples, writing only while `fence` allows it.
+    /// Claims the workload for the token `fence` grants
+    /// ([`WorkloadScaler::claim`]): call it on becoming leader, before the
+    /// first tick, so that every write an earlier leader still has in flight
+    /// fails at the API server.
+    ///
+    /// # Errors
+    ///
+    /// [`TickError::Claim`] when the claim fails or a newer leader has
+    /// claimed the workload.
+    pub async fn claim(&self, fence: &dyn Fence) -> Result<(), TickError> {
+        let result = self.scaler.claim(fence).await;
+        let label = match &result {
+            Ok(_) => "ok",
+            Err(e) => e.label(),
+        };
+        metrics::counter!("rtc_lb_workload_claims_total", "result" => label).increment(1);
+        result.map(drop).map_err(TickError::Claim)
+    }
+
     pub async fn tick(
         &mut self,
         now_ms: u64,
@@ -184,8 +212,12 @@ impl<A: WorkloadApi, R: StateRepo> Controller<A, R> {
         samples: &[NodeSample],
         fence: &dyn Fence,
     ) -> Result<TickReport, TickError> {
-        let token = fence.check()?;
-        let read = self.scaler.current().await.map_err(TickError::Read)?;
+        let token = fence.check()?.token;
+        let read = self
+            .scaler
+            .current_under(fence)
+            .await
+            .map_err(TickError::Read)?;
 
         let started = Instant::now();
         let obs = Observation {
@@ -283,9 +315,18 @@ impl<A: WorkloadApi, R: StateRepo> Controller<A, R> {
             }
         };
 
-        let state_saved = match self.repo.save(token, &self.state).await {
-            Ok(()) => true,
-            Err(e) => {
+        // Bounded, so that a stalled Redis cannot hold the loop; the state is
+        // already updated in memory and the next tick saves it again.
+        let save = tokio::time::timeout(SAVE_TIMEOUT, self.repo.save(token, &self.state)).await;
+        let state_saved = match save {
+            Ok(Ok(())) => true,
+            Err(_) => {
+                warn!(timeout = ?SAVE_TIMEOUT, "saving the decision state timed out");
+                metrics::counter!("rtc_lb_state_errors_total", "op" => "save", "error" => "timeout")
+                    .increment(1);
+                false
+            }
+            Ok(Err(e)) => {
                 warn!(error = %e, "saving the decision state failed");
                 metrics::counter!("rtc_lb_state_errors_total", "op" => "save", "error" => e.label())
                     .increment(1);

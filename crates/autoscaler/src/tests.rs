@@ -190,7 +190,7 @@ async fn scale_in_marks_the_least_loaded_pod_cheapest() {
 async fn a_refused_fence_writes_nothing() {
     struct Lost;
     impl rtc_workload::Fence for Lost {
-        fn check(&self) -> Result<u64, rtc_workload::FenceError> {
+        fn check(&self) -> Result<rtc_workload::Permit, rtc_workload::FenceError> {
             Err(rtc_workload::FenceError::new("lease held by lb-1"))
         }
     }

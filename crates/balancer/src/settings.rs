@@ -229,6 +229,17 @@ impl RawSettings {
             safety_margin: duration("LEADER_SAFETY_MARGIN_MS", &self.safety_margin)?,
             shutdown_timeout: duration("SHUTDOWN_TIMEOUT_MS", &self.shutdown_timeout)?,
         };
+        looping.validate_against(&election).map_err(|e| {
+            SettingError::new(
+                "LEADER_SAFETY_MARGIN_MS / RENEW_DEADLINE_MS / RETRY_PERIOD_MS",
+                format!(
+                    "bad setting LEADER_SAFETY_MARGIN_MS / RENEW_DEADLINE_MS / RETRY_PERIOD_MS ({} / {} / {}): {e}",
+                    format_duration(looping.safety_margin),
+                    format_duration(renew_deadline),
+                    format_duration(retry_period)
+                ),
+            )
+        })?;
         let engine = Engine::new(policy).map_err(|e| SettingError::new("policy", e.to_string()))?;
         Ok(Settings {
             identity,
@@ -386,6 +397,16 @@ mod tests {
         assert_eq!(s.election.renew_deadline, Duration::from_secs(10));
         assert_eq!(s.looping.tick_interval, Duration::from_secs(5));
         assert_eq!(s.looping.shutdown_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_safety_margin_that_leaves_no_time_to_write_names_the_keys() {
+        let mut r = raw();
+        r.safety_margin = "8s".to_owned();
+        let err = r.validate().expect_err("8 s >= 10 s - 2 s");
+        assert!(err.message.contains("LEADER_SAFETY_MARGIN_MS"), "{err}");
+        assert!(err.message.contains("RENEW_DEADLINE_MS"), "{err}");
+        assert!(err.message.contains("8s / 10s / 2s"), "{err}");
     }
 
     #[test]
