@@ -29,8 +29,9 @@ pub struct Policy {
     /// Longest time between two observations that still counts as seeing
     /// the fleet on every tick. When the fleet was last seen low longer ago
     /// than this (ticks failed, no process was leading, or a resumed state
-    /// is behind), the low clock restarts. Must be longer than the caller's
-    /// tick interval, or every tick is a gap and the fleet never scales in.
+    /// is behind), the low clock restarts. Keep it above the caller's tick
+    /// interval, with room for jitter: below it every tick is a gap and the
+    /// fleet never scales in.
     pub max_observation_gap_ms: i64,
     /// Largest scale-out step (`MAX_SCALE_STEP`).
     pub max_step: u32,
