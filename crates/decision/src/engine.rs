@@ -27,6 +27,11 @@ pub struct State {
     /// Since when the fleet has been continuously under-loaded with complete
     /// data, if it is.
     pub low_since_ms: Option<u64>,
+    /// When the fleet was last seen under-loaded with complete data: the
+    /// time of the latest observation while the low clock runs. A state
+    /// stored before this field existed lacks it; then `low_since_ms`
+    /// stands in, the last time that state proves the fleet was seen low.
+    pub low_seen_ms: Option<u64>,
 }
 
 impl Default for State {
@@ -37,6 +42,7 @@ impl Default for State {
             last_scale_in_ms: None,
             consecutive: 0,
             low_since_ms: None,
+            low_seen_ms: None,
         }
     }
 }
@@ -139,9 +145,11 @@ impl Engine {
             excluded: scan.excluded,
             step: None,
             low_for_ms: None,
+            observation_gap_ms: None,
         };
         if scan.aggregates.n == 0 {
             next.low_since_ms = None;
+            next.low_seen_ms = None;
             return (d, next);
         }
         let (urgency, trigger, indicators) = self.assess(&scan.aggregates);
@@ -150,6 +158,7 @@ impl Engine {
         d.indicators = indicators;
         if urgency > Urgency::None {
             next.low_since_ms = None;
+            next.low_seen_ms = None;
             self.scale_out(state, obs, d, next)
         } else {
             self.scale_in(state, obs, &scan, d, next)
@@ -399,11 +408,22 @@ impl Engine {
         let low = self.is_low(&d.aggregates);
         let complete = d.aggregates.n == obs.replicas;
 
-        next.low_since_ms = if low && complete {
-            Some(state.low_since_ms.map_or(now, |t| t.min(now)))
+        // "Low on every tick since it was first seen": a clock last
+        // confirmed longer ago than the gap bound has not seen every tick.
+        let gap = state
+            .low_seen_ms
+            .or(state.low_since_ms)
+            .map(|seen| now.saturating_sub(seen))
+            .filter(|&gap| i128::from(gap) > i128::from(p.max_observation_gap_ms));
+        let running = state.low_since_ms.filter(|_| gap.is_none());
+        if low && complete {
+            next.low_since_ms = Some(running.map_or(now, |t| t.min(now)));
+            next.low_seen_ms = Some(now);
+            d.observation_gap_ms = gap.filter(|_| state.low_since_ms.is_some());
         } else {
-            None
-        };
+            next.low_since_ms = None;
+            next.low_seen_ms = None;
+        }
         d.low_for_ms = next.low_since_ms.map(|t| now.saturating_sub(t));
 
         let passed = |at: Option<u64>, window: i64| {
@@ -438,6 +458,7 @@ impl Engine {
         next.last_scale_in_ms = Some(now);
         next.consecutive = 0;
         next.low_since_ms = None;
+        next.low_seen_ms = None;
         (d, next)
     }
 }
