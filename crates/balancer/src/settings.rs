@@ -240,6 +240,17 @@ impl RawSettings {
                 ),
             )
         })?;
+        let gap = Duration::from_millis(u64::try_from(policy.max_observation_gap_ms).unwrap_or(0));
+        if tick_interval >= gap {
+            return Err(SettingError::new(
+                "TICK_INTERVAL_MS",
+                format!(
+                    "bad setting TICK_INTERVAL_MS: value {:?} is not allowed; allowed: less than the policy's max_observation_gap_ms ({}), or every tick would restart the scale-in clock",
+                    self.tick_interval,
+                    format_duration(gap)
+                ),
+            ));
+        }
         let engine = Engine::new(policy).map_err(|e| SettingError::new("policy", e.to_string()))?;
         Ok(Settings {
             identity,
@@ -407,6 +418,18 @@ mod tests {
         assert!(err.message.contains("LEADER_SAFETY_MARGIN_MS"), "{err}");
         assert!(err.message.contains("RENEW_DEADLINE_MS"), "{err}");
         assert!(err.message.contains("8s / 10s / 2s"), "{err}");
+    }
+
+    #[test]
+    fn a_tick_interval_at_the_observation_gap_is_refused() {
+        let mut r = raw();
+        r.tick_interval = "15s".to_owned();
+        let err = r.validate().expect_err("15 s tick, 15 s gap bound");
+        assert_eq!(err.key, "TICK_INTERVAL_MS");
+        assert!(
+            err.message.contains("max_observation_gap_ms (15s)"),
+            "{err}"
+        );
     }
 
     #[test]
