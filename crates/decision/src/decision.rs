@@ -85,6 +85,9 @@ pub enum Reason {
     MultiplePressureIndicators,
     /// Scale-in: the fleet has been under-loaded long enough.
     ExcessCapacity,
+    /// Scale-out to the minimum: the workload has fewer replicas than
+    /// `min_replicas`, whatever the load.
+    BelowMin,
     /// Hold: no fresh node reports.
     NoData,
     /// Hold: a recent scale-out's pods have not joined yet.
@@ -123,11 +126,12 @@ impl Reason {
             Reason::Cooldown => "cooldown",
             Reason::Stabilizing => "stabilizing",
             Reason::Balanced => "balanced",
+            Reason::BelowMin => "below-min",
         }
     }
 
     /// Every reason, for pre-registering metric series.
-    pub const ALL: [Reason; 15] = [
+    pub const ALL: [Reason; 16] = [
         Reason::ResourceOverload,
         Reason::HotspotDetected,
         Reason::CapacityExhausted,
@@ -143,6 +147,7 @@ impl Reason {
         Reason::Cooldown,
         Reason::Stabilizing,
         Reason::Balanced,
+        Reason::BelowMin,
     ];
 }
 

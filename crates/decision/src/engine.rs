@@ -128,6 +128,31 @@ impl Engine {
     /// Decides one tick. Pure: the same policy, state and observation always
     /// give the same decision and next state. Never panics.
     pub fn decide(&self, state: &State, obs: &Observation<'_>) -> (Decision, State) {
+        let (d, next) = self.decide_on_load(state, obs);
+        let min = self.policy.min_replicas;
+        if obs.replicas < min && d.to < min {
+            // Below the minimum (a workload created without replicas, or
+            // scaled down by hand): back to the minimum whatever the load,
+            // without touching the scale-out history, which is about load.
+            let d = Decision {
+                action: Action::ScaleOut,
+                to: min,
+                reason: Reason::BelowMin,
+                victim: None,
+                step: None,
+                ..d
+            };
+            let next = State {
+                last_scale_out: state.last_scale_out,
+                consecutive: state.consecutive,
+                ..next
+            };
+            return (d, next);
+        }
+        (d, next)
+    }
+
+    fn decide_on_load(&self, state: &State, obs: &Observation<'_>) -> (Decision, State) {
         let scan = self.scan(obs.nodes);
         let mut next = state.clone();
         next.version = STATE_VERSION;

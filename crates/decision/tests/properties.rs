@@ -210,11 +210,19 @@ proptest! {
                 prop_assert_eq!(d.to, d.from);
                 prop_assert!(d.victim.is_none());
             }
+            Action::ScaleOut if d.reason == rtc_decision::Reason::BelowMin => {
+                // Back to the minimum, whatever the load; history untouched.
+                prop_assert!(replicas < min);
+                prop_assert_eq!(d.to, min);
+                prop_assert_eq!(next.last_scale_out.map(|l| l.at_ms), state.last_scale_out.map(|l| l.at_ms));
+                prop_assert_eq!(next.consecutive, state.consecutive);
+            }
             Action::ScaleOut => {
                 prop_assert!(d.urgency > Urgency::None);
                 let step = d.to - d.from;
                 prop_assert!((1..=policy.max_step).contains(&step), "step {}", step);
                 prop_assert!(d.to <= max);
+                prop_assert!(d.to >= min.min(max));
                 prop_assert_eq!(next.last_scale_out.map(|l| l.at_ms), Some(now_ms));
             }
             Action::ScaleIn => {

@@ -968,3 +968,45 @@ fn state_resumes_after_a_serde_round_trip() {
     let old: State = serde_json::from_str(r#"{"consecutive":2}"#).expect("sparse state");
     assert_eq!(old.consecutive, 2);
 }
+
+#[test]
+fn below_the_minimum_the_fleet_goes_back_to_it_whatever_the_load() {
+    let e = engine_with(Policy::default());
+    // Idle, no data, and settling all scale a fleet below min back to min.
+    for (replicas, nodes) in [(1, idle(1)), (0, Vec::new()), (1, Vec::new())] {
+        let d = once(&e, replicas, &nodes);
+        assert_eq!(d.action, Action::ScaleOut, "{d:?}");
+        assert_eq!((d.from, d.to), (replicas, 2), "{d:?}");
+        assert_eq!(d.reason, Reason::BelowMin);
+        assert_eq!(d.reason.as_str(), "below-min");
+    }
+    // Under load, the larger step wins: 1 + 3 (critical) is above min.
+    let hot = fleet(1, |_, n| NodeSample {
+        cpu: 0.95,
+        mem: 0.5,
+        ..n
+    });
+    let d = once(&e, 1, &hot);
+    assert_eq!(
+        (d.action, d.to, d.reason),
+        (Action::ScaleOut, 4, Reason::ResourceOverload)
+    );
+    // At min, the rule does nothing.
+    assert_hold(&once(&e, 2, &idle(2)), Reason::AtMin, Urgency::None);
+}
+
+#[test]
+fn going_back_to_the_minimum_leaves_the_scale_out_history_alone() {
+    let e = engine_with(Policy::default());
+    let (d, next) = e.decide(
+        &State::default(),
+        &rtc_decision::Observation {
+            now_ms: 1_000,
+            replicas: 1,
+            nodes: &idle(1),
+        },
+    );
+    assert_eq!(d.reason, Reason::BelowMin);
+    assert_eq!(next.last_scale_out, None);
+    assert_eq!(next.consecutive, 0);
+}
