@@ -32,6 +32,14 @@ pub struct State {
     /// stored before this field existed lacks it; then `low_since_ms`
     /// stands in, the last time that state proves the fleet was seen low.
     pub low_seen_ms: Option<u64>,
+    /// The replica count this state last decided on: the target of its
+    /// last scale, or the count a hold saw. More replicas than this at the
+    /// next observation means a scale-out the state does not know of (a
+    /// write that landed without being recorded, or another writer): it is
+    /// treated as a scale-out at that moment, so the fleet settles instead
+    /// of being scaled again on top. `None` in a state stored before the
+    /// field existed.
+    pub replicas_seen: Option<u32>,
 }
 
 impl Default for State {
@@ -43,6 +51,7 @@ impl Default for State {
             consecutive: 0,
             low_since_ms: None,
             low_seen_ms: None,
+            replicas_seen: None,
         }
     }
 }
@@ -128,7 +137,55 @@ impl Engine {
     /// Decides one tick. Pure: the same policy, state and observation always
     /// give the same decision and next state. Never panics.
     pub fn decide(&self, state: &State, obs: &Observation<'_>) -> (Decision, State) {
-        let (d, next) = self.decide_on_load(state, obs);
+        let known;
+        let state = match state.replicas_seen {
+            Some(seen) if obs.replicas > seen => {
+                known = self.unrecorded_scale_out(state, obs);
+                &known
+            }
+            Some(seen) if obs.replicas < seen => {
+                // Scaled in by someone else: nothing to settle, but a later
+                // scale-out back up must be noticed.
+                known = State {
+                    replicas_seen: Some(obs.replicas),
+                    ..state.clone()
+                };
+                &known
+            }
+            _ => state,
+        };
+        let (d, mut next) = self.decide_on_load(state, obs);
+        if d.action != Action::Hold {
+            next.replicas_seen = Some(d.to);
+        }
+        let (d, next) = self.below_min(state, obs, d, next);
+        (d, next)
+    }
+
+    /// `state` with the scale-out it does not know of recorded at `now`,
+    /// with the urgency and load of now: the settling rule then holds while
+    /// the new pods join, unless the urgency rises.
+    fn unrecorded_scale_out(&self, state: &State, obs: &Observation<'_>) -> State {
+        let scan = self.scan(obs.nodes);
+        let (urgency, _, _) = self.assess(&scan.aggregates);
+        State {
+            last_scale_out: Some(ScaleOutRecord {
+                at_ms: obs.now_ms,
+                urgency,
+                snapshot: Snapshot::from(&scan.aggregates),
+            }),
+            replicas_seen: Some(obs.replicas),
+            ..state.clone()
+        }
+    }
+
+    fn below_min(
+        &self,
+        state: &State,
+        obs: &Observation<'_>,
+        d: Decision,
+        next: State,
+    ) -> (Decision, State) {
         let min = self.policy.min_replicas;
         if obs.replicas < min && d.to < min {
             // Below the minimum (a workload created without replicas, or
@@ -145,6 +202,7 @@ impl Engine {
             let next = State {
                 last_scale_out: state.last_scale_out,
                 consecutive: state.consecutive,
+                replicas_seen: Some(min),
                 ..next
             };
             return (d, next);

@@ -1010,3 +1010,56 @@ fn going_back_to_the_minimum_leaves_the_scale_out_history_alone() {
     assert_eq!(next.last_scale_out, None);
     assert_eq!(next.consecutive, 0);
 }
+
+#[test]
+fn more_replicas_than_the_state_knows_of_settle_instead_of_scaling_on_top() {
+    let e = engine();
+    let hot = |n| {
+        fleet(n, |_, nd| NodeSample {
+            cpu: 0.9,
+            mem: 0.5,
+            ..nd
+        })
+    };
+    // The state scaled 2 -> 5 long ago; its write of 5 -> 8 landed without
+    // being recorded. The next leader sees 8 replicas, 5 of them reporting,
+    // under the same overload.
+    let (d, state) = decide(&e, &State::default(), 0, 2, &hot(2));
+    assert_out(&d, Reason::ResourceOverload, Urgency::Critical, 2, 5);
+    assert_eq!(state.replicas_seen, Some(5));
+    let later = 10 * 60 * 1_000;
+    let (d, next) = decide(&e, &state, later, 8, &hot(5));
+    assert_hold(&d, Reason::Settling, Urgency::Critical);
+    assert_eq!(next.last_scale_out.map(|s| s.at_ms), Some(later));
+    assert_eq!(next.replicas_seen, Some(8));
+    // Still settling a tick later, not noticed twice.
+    let (d, next) = decide(&e, &next, later + 5_000, 8, &hot(5));
+    assert_hold(&d, Reason::Settling, Urgency::Critical);
+    assert_eq!(next.last_scale_out.map(|s| s.at_ms), Some(later));
+    // Once the settle time has passed, the overload scales again.
+    let settled = later + 61_000;
+    let (d, _) = decide(&e, &next, settled, 8, &hot(5));
+    assert_eq!(d.action, Action::ScaleOut, "{d:?}");
+
+    // Without the knowledge (a state stored before the field existed), the
+    // same observation scales on top.
+    let old = State {
+        replicas_seen: None,
+        ..state
+    };
+    let (d, _) = decide(&e, &old, later, 8, &hot(5));
+    assert_eq!(d.action, Action::ScaleOut, "{d:?}");
+}
+
+#[test]
+fn fewer_replicas_than_the_state_knows_of_are_remembered_without_settling() {
+    let e = engine();
+    let state = State {
+        replicas_seen: Some(8),
+        ..State::default()
+    };
+    let (d, next) = decide(&e, &state, 1_000, 5, &idle(5));
+    assert_eq!(d.action, Action::Hold);
+    assert_eq!(next.replicas_seen, Some(5));
+    assert_eq!(next.last_scale_out, None);
+}
