@@ -24,6 +24,7 @@ fn state(at_ms: u64) -> State {
         consecutive: 3,
         low_since_ms: None,
         low_seen_ms: None,
+        replicas_seen: None,
     }
 }
 
