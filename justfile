@@ -29,11 +29,12 @@ test: check-decision-deps check-relay-core
     eval "$(deploy/local/stack env)"
     cargo test --workspace --locked
 
-# Unit, property and doc tests only (no servers needed).
+# Unit, property and doc tests, and the offline manifest checks (no servers needed).
 test-offline:
     cargo test --workspace --locked --lib --bins
     cargo test --workspace --locked --doc
     cargo test --locked -p rtc-decision --tests
+    cargo test --locked -p rtc-load-balancer --test keda_backup
 
 # Fail if the decision core has any async, networking or Kubernetes crate under it.
 check-decision-deps:

@@ -1,7 +1,8 @@
 //! The command line: every flag, with the environment key that can set it.
-//! Definitions only; [`crate::settings`] validates them.
+//! Definitions, and their hand-over to `rtc-balancer`, which validates them.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use rtc_balancer::{PolicyInput, RawSettings};
 use rtc_telemetry::LogFormat;
 use std::path::PathBuf;
 
@@ -19,7 +20,7 @@ pub(crate) enum Command {
     Run(Box<RunArgs>),
     /// Replay JSON lines of observations through the decision core and print
     /// each decision (offline; no cluster needed).
-    Decide(DecideArgs),
+    Decide(Box<DecideArgs>),
 }
 
 /// The load-balancer's settings. Each flag can also be set through the
@@ -85,14 +86,14 @@ pub(crate) struct RunArgs {
     )]
     pub(crate) state_key: String,
 
-    /// Time between two scaling ticks of the leader, in ms.
+    /// Time between two scaling ticks of the leader, ms (or with a unit: 5s, 1m).
     #[arg(
         long,
         env = "TICK_INTERVAL_MS",
-        default_value_t = 5_000,
+        default_value = "5000",
         value_name = "MS"
     )]
-    pub(crate) tick_interval_ms: u64,
+    pub(crate) tick_interval_ms: String,
 
     /// Name of the Lease the replicas compete for.
     #[arg(
@@ -103,41 +104,41 @@ pub(crate) struct RunArgs {
     )]
     pub(crate) lease_name: String,
 
-    /// How long others wait on an unrenewed Lease before taking it, in ms.
+    /// How long others wait on an unrenewed Lease before taking it, ms (or with a unit: 5s, 1m).
     #[arg(
         long,
         env = "LEASE_DURATION_MS",
-        default_value_t = 15_000,
+        default_value = "15000",
         value_name = "MS"
     )]
-    pub(crate) lease_duration_ms: u64,
+    pub(crate) lease_duration_ms: String,
 
-    /// How long a leader keeps trying to renew before stepping down, in ms.
+    /// How long a leader keeps trying to renew before stepping down, ms (or with a unit: 5s, 1m).
     #[arg(
         long,
         env = "RENEW_DEADLINE_MS",
-        default_value_t = 10_000,
+        default_value = "10000",
         value_name = "MS"
     )]
-    pub(crate) renew_deadline_ms: u64,
+    pub(crate) renew_deadline_ms: String,
 
-    /// Time between two acquire or renew attempts, in ms.
+    /// Time between two acquire or renew attempts, ms (or with a unit: 5s, 1m).
     #[arg(
         long,
         env = "RETRY_PERIOD_MS",
-        default_value_t = 2_000,
+        default_value = "2000",
         value_name = "MS"
     )]
-    pub(crate) retry_period_ms: u64,
+    pub(crate) retry_period_ms: String,
 
-    /// Lease time that must be left before a write, in ms.
+    /// Lease time that must be left before a write, ms (or with a unit: 5s, 1m).
     #[arg(
         long,
         env = "LEADER_SAFETY_MARGIN_MS",
-        default_value_t = 2_000,
+        default_value = "2000",
         value_name = "MS"
     )]
-    pub(crate) safety_margin_ms: u64,
+    pub(crate) safety_margin_ms: String,
 
     /// Address of the admin HTTP port (/healthz, /readyz, /metrics, /decisions).
     #[arg(
@@ -161,14 +162,14 @@ pub(crate) struct RunArgs {
     )]
     pub(crate) decision_history: usize,
 
-    /// How long shutdown may take (finishing a tick, releasing the Lease), in ms.
+    /// How long shutdown may take (finishing a tick, releasing the Lease), ms (or with a unit: 5s, 1m).
     #[arg(
         long,
         env = "SHUTDOWN_TIMEOUT_MS",
-        default_value_t = 10_000,
+        default_value = "10000",
         value_name = "MS"
     )]
-    pub(crate) shutdown_timeout_ms: u64,
+    pub(crate) shutdown_timeout_ms: String,
 
     #[command(flatten)]
     pub(crate) policy: PolicyArgs,
@@ -195,50 +196,50 @@ pub(crate) struct PolicyArgs {
     #[arg(long, env = "MAX_SCALE_STEP", value_name = "N")]
     pub(crate) max_step: Option<u32>,
 
-    /// A scale-out this soon after the previous one may grow the step, in ms [default: 180000].
+    /// A scale-out this soon after the previous one may grow the step, ms or with a unit [default: 180000].
     #[arg(
         long,
         env = "SCALE_OUT_WINDOW_MS",
         value_name = "MS",
         allow_negative_numbers = true
     )]
-    pub(crate) scale_out_window_ms: Option<i64>,
+    pub(crate) scale_out_window_ms: Option<String>,
 
-    /// Minimum time between a scale-in and the previous scaling, in ms [default: 300000].
+    /// Minimum time between a scale-in and the previous scaling, ms or with a unit [default: 300000].
     #[arg(
         long,
         env = "SCALE_IN_WINDOW_MS",
         value_name = "MS",
         allow_negative_numbers = true
     )]
-    pub(crate) scale_in_window_ms: Option<i64>,
+    pub(crate) scale_in_window_ms: Option<String>,
 
-    /// How long the fleet must stay under-loaded before a scale-in, in ms [default: 180000].
+    /// How long the fleet must stay under-loaded before a scale-in, ms or with a unit [default: 180000].
     #[arg(
         long,
         env = "SCALE_IN_STABILIZATION_MS",
         value_name = "MS",
         allow_negative_numbers = true
     )]
-    pub(crate) scale_in_stabilization_ms: Option<i64>,
+    pub(crate) scale_in_stabilization_ms: Option<String>,
 
-    /// Hold after a scale-out while new pods join, in ms [default: 60000].
+    /// Hold after a scale-out while new pods join, ms or with a unit [default: 60000].
     #[arg(
         long,
         env = "SETTLE_MS",
         value_name = "MS",
         allow_negative_numbers = true
     )]
-    pub(crate) settle_ms: Option<i64>,
+    pub(crate) settle_ms: Option<String>,
 
-    /// A heartbeat older than this is stale, in ms [default: 15000].
+    /// A heartbeat older than this is stale, ms or with a unit [default: 15000].
     #[arg(
         long,
         env = "STALE_AFTER_MS",
         value_name = "MS",
         allow_negative_numbers = true
     )]
-    pub(crate) stale_after_ms: Option<i64>,
+    pub(crate) stale_after_ms: Option<String>,
 
     /// Connections one pod is sized for; enables the connection-utilisation rules [default: unset].
     #[arg(
@@ -280,4 +281,155 @@ pub(crate) struct DecideArgs {
 
     #[command(flatten)]
     pub(crate) policy: PolicyArgs,
+}
+
+impl RunArgs {
+    /// The settings as given, with `hostname` (HOSTNAME) as the fallback
+    /// identity.
+    pub(crate) fn raw(&self, hostname: Option<String>) -> RawSettings {
+        RawSettings {
+            identity: self.identity.clone(),
+            hostname,
+            namespace: self.namespace.clone(),
+            workload: self.workload.clone(),
+            redis_url: self.redis_url.clone(),
+            kafka_bootstrap: self.kafka_bootstrap.clone(),
+            heartbeat_prefix: self.heartbeat_prefix.clone(),
+            state_key: self.state_key.clone(),
+            lease_name: self.lease_name.clone(),
+            tick_interval: self.tick_interval_ms.clone(),
+            lease_duration: self.lease_duration_ms.clone(),
+            renew_deadline: self.renew_deadline_ms.clone(),
+            retry_period: self.retry_period_ms.clone(),
+            safety_margin: self.safety_margin_ms.clone(),
+            shutdown_timeout: self.shutdown_timeout_ms.clone(),
+            admin_addr: self.admin_addr.clone(),
+            decision_history: self.decision_history,
+            policy: self.policy.input(),
+        }
+    }
+}
+
+impl PolicyArgs {
+    /// The policy settings as given.
+    pub(crate) fn input(&self) -> PolicyInput {
+        PolicyInput {
+            policy_file: self.policy_file.clone(),
+            min_replicas: self.min_replicas,
+            max_replicas: self.max_replicas,
+            max_step: self.max_step,
+            scale_out_window: self.scale_out_window_ms.clone(),
+            scale_in_window: self.scale_in_window_ms.clone(),
+            scale_in_stabilization: self.scale_in_stabilization_ms.clone(),
+            settle: self.settle_ms.clone(),
+            stale_after: self.stale_after_ms.clone(),
+            conn_per_pod: self.conn_per_pod,
+            mps_per_pod: self.mps_per_pod,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use rtc_autoscaler::LoopConfig;
+    use rtc_balancer::Settings;
+    use rtc_decision::Policy;
+    use std::time::Duration;
+
+    #[derive(Debug, Parser)]
+    struct Run {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    #[derive(Debug, Parser)]
+    struct Decide {
+        #[command(flatten)]
+        policy: PolicyArgs,
+    }
+
+    fn run_settings(args: &[&str]) -> anyhow::Result<Settings> {
+        let cli = Run::try_parse_from(
+            ["x", "--identity", "lb-0"]
+                .into_iter()
+                .chain(args.iter().copied()),
+        )?;
+        Ok(cli.run.raw(None).validate()?)
+    }
+
+    fn parse(args: &[&str]) -> anyhow::Result<Policy> {
+        let cli = Decide::try_parse_from(std::iter::once("x").chain(args.iter().copied()))?;
+        Ok(cli.policy.input().policy()?)
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let s = run_settings(&[]).expect("defaults");
+        assert_eq!(s.identity, "lb-0");
+        assert!(s.kafka.is_empty());
+        assert_eq!(s.election.lease_duration, Duration::from_secs(15));
+        assert_eq!(s.looping, LoopConfig::default());
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        for (args, key) in [
+            (vec!["--tick-interval-ms", "0"], "TICK_INTERVAL_MS"),
+            (vec!["--admin-addr", "nowhere"], "ADMIN_ADDR"),
+            (vec!["--kafka-bootstrap", "broker"], "KAFKA_BOOTSTRAP"),
+            (vec!["--renew-deadline-ms", "20000"], "RENEW_DEADLINE_MS"),
+            (vec!["--min-replicas", "0"], "SOCKET_MIN_REPLICAS"),
+        ] {
+            let err = run_settings(&args)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains(key), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn flags_override_defaults() {
+        let p = parse(&[
+            "--min-replicas",
+            "3",
+            "--max-replicas",
+            "7",
+            "--conn-per-pod",
+            "1000",
+        ])
+        .expect("valid policy");
+        assert_eq!((p.min_replicas, p.max_replicas), (3, 7));
+        assert_eq!(p.conn_capacity, Some(1000.0));
+        assert_eq!(p.max_step, 5);
+    }
+
+    #[test]
+    fn negative_window_is_refused_naming_the_key() {
+        let err = parse(&["--scale-in-window-ms", "-5"]).expect_err("negative window");
+        let msg = err.to_string();
+        assert!(msg.contains("SCALE_IN_WINDOW_MS"), "{msg}");
+        assert!(msg.contains("-5"), "{msg}");
+        assert!(msg.contains("whole number of milliseconds"), "{msg}");
+    }
+
+    #[test]
+    fn windows_and_lease_timing_take_units() {
+        let p = parse(&["--scale-in-window-ms", "10m", "--settle-ms", "30000"]).expect("valid");
+        assert_eq!((p.scale_in_window_ms, p.settle_ms), (600_000, 30_000));
+        let s = run_settings(&["--lease-duration-ms", "20s", "--renew-deadline-ms", "12s"])
+            .expect("valid");
+        assert_eq!(s.election.lease_duration, Duration::from_secs(20));
+        assert_eq!(s.election.renew_deadline, Duration::from_secs(12));
+    }
+
+    #[test]
+    fn min_above_max_is_refused_naming_the_key() {
+        let err = parse(&["--min-replicas", "9", "--max-replicas", "4"]).expect_err("min > max");
+        let msg = err.to_string();
+        assert!(msg.contains("SOCKET_MAX_REPLICAS"), "{msg}");
+        assert!(msg.contains("at least min_replicas (9)"), "{msg}");
+    }
 }

@@ -7,7 +7,7 @@ use rtc_decision::Engine;
 use std::io::Write;
 
 pub(crate) fn run(args: &DecideArgs) -> anyhow::Result<()> {
-    let engine = Engine::new(crate::settings::policy(&args.policy)?)?;
+    let engine = Engine::new(args.policy.input().policy()?)?;
     let format = match args.format {
         Format::Json => rtc_replay::Format::Json,
         Format::Timeline => rtc_replay::Format::Timeline,

@@ -213,9 +213,15 @@ async fn two_replicas_never_both_scale_and_a_successor_resumes_the_state() -> Re
     );
     let scaled: usize = lbs
         .iter()
-        .map(|l| l.log().matches("SCALE_OUT nodes=").count())
+        .map(|l| l.log().matches("Successfully scaled").count())
         .sum();
-    assert_eq!(scaled, 1, "only the leader scales");
+    assert_eq!(
+        scaled,
+        1,
+        "only the leader scales:\n{}\n---\n{}",
+        lbs[0].log(),
+        lbs[1].log()
+    );
 
     // Kill the leader without a release.
     let holder = ns

@@ -106,14 +106,33 @@ fn kubectl_apply_server_side_of_deploy_k8s_succeeds() -> Result {
         }
     };
     let dir = dir.to_str().ok_or("deploy/k8s path is not UTF-8")?;
-    let applied = kubectl(&[
+    let apply = [
         "apply",
         "--server-side",
         "--field-manager",
         "rtc-test",
         "-f",
         dir,
-    ]);
+    ];
+    let applied = kubectl(&apply);
+    // The load-balancer scales through /scale; the operator applies the
+    // manifests again: the scaling must survive (the manifest leaves
+    // spec.replicas out, so the applier never owns it).
+    let reapplied = applied.as_ref().map_err(|e| e.to_string()).and_then(|_| {
+        kubectl(&["-n", "rtc", "scale", "deployment/socket", "--replicas=5"])
+            .and_then(|_| kubectl(&apply))
+            .and_then(|_| {
+                kubectl(&[
+                    "-n",
+                    "rtc",
+                    "get",
+                    "deployment/socket",
+                    "-o",
+                    "jsonpath={.spec.replicas}",
+                ])
+            })
+            .map_err(|e| e.to_string())
+    });
     // Everything but the namespace and RBAC goes again, whatever the outcome.
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -131,7 +150,13 @@ fn kubectl_apply_server_side_of_deploy_k8s_succeeds() -> Result {
     }
     let deleted = kubectl(&delete);
     let applied = applied?;
+    let replicas_after_reapply = reapplied?;
     deleted?;
+    assert_eq!(
+        replicas_after_reapply.trim(),
+        "5",
+        "applying deploy/k8s again must not reset the load-balancer's scaling"
+    );
     for object in [
         "deployment.apps/socket serverside-applied",
         "deployment.apps/load-balancer serverside-applied",

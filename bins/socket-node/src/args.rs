@@ -48,13 +48,13 @@ pub(crate) struct NodeArgs {
     #[arg(long, env = "HEARTBEAT_INTERVAL", default_value = "5s")]
     pub(crate) heartbeat_interval: String,
 
-    /// A node silent for this long is gone, ms; must exceed the interval.
-    #[arg(long, env = "STALE_AFTER_MS", default_value_t = 15_000)]
-    pub(crate) stale_after_ms: u64,
+    /// A node silent for this long is gone, ms (or with a unit); must exceed the interval.
+    #[arg(long, env = "STALE_AFTER_MS", default_value = "15000")]
+    pub(crate) stale_after_ms: String,
 
-    /// Lifetime of a client's presence entry, ms; renewed every third.
-    #[arg(long, env = "PRESENCE_TTL_MS", default_value_t = 30_000)]
-    pub(crate) presence_ttl_ms: u64,
+    /// Lifetime of a client's presence entry, ms (or with a unit); renewed every third.
+    #[arg(long, env = "PRESENCE_TTL_MS", default_value = "30000")]
+    pub(crate) presence_ttl_ms: String,
 
     /// Connections this node holds at most.
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 50_000)]
@@ -80,51 +80,51 @@ pub(crate) struct NodeArgs {
     #[arg(long, env = "OFFLINE_BUFFER_MAX", default_value_t = 1_000)]
     pub(crate) buffer_max: usize,
 
-    /// How long an offline client's messages are kept, ms.
-    #[arg(long, env = "OFFLINE_BUFFER_TTL_MS", default_value_t = 86_400_000)]
-    pub(crate) buffer_ttl_ms: u64,
+    /// How long an offline client's messages are kept, ms (or with a unit: 5s, 1m).
+    #[arg(long, env = "OFFLINE_BUFFER_TTL_MS", default_value = "86400000")]
+    pub(crate) buffer_ttl_ms: String,
 
     /// Seconds in the messages/s and p95 latency windows.
-    #[arg(long, env = "METRICS_WINDOW_SECS", default_value_t = 10)]
-    pub(crate) window_secs: usize,
+    #[arg(long, env = "METRICS_WINDOW_SECS", default_value = "10")]
+    pub(crate) window_secs: String,
 
     /// Longest a drain may take, with a unit: 5m, 300s.
     #[arg(long, env = "DRAIN_TIMEOUT", default_value = "5m")]
     pub(crate) drain_timeout: String,
 
-    /// Wait after failing readiness before moving clients, ms.
-    #[arg(long, env = "DRAIN_ENDPOINT_DELAY_MS", default_value_t = 5_000)]
-    pub(crate) drain_endpoint_delay_ms: u64,
+    /// Wait after failing readiness before moving clients, ms (or with a unit: 5s, 1m).
+    #[arg(long, env = "DRAIN_ENDPOINT_DELAY_MS", default_value = "5000")]
+    pub(crate) drain_endpoint_delay_ms: String,
 
-    /// Reconnect batches are at least this far apart, ms.
-    #[arg(long, env = "DRAIN_BATCH_INTERVAL_MS", default_value_t = 1_000)]
-    pub(crate) drain_batch_interval_ms: u64,
+    /// Reconnect batches are at least this far apart, ms (or with a unit: 5s, 1m).
+    #[arg(long, env = "DRAIN_BATCH_INTERVAL_MS", default_value = "1000")]
+    pub(crate) drain_batch_interval_ms: String,
 
-    /// Largest retry_after told to a client, ms.
-    #[arg(long, env = "DRAIN_MAX_RETRY_AFTER_MS", default_value_t = 10_000)]
-    pub(crate) drain_max_retry_after_ms: u64,
+    /// Largest retry_after told to a client, ms (or with a unit: 5s, 1m).
+    #[arg(long, env = "DRAIN_MAX_RETRY_AFTER_MS", default_value = "10000")]
+    pub(crate) drain_max_retry_after_ms: String,
 
     /// After the last client left, how long to keep reading the delivery
-    /// topic before the final hand-off, ms.
-    #[arg(long, env = "DRAIN_HANDOFF_GRACE_MS", default_value_t = 1_000)]
-    pub(crate) drain_handoff_grace_ms: u64,
+    /// topic before the final hand-off, ms (or with a unit: 5s, 1m).
+    #[arg(long, env = "DRAIN_HANDOFF_GRACE_MS", default_value = "1000")]
+    pub(crate) drain_handoff_grace_ms: String,
 
-    /// The consumer commits its position to the broker at most this often, ms.
-    #[arg(long, env = "OFFSET_COMMIT_INTERVAL_MS", default_value_t = 1_000)]
-    pub(crate) offset_commit_interval_ms: u64,
+    /// The consumer commits its position to the broker at most this often, ms (or with a unit: 5s, 1m).
+    #[arg(long, env = "OFFSET_COMMIT_INTERVAL_MS", default_value = "1000")]
+    pub(crate) offset_commit_interval_ms: String,
 
-    /// Time between scans for nodes that are gone, ms.
-    #[arg(long, env = "FORWARD_SCAN_INTERVAL_MS", default_value_t = 5_000)]
-    pub(crate) forward_scan_interval_ms: u64,
+    /// Time between scans for nodes that are gone, ms (or with a unit: 5s, 1m).
+    #[arg(long, env = "FORWARD_SCAN_INTERVAL_MS", default_value = "5000")]
+    pub(crate) forward_scan_interval_ms: String,
 
-    /// Lifetime of a claim on a gone node's topic, ms; renewed while forwarding.
-    #[arg(long, env = "FORWARD_CLAIM_TTL_MS", default_value_t = 30_000)]
-    pub(crate) forward_claim_ttl_ms: u64,
+    /// Lifetime of a claim on a gone node's topic, ms (or with a unit); renewed while forwarding.
+    #[arg(long, env = "FORWARD_CLAIM_TTL_MS", default_value = "30000")]
+    pub(crate) forward_claim_ttl_ms: String,
 
     /// A gone node whose topic is read to the end leaves the registry after
-    /// this long, ms; more than PRESENCE_TTL_MS.
-    #[arg(long, env = "FORWARD_RETIRE_AFTER_MS", default_value_t = 600_000)]
-    pub(crate) forward_retire_after_ms: u64,
+    /// this long, ms (or with a unit); more than PRESENCE_TTL_MS.
+    #[arg(long, env = "FORWARD_RETIRE_AFTER_MS", default_value = "600000")]
+    pub(crate) forward_retire_after_ms: String,
 
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
@@ -147,25 +147,25 @@ impl NodeArgs {
             heartbeat_prefix: self.heartbeat_prefix.clone(),
             topic_prefix: self.topic_prefix.clone(),
             heartbeat_interval: self.heartbeat_interval.clone(),
-            stale_after_ms: self.stale_after_ms,
-            presence_ttl_ms: self.presence_ttl_ms,
+            stale_after_ms: self.stale_after_ms.clone(),
+            presence_ttl_ms: self.presence_ttl_ms.clone(),
             max_connections: self.max_connections,
             max_frame_bytes: self.max_frame_bytes,
             rate_per_sec: self.rate_per_sec,
             rate_burst: self.rate_burst,
             send_queue: self.send_queue,
             buffer_max: self.buffer_max,
-            buffer_ttl_ms: self.buffer_ttl_ms,
-            window_secs: self.window_secs,
+            buffer_ttl_ms: self.buffer_ttl_ms.clone(),
+            window_secs: self.window_secs.clone(),
             drain_timeout: self.drain_timeout.clone(),
-            drain_endpoint_delay_ms: self.drain_endpoint_delay_ms,
-            drain_batch_interval_ms: self.drain_batch_interval_ms,
-            drain_max_retry_after_ms: self.drain_max_retry_after_ms,
-            drain_handoff_grace_ms: self.drain_handoff_grace_ms,
-            offset_commit_interval_ms: self.offset_commit_interval_ms,
-            forward_scan_interval_ms: self.forward_scan_interval_ms,
-            forward_claim_ttl_ms: self.forward_claim_ttl_ms,
-            forward_retire_after_ms: self.forward_retire_after_ms,
+            drain_endpoint_delay_ms: self.drain_endpoint_delay_ms.clone(),
+            drain_batch_interval_ms: self.drain_batch_interval_ms.clone(),
+            drain_max_retry_after_ms: self.drain_max_retry_after_ms.clone(),
+            drain_handoff_grace_ms: self.drain_handoff_grace_ms.clone(),
+            offset_commit_interval_ms: self.offset_commit_interval_ms.clone(),
+            forward_scan_interval_ms: self.forward_scan_interval_ms.clone(),
+            forward_claim_ttl_ms: self.forward_claim_ttl_ms.clone(),
+            forward_retire_after_ms: self.forward_retire_after_ms.clone(),
             hostname,
             boot_id: format!("{}-{pid}", now.as_millis()),
             drain_seed: u64::from(pid) ^ u64::from(now.subsec_nanos()),
@@ -178,7 +178,6 @@ mod tests {
     use super::*;
     use clap::Parser;
     use rtc_socket::Settings;
-    use rtc_socket::config::parse_duration;
     use rtc_time::{ManualClock, SystemClock};
     use std::time::Duration;
 
@@ -220,14 +219,16 @@ mod tests {
     }
 
     #[test]
-    fn durations_need_a_unit() {
-        assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
-        assert_eq!(parse_duration("1500ms"), Some(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("2h"), Some(Duration::from_secs(7200)));
-        assert_eq!(parse_duration("300"), None);
-        assert_eq!(parse_duration("5 m"), None);
-        assert_eq!(parse_duration("ms"), None);
-        assert_eq!(parse_duration("99999999999999999999s"), None);
+    fn every_duration_takes_a_unit_and_ms_keys_take_bare_milliseconds() -> anyhow::Result<()> {
+        let bare = settings(&["--stale-after-ms", "20000", "--window-secs", "30"])?;
+        let units = settings(&["--stale-after-ms", "20s", "--window-secs", "30s"])?;
+        assert_eq!(bare.stale_after, Duration::from_secs(20));
+        assert_eq!(units.stale_after, Duration::from_secs(20));
+        assert_eq!((bare.window_secs, units.window_secs), (30, 30));
+        let s = settings(&["--drain-timeout", "1m30s", "--forward-claim-ttl-ms", "1m"])?;
+        assert_eq!(s.drain.timeout, Duration::from_secs(90));
+        assert_eq!(s.forward.claim_ttl, Duration::from_secs(60));
+        Ok(())
     }
 
     #[test]
@@ -248,6 +249,12 @@ mod tests {
             (vec!["--node-id", "a b"], "POD_NAME"),
             (vec!["--topic-prefix", "a/b"], "DELIVERY_TOPIC_PREFIX"),
             (vec!["--window-secs", "0"], "METRICS_WINDOW_SECS"),
+            (vec!["--window-secs", "1500ms"], "METRICS_WINDOW_SECS"),
+            (vec!["--stale-after-ms", "soon"], "STALE_AFTER_MS"),
+            (
+                vec!["--drain-batch-interval-ms", "0"],
+                "DRAIN_BATCH_INTERVAL_MS",
+            ),
             (
                 vec!["--offset-commit-interval-ms", "0"],
                 "OFFSET_COMMIT_INTERVAL_MS",

@@ -3,9 +3,10 @@
 use crate::controller::{Controller, DecisionRecord};
 use crate::state::StateRepo;
 use rtc_heartbeat::FleetSnapshot;
+use rtc_leader::ElectionConfig;
 use rtc_leader::LeaderGuard;
 use rtc_time::{SystemClock, WallClock};
-use rtc_workload::{Fence, FenceError, WorkloadApi};
+use rtc_workload::{Fence, FenceError, Permit, WorkloadApi};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,6 +55,29 @@ impl LoopConfig {
         }
         Ok(())
     }
+
+    /// Checks the safety margin against the election's timing: right after
+    /// a renewal the leader has `renew_deadline` left, and just before the
+    /// next one `renew_deadline - retry_period`; the margin must be below
+    /// that, or the leader would refuse its own writes for part of every
+    /// renewal cycle (or for all of it).
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::MarginTooLarge`].
+    pub fn validate_against(&self, election: &ElectionConfig) -> Result<(), ConfigError> {
+        let window = election
+            .renew_deadline
+            .saturating_sub(election.retry_period);
+        if self.safety_margin >= window {
+            return Err(ConfigError::MarginTooLarge {
+                margin: self.safety_margin,
+                renew_deadline: election.renew_deadline,
+                retry_period: election.retry_period,
+            });
+        }
+        Ok(())
+    }
 }
 
 /// A loop configuration that cannot work.
@@ -63,6 +87,19 @@ pub enum ConfigError {
     /// Ticks must be some time apart.
     #[error("the tick interval must be greater than zero")]
     ZeroTickInterval,
+    /// The safety margin leaves no time to write between renewals.
+    #[error(
+        "the safety margin {margin:?} must be less than the renew deadline {renew_deadline:?} \
+         minus the retry period {retry_period:?}, the least lease time a leader has between renewals"
+    )]
+    MarginTooLarge {
+        /// LEADER_SAFETY_MARGIN_MS.
+        margin: Duration,
+        /// RENEW_DEADLINE_MS.
+        renew_deadline: Duration,
+        /// RETRY_PERIOD_MS.
+        retry_period: Duration,
+    },
 }
 
 /// The leader guard as the workload scaler's [`Fence`]: refuses writes
@@ -82,10 +119,18 @@ impl LeaseFence {
 }
 
 impl Fence for LeaseFence {
-    fn check(&self) -> Result<u64, FenceError> {
+    /// The lease's token and the time until this replica's own renew
+    /// deadline. Another replica can take the lease only a full lease
+    /// duration after it last saw a renewal, which is at least
+    /// `lease_duration - renew_deadline` later, so a request that ends
+    /// within the permit ends while no one else can lead.
+    fn check(&self) -> Result<Permit, FenceError> {
         self.guard
             .check(self.margin)
-            .map(|f| f.token)
+            .map(|f| Permit {
+                token: f.token,
+                remaining: f.remaining,
+            })
             .map_err(|e| FenceError::new(e.to_string()))
     }
 }
@@ -97,10 +142,16 @@ impl Fence for LeaseFence {
 /// `rtc_lb_ring_nodes`, and, while the [`LeaderGuard`] says this replica
 /// leads:
 ///
-/// - on becoming leader, resumes the stored decision state (so a new
-///   leader keeps its predecessor's scale-in clock and scale-out history);
+/// - for every new fencing token (a first acquisition, or leading again
+///   after another replica led in between), resumes the stored decision
+///   state (so a new leader keeps its predecessor's scale-in clock and
+///   scale-out history) and claims the workload
+///   ([`Controller::claim`]) before any scaling write, so writes an
+///   earlier leader still has in flight fail at the API server;
 /// - runs one [`Controller::tick`] at the wall clock's time, fenced by a
-///   [`LeaseFence`], and abandons it after [`LoopConfig::tick_deadline`].
+///   [`LeaseFence`]. A tick is never cancelled: every request in it ends
+///   within the fence's time left, so the tick is bounded, and a write
+///   that landed is always recorded in the state.
 ///
 /// A follower only watches; a leader that loses the lease stops scaling at
 /// once (the fence refuses its writes even before the loop notices).
@@ -174,7 +225,10 @@ impl<A: WorkloadApi, R: StateRepo> Autoscaler<A, R> {
         let deadline = config.tick_deadline();
         let mut ticks = tokio::time::interval(config.tick_interval);
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut leading = false;
+        // The token this replica resumed and claimed under; a different
+        // token means leadership was lost and regained in between.
+        let mut resumed: Option<u64> = None;
+        let mut claimed = false;
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -185,25 +239,42 @@ impl<A: WorkloadApi, R: StateRepo> Autoscaler<A, R> {
             let samples = snapshot.samples(Instant::now());
             #[allow(clippy::cast_precision_loss, reason = "a gauge of a node count")]
             metrics::gauge!("rtc_lb_ring_nodes").set(samples.len() as f64);
-            if !guard.is_leader() {
-                if leading {
-                    warn!("lost leadership; scaling stops");
+            let token = match guard.check(Duration::ZERO) {
+                Ok(lease) => lease.token,
+                Err(_) => {
+                    if resumed.take().is_some() {
+                        warn!("lost leadership; scaling stops");
+                    }
+                    claimed = false;
+                    continue;
                 }
-                leading = false;
-                continue;
-            }
-            if !leading {
-                info!("leading: resuming the stored decision state");
+            };
+            if resumed != Some(token) {
+                info!(token, "leading: resuming the stored decision state");
                 controller.resume().await;
-                leading = true;
+                resumed = Some(token);
+                claimed = false;
             }
-            // The tick runs to completion (bounded) even if shutdown is
-            // asked for meanwhile; the loop checks before the next one.
-            let tick = controller.tick(wall.now_ms(), &samples, &fence);
-            match tokio::time::timeout(deadline, tick).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => warn!(error = %e, "tick failed"),
-                Err(_) => error!(deadline = ?deadline, "tick abandoned after its deadline"),
+            if !claimed {
+                match controller.claim(&fence).await {
+                    Ok(()) => claimed = true,
+                    Err(e) => {
+                        warn!(error = %e, "claiming the workload failed; no scaling until it succeeds");
+                        continue;
+                    }
+                }
+            }
+            // The tick runs to completion even if shutdown is asked for
+            // meanwhile (the loop checks before the next one), and is never
+            // cancelled between a write and the state update.
+            let started = Instant::now();
+            match controller.tick(wall.now_ms(), &samples, &fence).await {
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "tick failed"),
+            }
+            let took = started.elapsed();
+            if took > deadline {
+                error!(took = ?took, deadline = ?deadline, "tick ran past its deadline");
             }
         }
         controller

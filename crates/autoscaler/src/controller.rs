@@ -26,6 +26,9 @@ pub enum TickError {
     /// state was not advanced, so the next tick decides again.
     #[error("scaling failed: {0}")]
     Scale(#[source] ScaleError),
+    /// The workload could not be claimed for this leader's token.
+    #[error("claiming the workload failed: {0}")]
+    Claim(#[source] ScaleError),
 }
 
 impl TickError {
@@ -35,6 +38,7 @@ impl TickError {
             TickError::NotLeader(_) => "not_leader",
             TickError::Read(_) => "read_failed",
             TickError::Scale(_) => "scale_failed",
+            TickError::Claim(_) => "claim_failed",
         }
     }
 }
@@ -68,6 +72,19 @@ pub struct TickReport {
     /// Whether the decision state was saved for a successor.
     pub state_saved: bool,
 }
+
+/// The leader's scaling loop, one tick at a time: read the workload,
+/// decide, prepare a scale-in, write `/scale`, publish the signal, save the
+/// One read-decide-act pass of a tick.
+struct Attempt {
+    decision: Decision,
+    next: State,
+    outcome: Option<Result<ScaleOutcome, ScaleError>>,
+    plan: Option<ScaleInPlan>,
+}
+
+/// How long saving the decision state may take before the tick goes on.
+pub(crate) const SAVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The leader's scaling loop, one tick at a time: read the workload,
 /// decide, prepare a scale-in, write `/scale`, publish the signal, save the
@@ -159,6 +176,25 @@ impl<A: WorkloadApi, R: StateRepo> Controller<A, R> {
     /// Runs one tick at `now_ms` (wall clock, ms since the Unix epoch: the
     /// state's times must mean the same on every replica) over the fleet's
     /// latest samples, writing only while `fence` allows it.
+    /// Claims the workload for the token `fence` grants
+    /// ([`WorkloadScaler::claim`]): call it on becoming leader, before the
+    /// first tick, so that every write an earlier leader still has in flight
+    /// fails at the API server.
+    ///
+    /// # Errors
+    ///
+    /// [`TickError::Claim`] when the claim fails or a newer leader has
+    /// claimed the workload.
+    pub async fn claim(&self, fence: &dyn Fence) -> Result<(), TickError> {
+        let result = self.scaler.claim(fence).await;
+        let label = match &result {
+            Ok(_) => "ok",
+            Err(e) => e.label(),
+        };
+        metrics::counter!("rtc_lb_workload_claims_total", "result" => label).increment(1);
+        result.map(drop).map_err(TickError::Claim)
+    }
+
     pub async fn tick(
         &mut self,
         now_ms: u64,
@@ -184,8 +220,94 @@ impl<A: WorkloadApi, R: StateRepo> Controller<A, R> {
         samples: &[NodeSample],
         fence: &dyn Fence,
     ) -> Result<TickReport, TickError> {
-        let token = fence.check()?;
-        let read = self.scaler.current().await.map_err(TickError::Read)?;
+        let token = fence.check()?.token;
+        let mut attempt = self.decide_and_act(now_ms, samples, fence).await?;
+        if matches!(attempt.outcome, Some(Ok(ScaleOutcome::Conflict { .. }))) {
+            // Someone wrote in between (often the workload's own controller
+            // updating status after this leader's claim): re-read and decide
+            // again at once rather than a tick later.
+            info!("re-reading the workload after the conflict and deciding again");
+            attempt = self.decide_and_act(now_ms, samples, fence).await?;
+        }
+        let Attempt {
+            decision,
+            next,
+            outcome,
+            plan,
+        } = attempt;
+        let outcome = match outcome {
+            None => {
+                self.state = next;
+                None
+            }
+            Some(Ok(o)) => {
+                match &o {
+                    ScaleOutcome::Scaled { .. } => {
+                        self.state = next;
+                        self.publish(&decision, plan.as_ref(), token, now_ms);
+                    }
+                    ScaleOutcome::Conflict { from, to, .. } => warn!(
+                        from,
+                        to,
+                        "replicas changed by another writer since they were read; deciding again next tick"
+                    ),
+                    ScaleOutcome::Unchanged { replicas, .. } => {
+                        info!(replicas, "the scaler's bounds left replicas unchanged")
+                    }
+                }
+                Some(o)
+            }
+            Some(Err(e)) => {
+                self.remember(now_ms, &decision, e.label(), None);
+                return Err(TickError::Scale(e));
+            }
+        };
+
+        // Bounded, so that a stalled Redis cannot hold the loop; the state is
+        // already updated in memory and the next tick saves it again.
+        let save = tokio::time::timeout(SAVE_TIMEOUT, self.repo.save(token, &self.state)).await;
+        let state_saved = match save {
+            Ok(Ok(())) => true,
+            Err(_) => {
+                warn!(timeout = ?SAVE_TIMEOUT, "saving the decision state timed out");
+                metrics::counter!("rtc_lb_state_errors_total", "op" => "save", "error" => "timeout")
+                    .increment(1);
+                false
+            }
+            Ok(Err(e)) => {
+                warn!(error = %e, "saving the decision state failed");
+                metrics::counter!("rtc_lb_state_errors_total", "op" => "save", "error" => e.label())
+                    .increment(1);
+                false
+            }
+        };
+        let label = outcome.as_ref().map_or("none", ScaleOutcome::label);
+        self.remember(
+            now_ms,
+            &decision,
+            label,
+            plan.as_ref().map(|p| p.victim.clone()),
+        );
+        Ok(TickReport {
+            decision,
+            outcome,
+            plan,
+            state_saved,
+        })
+    }
+
+    /// Reads the workload, decides, and acts on the decision: one attempt.
+    async fn decide_and_act(
+        &mut self,
+        now_ms: u64,
+        samples: &[NodeSample],
+        fence: &dyn Fence,
+    ) -> Result<Attempt, TickError> {
+        let read = self
+            .scaler
+            .current_under(fence)
+            .await
+            .map_err(TickError::Read)?;
 
         let started = Instant::now();
         let obs = Observation {
@@ -255,55 +377,11 @@ impl<A: WorkloadApi, R: StateRepo> Controller<A, R> {
             }
         };
 
-        let outcome = match outcome {
-            None => {
-                self.state = next;
-                None
-            }
-            Some(Ok(o)) => {
-                match &o {
-                    ScaleOutcome::Scaled { .. } => {
-                        self.state = next;
-                        self.publish(&decision, plan.as_ref(), token, now_ms);
-                    }
-                    ScaleOutcome::Conflict { from, to, .. } => warn!(
-                        from,
-                        to,
-                        "replicas changed by another writer since they were read; deciding again next tick"
-                    ),
-                    ScaleOutcome::Unchanged { replicas, .. } => {
-                        info!(replicas, "the scaler's bounds left replicas unchanged")
-                    }
-                }
-                Some(o)
-            }
-            Some(Err(e)) => {
-                self.remember(now_ms, &decision, e.label(), None);
-                return Err(TickError::Scale(e));
-            }
-        };
-
-        let state_saved = match self.repo.save(token, &self.state).await {
-            Ok(()) => true,
-            Err(e) => {
-                warn!(error = %e, "saving the decision state failed");
-                metrics::counter!("rtc_lb_state_errors_total", "op" => "save", "error" => e.label())
-                    .increment(1);
-                false
-            }
-        };
-        let label = outcome.as_ref().map_or("none", ScaleOutcome::label);
-        self.remember(
-            now_ms,
-            &decision,
-            label,
-            plan.as_ref().map(|p| p.victim.clone()),
-        );
-        Ok(TickReport {
+        Ok(Attempt {
             decision,
+            next,
             outcome,
             plan,
-            state_saved,
         })
     }
 

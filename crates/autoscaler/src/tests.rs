@@ -112,16 +112,42 @@ async fn overload_scales_out_publishes_and_saves_state() {
 }
 
 #[tokio::test]
-async fn conflict_keeps_the_state_so_the_next_tick_decides_again() {
-    let mut s = setup(WorkloadKind::Deployment, 5, Policy::default());
+async fn a_conflict_is_decided_again_at_once_and_a_second_keeps_the_state() {
     let nodes: Vec<NodeSample> = (0..5)
         .map(|i| node(&format!("socket-{i}"), 0.8, 100.0))
         .collect();
-    // Another writer changes replicas between our read and write.
+    // One conflict: the tick re-reads and decides again, and scales.
+    let mut s = setup(WorkloadKind::Deployment, 5, Policy::default());
     s.controller.scaler().api().inject(
         rtc_workload::Method::ReplaceScale,
         rtc_workload::Fault::status(409),
     );
+    let report = s
+        .controller
+        .tick(1_000, &nodes, &FixedToken(1))
+        .await
+        .expect("tick");
+    assert!(
+        matches!(report.outcome, Some(ScaleOutcome::Scaled { to: 8, .. })),
+        "{report:?}"
+    );
+    assert_eq!(
+        s.controller
+            .scaler()
+            .api()
+            .calls(rtc_workload::Method::ReplaceScale),
+        2
+    );
+
+    // Another writer keeps changing replicas between our reads and writes:
+    // nothing is recorded, and the next tick decides again.
+    let mut s = setup(WorkloadKind::Deployment, 5, Policy::default());
+    for _ in 0..2 {
+        s.controller.scaler().api().inject(
+            rtc_workload::Method::ReplaceScale,
+            rtc_workload::Fault::status(409),
+        );
+    }
     let report = s
         .controller
         .tick(1_000, &nodes, &FixedToken(1))
@@ -190,7 +216,7 @@ async fn scale_in_marks_the_least_loaded_pod_cheapest() {
 async fn a_refused_fence_writes_nothing() {
     struct Lost;
     impl rtc_workload::Fence for Lost {
-        fn check(&self) -> Result<u64, rtc_workload::FenceError> {
+        fn check(&self) -> Result<rtc_workload::Permit, rtc_workload::FenceError> {
             Err(rtc_workload::FenceError::new("lease held by lb-1"))
         }
     }

@@ -85,6 +85,9 @@ pub enum Reason {
     MultiplePressureIndicators,
     /// Scale-in: the fleet has been under-loaded long enough.
     ExcessCapacity,
+    /// Scale-out to the minimum: the workload has fewer replicas than
+    /// `min_replicas`, whatever the load.
+    BelowMin,
     /// Hold: no fresh node reports.
     NoData,
     /// Hold: a recent scale-out's pods have not joined yet.
@@ -123,11 +126,12 @@ impl Reason {
             Reason::Cooldown => "cooldown",
             Reason::Stabilizing => "stabilizing",
             Reason::Balanced => "balanced",
+            Reason::BelowMin => "below-min",
         }
     }
 
     /// Every reason, for pre-registering metric series.
-    pub const ALL: [Reason; 15] = [
+    pub const ALL: [Reason; 16] = [
         Reason::ResourceOverload,
         Reason::HotspotDetected,
         Reason::CapacityExhausted,
@@ -143,6 +147,7 @@ impl Reason {
         Reason::Cooldown,
         Reason::Stabilizing,
         Reason::Balanced,
+        Reason::BelowMin,
     ];
 }
 
@@ -218,6 +223,10 @@ pub struct Decision {
     pub step: Option<StepDetail>,
     /// How long the fleet has been continuously under-loaded, when it is.
     pub low_for_ms: Option<u64>,
+    /// Set when the fleet is under-loaded but its low clock restarted on
+    /// this tick because it was last seen low longer ago than the policy's
+    /// `max_observation_gap_ms`: how long ago that was.
+    pub observation_gap_ms: Option<u64>,
 }
 
 impl Decision {
@@ -397,9 +406,15 @@ impl fmt::Display for Line<'_> {
                             " ({} of {} replicas reporting after the last scale-out)",
                             d.aggregates.n, d.from
                         ),
-                        Reason::Stabilizing => match d.low_for_ms {
-                            Some(low) => write!(f, " (under-loaded for {})", ms(low)),
-                            None => Ok(()),
+                        Reason::Stabilizing => match (d.low_for_ms, d.observation_gap_ms) {
+                            (Some(low), Some(gap)) => write!(
+                                f,
+                                " (under-loaded for {}; restarted, last seen low {} ago)",
+                                ms(low),
+                                ms(gap)
+                            ),
+                            (Some(low), None) => write!(f, " (under-loaded for {})", ms(low)),
+                            (None, _) => Ok(()),
                         },
                         _ => write!(f, " ({})", d.aggregates),
                     }

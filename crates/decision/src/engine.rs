@@ -27,6 +27,19 @@ pub struct State {
     /// Since when the fleet has been continuously under-loaded with complete
     /// data, if it is.
     pub low_since_ms: Option<u64>,
+    /// When the fleet was last seen under-loaded with complete data: the
+    /// time of the latest observation while the low clock runs. A state
+    /// stored before this field existed lacks it; then `low_since_ms`
+    /// stands in, the last time that state proves the fleet was seen low.
+    pub low_seen_ms: Option<u64>,
+    /// The replica count this state last decided on: the target of its
+    /// last scale, or the count a hold saw. More replicas than this at the
+    /// next observation means a scale-out the state does not know of (a
+    /// write that landed without being recorded, or another writer): it is
+    /// treated as a scale-out at that moment, so the fleet settles instead
+    /// of being scaled again on top. `None` in a state stored before the
+    /// field existed.
+    pub replicas_seen: Option<u32>,
 }
 
 impl Default for State {
@@ -37,6 +50,8 @@ impl Default for State {
             last_scale_in_ms: None,
             consecutive: 0,
             low_since_ms: None,
+            low_seen_ms: None,
+            replicas_seen: None,
         }
     }
 }
@@ -122,6 +137,80 @@ impl Engine {
     /// Decides one tick. Pure: the same policy, state and observation always
     /// give the same decision and next state. Never panics.
     pub fn decide(&self, state: &State, obs: &Observation<'_>) -> (Decision, State) {
+        let known;
+        let state = match state.replicas_seen {
+            Some(seen) if obs.replicas > seen => {
+                known = self.unrecorded_scale_out(state, obs);
+                &known
+            }
+            Some(seen) if obs.replicas < seen => {
+                // Scaled in by someone else: nothing to settle, but a later
+                // scale-out back up must be noticed.
+                known = State {
+                    replicas_seen: Some(obs.replicas),
+                    ..state.clone()
+                };
+                &known
+            }
+            _ => state,
+        };
+        let (d, mut next) = self.decide_on_load(state, obs);
+        if d.action != Action::Hold {
+            next.replicas_seen = Some(d.to);
+        }
+        let (d, next) = self.below_min(state, obs, d, next);
+        (d, next)
+    }
+
+    /// `state` with the scale-out it does not know of recorded at `now`,
+    /// with the urgency and load of now: the settling rule then holds while
+    /// the new pods join, unless the urgency rises.
+    fn unrecorded_scale_out(&self, state: &State, obs: &Observation<'_>) -> State {
+        let scan = self.scan(obs.nodes);
+        let (urgency, _, _) = self.assess(&scan.aggregates);
+        State {
+            last_scale_out: Some(ScaleOutRecord {
+                at_ms: obs.now_ms,
+                urgency,
+                snapshot: Snapshot::from(&scan.aggregates),
+            }),
+            replicas_seen: Some(obs.replicas),
+            ..state.clone()
+        }
+    }
+
+    fn below_min(
+        &self,
+        state: &State,
+        obs: &Observation<'_>,
+        d: Decision,
+        next: State,
+    ) -> (Decision, State) {
+        let min = self.policy.min_replicas;
+        if obs.replicas < min && d.to < min {
+            // Below the minimum (a workload created without replicas, or
+            // scaled down by hand): back to the minimum whatever the load,
+            // without touching the scale-out history, which is about load.
+            let d = Decision {
+                action: Action::ScaleOut,
+                to: min,
+                reason: Reason::BelowMin,
+                victim: None,
+                step: None,
+                ..d
+            };
+            let next = State {
+                last_scale_out: state.last_scale_out,
+                consecutive: state.consecutive,
+                replicas_seen: Some(min),
+                ..next
+            };
+            return (d, next);
+        }
+        (d, next)
+    }
+
+    fn decide_on_load(&self, state: &State, obs: &Observation<'_>) -> (Decision, State) {
         let scan = self.scan(obs.nodes);
         let mut next = state.clone();
         next.version = STATE_VERSION;
@@ -139,9 +228,11 @@ impl Engine {
             excluded: scan.excluded,
             step: None,
             low_for_ms: None,
+            observation_gap_ms: None,
         };
         if scan.aggregates.n == 0 {
             next.low_since_ms = None;
+            next.low_seen_ms = None;
             return (d, next);
         }
         let (urgency, trigger, indicators) = self.assess(&scan.aggregates);
@@ -150,6 +241,7 @@ impl Engine {
         d.indicators = indicators;
         if urgency > Urgency::None {
             next.low_since_ms = None;
+            next.low_seen_ms = None;
             self.scale_out(state, obs, d, next)
         } else {
             self.scale_in(state, obs, &scan, d, next)
@@ -399,11 +491,22 @@ impl Engine {
         let low = self.is_low(&d.aggregates);
         let complete = d.aggregates.n == obs.replicas;
 
-        next.low_since_ms = if low && complete {
-            Some(state.low_since_ms.map_or(now, |t| t.min(now)))
+        // "Low on every tick since it was first seen": a clock last
+        // confirmed longer ago than the gap bound has not seen every tick.
+        let gap = state
+            .low_seen_ms
+            .or(state.low_since_ms)
+            .map(|seen| now.saturating_sub(seen))
+            .filter(|&gap| i128::from(gap) > i128::from(p.max_observation_gap_ms));
+        let running = state.low_since_ms.filter(|_| gap.is_none());
+        if low && complete {
+            next.low_since_ms = Some(running.map_or(now, |t| t.min(now)));
+            next.low_seen_ms = Some(now);
+            d.observation_gap_ms = gap.filter(|_| state.low_since_ms.is_some());
         } else {
-            None
-        };
+            next.low_since_ms = None;
+            next.low_seen_ms = None;
+        }
         d.low_for_ms = next.low_since_ms.map(|t| now.saturating_sub(t));
 
         let passed = |at: Option<u64>, window: i64| {
@@ -438,6 +541,7 @@ impl Engine {
         next.last_scale_in_ms = Some(now);
         next.consecutive = 0;
         next.low_since_ms = None;
+        next.low_seen_ms = None;
         (d, next)
     }
 }

@@ -26,6 +26,13 @@ pub struct Policy {
     /// How long the fleet must stay under-loaded, tick after tick, before it
     /// shrinks.
     pub scale_in_stabilization_ms: i64,
+    /// Longest time between two observations that still counts as seeing
+    /// the fleet on every tick. When the fleet was last seen low longer ago
+    /// than this (ticks failed, no process was leading, or a resumed state
+    /// is behind), the low clock restarts. Keep it above the caller's tick
+    /// interval, with room for jitter: below it every tick is a gap and the
+    /// fleet never scales in.
+    pub max_observation_gap_ms: i64,
     /// Largest scale-out step (`MAX_SCALE_STEP`).
     pub max_step: u32,
     /// Fewest replicas the core will scale in to (`SOCKET_MIN_REPLICAS`).
@@ -56,6 +63,7 @@ impl Default for Policy {
             scale_out_window_ms: 180_000,
             scale_in_window_ms: 300_000,
             scale_in_stabilization_ms: 180_000,
+            max_observation_gap_ms: 15_000,
             max_step: 5,
             min_replicas: 2,
             max_replicas: 50,
@@ -219,6 +227,17 @@ impl PolicyError {
     }
 }
 
+fn positive_duration(field: &'static str, v: i64) -> Result<(), PolicyError> {
+    if v <= 0 {
+        return Err(PolicyError::new(
+            field,
+            v,
+            "a duration in milliseconds, more than 0",
+        ));
+    }
+    Ok(())
+}
+
 fn duration(field: &'static str, v: i64) -> Result<(), PolicyError> {
     if v < 0 {
         return Err(PolicyError::new(
@@ -247,17 +266,12 @@ fn positive_count(field: &'static str, v: u32) -> Result<(), PolicyError> {
 impl Policy {
     /// Checks every field; the error names the first field that is wrong.
     pub fn validate(&self) -> Result<(), PolicyError> {
-        if self.stale_after_ms <= 0 {
-            return Err(PolicyError::new(
-                "stale_after_ms",
-                self.stale_after_ms,
-                "a duration in milliseconds, more than 0",
-            ));
-        }
+        positive_duration("stale_after_ms", self.stale_after_ms)?;
         duration("settle_ms", self.settle_ms)?;
         duration("scale_out_window_ms", self.scale_out_window_ms)?;
         duration("scale_in_window_ms", self.scale_in_window_ms)?;
         duration("scale_in_stabilization_ms", self.scale_in_stabilization_ms)?;
+        positive_duration("max_observation_gap_ms", self.max_observation_gap_ms)?;
         positive_count("max_step", self.max_step)?;
         positive_count("min_replicas", self.min_replicas)?;
         if self.max_replicas < self.min_replicas {
@@ -371,6 +385,23 @@ mod tests {
     }
 
     #[test]
+    fn a_gap_bound_of_zero_or_less_is_refused() {
+        for v in [0, -1] {
+            let p = Policy {
+                max_observation_gap_ms: v,
+                ..Policy::default()
+            };
+            let err = p.validate().expect_err("no gap bound must be refused");
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "invalid policy: max_observation_gap_ms = {v} (a duration in milliseconds, more than 0)"
+                )
+            );
+        }
+    }
+
+    #[test]
     fn negative_window_names_the_field() {
         let p = Policy {
             scale_in_window_ms: -1,
@@ -411,6 +442,13 @@ mod tests {
                     ..Policy::default()
                 },
                 "scale_in_stabilization_ms",
+            ),
+            (
+                Policy {
+                    max_observation_gap_ms: 0,
+                    ..Policy::default()
+                },
+                "max_observation_gap_ms",
             ),
             (
                 Policy {
@@ -519,6 +557,7 @@ mod tests {
         assert_eq!(partial.max_step, 2);
         assert_eq!(partial.urgency.overload_cpu, 0.8);
         assert_eq!(partial.urgency.overload_mem, 0.75);
+        assert_eq!(partial.max_observation_gap_ms, 15_000);
         assert!(serde_json::from_str::<Policy>(r#"{"max_stpe":2}"#).is_err());
     }
 }

@@ -54,17 +54,21 @@ fn any_policy() -> impl Strategy<Value = Policy> {
         prop::option::of(1.0..500.0f64),
         0i64..400_000,
         0i64..400_000,
+        1i64..60_000,
     )
-        .prop_map(|(min, span, max_step, conn, mps, in_window, stab)| Policy {
-            min_replicas: min,
-            max_replicas: min + span,
-            max_step,
-            conn_capacity: conn,
-            mps_capacity: mps,
-            scale_in_window_ms: in_window,
-            scale_in_stabilization_ms: stab,
-            ..Policy::default()
-        })
+        .prop_map(
+            |(min, span, max_step, conn, mps, in_window, stab, gap)| Policy {
+                min_replicas: min,
+                max_replicas: min + span,
+                max_step,
+                conn_capacity: conn,
+                mps_capacity: mps,
+                scale_in_window_ms: in_window,
+                scale_in_stabilization_ms: stab,
+                max_observation_gap_ms: gap,
+                ..Policy::default()
+            },
+        )
 }
 
 fn any_state() -> impl Strategy<Value = State> {
@@ -73,8 +77,9 @@ fn any_state() -> impl Strategy<Value = State> {
         prop::option::of(0u64..2_000_000),
         0u32..10,
         prop::option::of(0u64..2_000_000),
+        prop::option::of(0u64..2_000_000),
     )
-        .prop_map(|(out, last_in, consecutive, low_since)| State {
+        .prop_map(|(out, last_in, consecutive, low_since, low_seen)| State {
             last_scale_out: out.map(|(at_ms, u, cpu, mem)| ScaleOutRecord {
                 at_ms,
                 urgency: [
@@ -94,8 +99,88 @@ fn any_state() -> impl Strategy<Value = State> {
             last_scale_in_ms: last_in,
             consecutive,
             low_since_ms: low_since,
+            low_seen_ms: low_seen,
             ..State::default()
         })
+}
+
+/// What the fleet looks like on one tick of a run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Load {
+    /// Under-loaded, every replica reporting.
+    Low,
+    /// Neither pressed nor under-loaded.
+    Balanced,
+    /// Overloaded: scales out.
+    Hot,
+    /// Under-loaded, one replica missing.
+    Incomplete,
+    /// No node reporting.
+    NoData,
+}
+
+fn any_load() -> impl Strategy<Value = Load> {
+    prop_oneof![
+        12 => Just(Load::Low),
+        1 => Just(Load::Balanced),
+        1 => Just(Load::Hot),
+        1 => Just(Load::Incomplete),
+        1 => Just(Load::NoData),
+    ]
+}
+
+/// `n` nodes under the given load.
+fn nodes_for(load: Load, n: u32) -> Vec<NodeSample> {
+    let node = |i: u32, cpu: f64, mem: f64| NodeSample {
+        id: format!("socket-{i}"),
+        cpu,
+        mem,
+        conn: 10.0 + f64::from(i),
+        mps: 1.0,
+        p95_ms: 40.0,
+        lag_ms: 5.0,
+        age_ms: 1_000,
+        draining: false,
+    };
+    match load {
+        Load::Low => (0..n).map(|i| node(i, 0.05, 0.10)).collect(),
+        Load::Balanced => (0..n).map(|i| node(i, 0.40, 0.40)).collect(),
+        Load::Hot => (0..n).map(|i| node(i, 0.80, 0.40)).collect(),
+        Load::Incomplete => (0..n.saturating_sub(1))
+            .map(|i| node(i, 0.05, 0.10))
+            .collect(),
+        Load::NoData => Vec::new(),
+    }
+}
+
+/// Time to the next observation, around the gap bound: mostly within it,
+/// sometimes exactly at it, just over it, far over it, or no time at all.
+fn any_pause(bound: u64) -> impl Strategy<Value = u64> {
+    prop_oneof![
+        8 => 1..=bound,
+        1 => Just(bound),
+        1 => Just(bound + 1),
+        1 => bound + 1..bound * 10,
+        1 => Just(0u64),
+    ]
+}
+
+/// A policy for runs of ticks (short windows, so scale-ins happen), and the
+/// run: start time, then each tick's pause since the one before and load.
+fn any_run() -> impl Strategy<Value = (Policy, u64, Vec<(u64, Load)>)> {
+    (1_000u64..30_000, 0i64..120_000, 0i64..60_000).prop_flat_map(|(bound, stab, window)| {
+        let policy = Policy {
+            max_observation_gap_ms: bound as i64,
+            scale_in_stabilization_ms: stab,
+            scale_in_window_ms: window,
+            ..Policy::default()
+        };
+        (
+            Just(policy),
+            0u64..1_000_000,
+            prop::collection::vec((any_pause(bound), any_load()), 1..150),
+        )
+    })
 }
 
 /// Distance of `r` from the range `[lo, hi]`.
@@ -125,11 +210,19 @@ proptest! {
                 prop_assert_eq!(d.to, d.from);
                 prop_assert!(d.victim.is_none());
             }
+            Action::ScaleOut if d.reason == rtc_decision::Reason::BelowMin => {
+                // Back to the minimum, whatever the load; history untouched.
+                prop_assert!(replicas < min);
+                prop_assert_eq!(d.to, min);
+                prop_assert_eq!(next.last_scale_out.map(|l| l.at_ms), state.last_scale_out.map(|l| l.at_ms));
+                prop_assert_eq!(next.consecutive, state.consecutive);
+            }
             Action::ScaleOut => {
                 prop_assert!(d.urgency > Urgency::None);
                 let step = d.to - d.from;
                 prop_assert!((1..=policy.max_step).contains(&step), "step {}", step);
                 prop_assert!(d.to <= max);
+                prop_assert!(d.to >= min.min(max));
                 prop_assert_eq!(next.last_scale_out.map(|l| l.at_ms), Some(now_ms));
             }
             Action::ScaleIn => {
@@ -148,6 +241,55 @@ proptest! {
             if (min..=max).contains(&d.from) {
                 prop_assert!((min..=max).contains(&d.to));
             }
+        }
+    }
+
+    /// A scale-in only happens when the fleet was low with complete data on
+    /// every observation of a run reaching back at least the stabilization
+    /// period, with no two observations of that run further apart than the
+    /// gap bound and no scale-in inside it. The state goes through JSON
+    /// between ticks, as it does when a new leader resumes it.
+    #[test]
+    fn scale_in_needs_every_tick_low_and_no_gap_over_the_stabilization_period(
+        (policy, start, run) in any_run(),
+    ) {
+        let engine = Engine::new(policy.clone()).expect("valid");
+        let bound = u64::try_from(policy.max_observation_gap_ms).expect("positive");
+        let stab = u64::try_from(policy.scale_in_stabilization_ms).expect("not negative");
+        let mut state = State::default();
+        let mut replicas = 6u32;
+        let mut now = start;
+        // (time, load, scaled in) of every observation so far.
+        let mut seen: Vec<(u64, Load, bool)> = Vec::new();
+        for (pause, load) in run {
+            now += pause;
+            let nodes = nodes_for(load, replicas);
+            let obs = Observation { now_ms: now, replicas, nodes: &nodes };
+            let (d, next) = engine.decide(&state, &obs);
+            let scaled_in = d.action == Action::ScaleIn;
+            seen.push((now, load, scaled_in));
+            if scaled_in {
+                prop_assert_eq!(load, Load::Low);
+                // The longest run of low observations ending here, each
+                // within the bound of the one before, with no scale-in.
+                let mut first = seen.len() - 1;
+                while first > 0 {
+                    let (t_prev, load_prev, scaled_prev) = seen[first - 1];
+                    if load_prev != Load::Low || scaled_prev || seen[first].0 - t_prev > bound {
+                        break;
+                    }
+                    first -= 1;
+                }
+                prop_assert!(
+                    now - seen[first].0 >= stab,
+                    "scale-in at {} after a run of {} ms from {} (stabilization {} ms, gap bound {} ms): {:?}",
+                    now, now - seen[first].0, seen[first].0, stab, bound, &seen[first.saturating_sub(3)..]
+                );
+            }
+            replicas = d.to;
+            let text = serde_json::to_string(&next).expect("serialize");
+            state = serde_json::from_str(&text).expect("deserialize");
+            prop_assert_eq!(&state, &next);
         }
     }
 
@@ -178,6 +320,7 @@ proptest! {
         last_in in prop::option::of(any::<u64>()),
         consecutive in any::<u32>(),
         low_since in prop::option::of(any::<u64>()),
+        low_seen in prop::option::of(any::<u64>()),
     ) {
         let nodes: Vec<NodeSample> = nodes.into_iter().enumerate().map(
             |(i, (cpu, mem, conn, mps, p95_ms, lag_ms, age_ms, draining))| NodeSample {
@@ -191,6 +334,7 @@ proptest! {
             last_scale_in_ms: last_in,
             consecutive,
             low_since_ms: low_since,
+            low_seen_ms: low_seen,
             ..State::default()
         };
         let engine = Engine::new(Policy { max_replicas: u32::MAX, ..Policy::default() }).expect("valid");

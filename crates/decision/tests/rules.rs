@@ -565,9 +565,15 @@ fn higher_urgency_breaks_through_settling() {
 #[test]
 fn scale_in_after_stabilization_removes_the_least_loaded() {
     let e = engine();
-    let (d, s1) = decide(&e, &State::default(), 1_000_000, 4, &idle(4));
+    let (d, mut s1) = decide(&e, &State::default(), 1_000_000, 4, &idle(4));
     assert_hold(&d, Reason::Stabilizing, Urgency::None);
     assert_eq!(s1.low_since_ms, Some(1_000_000));
+    // Seen low on every tick, 5 s apart, up to just before 3 minutes.
+    for t in (1_005_000..1_180_000).step_by(5_000) {
+        let (d, next) = decide(&e, &s1, t, 4, &idle(4));
+        assert_hold(&d, Reason::Stabilizing, Urgency::None);
+        s1 = next;
+    }
     let (d, _) = decide(&e, &s1, 1_179_999, 4, &idle(4));
     assert_hold(&d, Reason::Stabilizing, Urgency::None);
     let (d, s2) = decide(&e, &s1, 1_180_000, 4, &idle(4));
@@ -763,6 +769,112 @@ fn no_data_restarts_the_low_clock() {
 }
 
 #[test]
+fn a_gap_in_observations_restarts_the_low_clock() {
+    let e = engine();
+    // Low every 5 s for a minute, then 40 s without an observation (failed
+    // ticks, or no leader), then low again every 5 s.
+    let mut s = State::default();
+    let mut t = 0;
+    while t <= 60_000 {
+        let (d, next) = decide(&e, &s, t, 4, &idle(4));
+        assert_hold(&d, Reason::Stabilizing, Urgency::None);
+        s = next;
+        t += 5_000;
+    }
+    let mut t = 100_000;
+    let mut first_scale_in = None;
+    while t <= 400_000 && first_scale_in.is_none() {
+        let (d, next) = decide(&e, &s, t, 4, &idle(4));
+        if d.action == Action::ScaleIn {
+            first_scale_in = Some(t);
+        } else {
+            assert_hold(&d, Reason::Stabilizing, Urgency::None);
+        }
+        s = next;
+        t += 5_000;
+    }
+    // Not at 180 s (3 minutes after the first low tick, but with a gap in
+    // between): 3 minutes after the first low tick past the gap.
+    assert_eq!(first_scale_in, Some(280_000));
+}
+
+#[test]
+fn a_pause_exactly_at_the_gap_bound_keeps_the_low_clock() {
+    let e = engine();
+    let mut s = State::default();
+    let mut t = 0;
+    while t < 180_000 {
+        let (d, next) = decide(&e, &s, t, 4, &idle(4));
+        assert_hold(&d, Reason::Stabilizing, Urgency::None);
+        assert_eq!(d.observation_gap_ms, None);
+        s = next;
+        t += 15_000;
+    }
+    let (d, _) = decide(&e, &s, 180_000, 4, &idle(4));
+    assert_eq!(d.action, Action::ScaleIn, "15 s apart is not a gap: {d:?}");
+    let (d, s2) = decide(&e, &s, 165_001 + 15_000, 4, &idle(4));
+    assert_hold(&d, Reason::Stabilizing, Urgency::None);
+    assert_eq!(d.observation_gap_ms, Some(15_001));
+    assert_eq!(d.low_for_ms, Some(0));
+    assert_eq!(
+        (s2.low_since_ms, s2.low_seen_ms),
+        (Some(180_001), Some(180_001))
+    );
+}
+
+#[test]
+fn a_resumed_state_that_is_behind_restarts_the_low_clock() {
+    let e = engine();
+    // The old leader saved its state after the tick at 60 s; the new one
+    // resumes it and first decides at 100 s.
+    let mut saved = State::default();
+    for t in (0..=60_000).step_by(5_000) {
+        saved = decide(&e, &saved, t, 4, &idle(4)).1;
+    }
+    assert_eq!(
+        (saved.low_since_ms, saved.low_seen_ms),
+        (Some(0), Some(60_000))
+    );
+    let text = serde_json::to_string(&saved).expect("serialize");
+    let resumed: State = serde_json::from_str(&text).expect("deserialize");
+    let (d, s) = decide(&e, &resumed, 100_000, 4, &idle(4));
+    assert_hold(&d, Reason::Stabilizing, Urgency::None);
+    assert_eq!(d.observation_gap_ms, Some(40_000));
+    assert_eq!(s.low_since_ms, Some(100_000));
+    let (d, _) = decide(&e, &s, 180_000, 4, &idle(4));
+    assert_hold(&d, Reason::Stabilizing, Urgency::None);
+}
+
+#[test]
+fn a_state_stored_before_low_seen_ms_existed_counts_from_its_low_clock() {
+    let e = engine();
+    let old: State = serde_json::from_str(r#"{"version":1,"low_since_ms":0}"#).expect("old state");
+    assert_eq!(old.low_seen_ms, None);
+    // Its clock started 10 s ago, so no observation can be further apart.
+    let (d, s) = decide(&e, &old, 10_000, 4, &idle(4));
+    assert_eq!((d.low_for_ms, d.observation_gap_ms), (Some(10_000), None));
+    assert_eq!(s.low_seen_ms, Some(10_000));
+    // Its clock started 100 s ago: nothing proves it was low in between.
+    let (d, s) = decide(&e, &old, 100_000, 4, &idle(4));
+    assert_eq!(
+        (d.low_for_ms, d.observation_gap_ms),
+        (Some(0), Some(100_000))
+    );
+    assert_eq!(s.low_since_ms, Some(100_000));
+}
+
+#[test]
+fn a_gap_while_not_low_reports_nothing() {
+    let e = engine();
+    let (_, s1) = decide(&e, &State::default(), 0, 4, &loaded(4, 0.4, 0.4));
+    let (d, s2) = decide(&e, &s1, 60_000, 4, &idle(4));
+    assert_eq!((d.low_for_ms, d.observation_gap_ms), (Some(0), None));
+    let (d, _) = decide(&e, &s2, 120_000, 4, &loaded(4, 0.4, 0.4));
+    assert_hold(&d, Reason::Balanced, Urgency::None);
+    assert_eq!(d.observation_gap_ms, None);
+}
+
+#[test]
 fn time_going_backwards_is_handled_without_panic() {
     let e = engine_with(Policy {
         scale_in_stabilization_ms: 0,
@@ -813,6 +925,21 @@ fn explanations_read_like_the_operators_log() {
         line.starts_with("HOLD nodes=4 reason=incomplete-data (3 of 4 replicas fresh"),
         "{line}"
     );
+
+    let e = engine();
+    let (_, s1) = decide(&e, &State::default(), 0, 4, &idle(4));
+    let (d, s2) = decide(&e, &s1, 5_000, 4, &idle(4));
+    let line = d.explain().last().expect("outcome").to_string();
+    assert_eq!(
+        line,
+        "HOLD nodes=4 reason=stabilizing (under-loaded for 5s)"
+    );
+    let (d, _) = decide(&e, &s2, 45_500, 4, &idle(4));
+    let line = d.explain().last().expect("outcome").to_string();
+    assert_eq!(
+        line,
+        "HOLD nodes=4 reason=stabilizing (under-loaded for 0s; restarted, last seen low 40.5s ago)"
+    );
 }
 
 #[test]
@@ -840,4 +967,99 @@ fn state_resumes_after_a_serde_round_trip() {
     // Older, sparser layouts still load: missing fields take defaults.
     let old: State = serde_json::from_str(r#"{"consecutive":2}"#).expect("sparse state");
     assert_eq!(old.consecutive, 2);
+}
+
+#[test]
+fn below_the_minimum_the_fleet_goes_back_to_it_whatever_the_load() {
+    let e = engine_with(Policy::default());
+    // Idle, no data, and settling all scale a fleet below min back to min.
+    for (replicas, nodes) in [(1, idle(1)), (0, Vec::new()), (1, Vec::new())] {
+        let d = once(&e, replicas, &nodes);
+        assert_eq!(d.action, Action::ScaleOut, "{d:?}");
+        assert_eq!((d.from, d.to), (replicas, 2), "{d:?}");
+        assert_eq!(d.reason, Reason::BelowMin);
+        assert_eq!(d.reason.as_str(), "below-min");
+    }
+    // Under load, the larger step wins: 1 + 3 (critical) is above min.
+    let hot = fleet(1, |_, n| NodeSample {
+        cpu: 0.95,
+        mem: 0.5,
+        ..n
+    });
+    let d = once(&e, 1, &hot);
+    assert_eq!(
+        (d.action, d.to, d.reason),
+        (Action::ScaleOut, 4, Reason::ResourceOverload)
+    );
+    // At min, the rule does nothing.
+    assert_hold(&once(&e, 2, &idle(2)), Reason::AtMin, Urgency::None);
+}
+
+#[test]
+fn going_back_to_the_minimum_leaves_the_scale_out_history_alone() {
+    let e = engine_with(Policy::default());
+    let (d, next) = e.decide(
+        &State::default(),
+        &rtc_decision::Observation {
+            now_ms: 1_000,
+            replicas: 1,
+            nodes: &idle(1),
+        },
+    );
+    assert_eq!(d.reason, Reason::BelowMin);
+    assert_eq!(next.last_scale_out, None);
+    assert_eq!(next.consecutive, 0);
+}
+
+#[test]
+fn more_replicas_than_the_state_knows_of_settle_instead_of_scaling_on_top() {
+    let e = engine();
+    let hot = |n| {
+        fleet(n, |_, nd| NodeSample {
+            cpu: 0.9,
+            mem: 0.5,
+            ..nd
+        })
+    };
+    // The state scaled 2 -> 5 long ago; its write of 5 -> 8 landed without
+    // being recorded. The next leader sees 8 replicas, 5 of them reporting,
+    // under the same overload.
+    let (d, state) = decide(&e, &State::default(), 0, 2, &hot(2));
+    assert_out(&d, Reason::ResourceOverload, Urgency::Critical, 2, 5);
+    assert_eq!(state.replicas_seen, Some(5));
+    let later = 10 * 60 * 1_000;
+    let (d, next) = decide(&e, &state, later, 8, &hot(5));
+    assert_hold(&d, Reason::Settling, Urgency::Critical);
+    assert_eq!(next.last_scale_out.map(|s| s.at_ms), Some(later));
+    assert_eq!(next.replicas_seen, Some(8));
+    // Still settling a tick later, not noticed twice.
+    let (d, next) = decide(&e, &next, later + 5_000, 8, &hot(5));
+    assert_hold(&d, Reason::Settling, Urgency::Critical);
+    assert_eq!(next.last_scale_out.map(|s| s.at_ms), Some(later));
+    // Once the settle time has passed, the overload scales again.
+    let settled = later + 61_000;
+    let (d, _) = decide(&e, &next, settled, 8, &hot(5));
+    assert_eq!(d.action, Action::ScaleOut, "{d:?}");
+
+    // Without the knowledge (a state stored before the field existed), the
+    // same observation scales on top.
+    let old = State {
+        replicas_seen: None,
+        ..state
+    };
+    let (d, _) = decide(&e, &old, later, 8, &hot(5));
+    assert_eq!(d.action, Action::ScaleOut, "{d:?}");
+}
+
+#[test]
+fn fewer_replicas_than_the_state_knows_of_are_remembered_without_settling() {
+    let e = engine();
+    let state = State {
+        replicas_seen: Some(8),
+        ..State::default()
+    };
+    let (d, next) = decide(&e, &state, 1_000, 5, &idle(5));
+    assert_eq!(d.action, Action::Hold);
+    assert_eq!(next.replicas_seen, Some(5));
+    assert_eq!(next.last_scale_out, None);
 }

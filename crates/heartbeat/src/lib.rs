@@ -148,9 +148,10 @@ pub use status::LinkStatus;
 // The clock and the backoff the publisher and the ingestor take, so their
 // callers need not name rtc-time themselves.
 pub use rtc_time::{Backoff, ManualClock, SystemClock, WallClock};
-pub use store::{
-    HeartbeatStore, KeyLayout, PublishOptions, RedisOptions, RedisStore, StoreError, connect,
-};
+// The client setup lives in rtc-redis; named here too so that callers of
+// this crate need not depend on it.
+pub use rtc_redis::{RedisOptions, connect};
+pub use store::{HeartbeatStore, KeyLayout, PublishOptions, RedisStore, StoreError};
 
 /// A publisher or ingestor configuration that cannot work.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -1,13 +1,13 @@
-//! The I/O boundary: a narrow [`HeartbeatStore`] trait, its Redis
-//! implementation, and the Redis client settings the crate relies on.
+//! The I/O boundary: a narrow [`HeartbeatStore`] trait and its Redis
+//! implementation, whose scripts run through [`rtc_redis::Script`].
 
 use std::future::Future;
 use std::time::Duration;
 
 use fred::clients::Client;
 use fred::interfaces::ClientLike;
-use fred::types::config::{Config, ReconnectPolicy};
 use fred::types::{ClusterHash, CustomCommand, Value};
+use rtc_redis::Script;
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -153,69 +153,8 @@ impl KeyLayout {
     }
 }
 
-/// How to reach Redis and how long to wait for it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RedisOptions {
-    /// `redis://host:port[/db]`.
-    pub url: String,
-    /// A command that has no answer within this time fails, so a Redis
-    /// that is down never blocks the caller for longer.
-    pub command_timeout: Duration,
-    /// Longest pause between reconnection attempts.
-    pub max_reconnect_delay: Duration,
-}
-
-impl RedisOptions {
-    /// Options for `url` with a 2 s command timeout and reconnect pauses of
-    /// 100 ms growing to 2 s.
-    pub fn new(url: impl Into<String>) -> Self {
-        Self {
-            url: url.into(),
-            command_timeout: Duration::from_secs(2),
-            max_reconnect_delay: Duration::from_secs(2),
-        }
-    }
-}
-
-fn millis_u32(d: Duration) -> u32 {
-    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
-}
-
 fn millis_u64(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// A client that connects in the background and reconnects forever.
-///
-/// It does not wait for the first connection: a node must start, and keep
-/// serving, while Redis is down. Commands sent while disconnected wait at
-/// most `command_timeout` and then fail.
-///
-/// # Errors
-///
-/// [`StoreError::Redis`] when the URL cannot be parsed.
-pub fn connect(options: &RedisOptions) -> Result<Client, StoreError> {
-    let mut config = Config::from_url(&options.url)?;
-    config.fail_fast = false;
-    let client = fred::types::Builder::from_config(config)
-        .set_policy(ReconnectPolicy::new_exponential(
-            0,
-            100,
-            millis_u32(options.max_reconnect_delay),
-            2,
-        ))
-        .with_performance_config(|performance| {
-            performance.default_command_timeout = options.command_timeout;
-        })
-        .with_connection_config(|connection| {
-            connection.connection_timeout = options.command_timeout;
-            connection.internal_command_timeout = options.command_timeout;
-        })
-        .build()?;
-    // The connection task runs until the client quits; its handle is not
-    // needed because every command reports its own failure.
-    drop(client.connect());
-    Ok(client)
 }
 
 /// Redis's clock in ms, read inside a script so all keys agree on it.
@@ -227,30 +166,34 @@ macro_rules! now_ms {
 
 /// KEYS: live, index, history. ARGV: node, payload, stale_after ms,
 /// history length, history ttl ms.
-const PUBLISH: &str = concat!(
+const PUBLISH: Script = Script::new(concat!(
     now_ms!(),
     "redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 redis.call('ZADD', KEYS[2], now, ARGV[1])
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', 'hb', ARGV[2])
 redis.call('PEXPIRE', KEYS[3], ARGV[5])
 return now"
-);
+));
 
 /// KEYS: live, index. ARGV: node.
-const DEREGISTER: &str = "
+const DEREGISTER: Script = Script::new(
+    "
 redis.call('DEL', KEYS[1])
-return redis.call('ZREM', KEYS[2], ARGV[1])";
+return redis.call('ZREM', KEYS[2], ARGV[1])",
+);
 
 /// KEYS: epoch. ARGV: candidate.
-const EPOCH: &str = "
+const EPOCH: Script = Script::new(
+    "
 redis.call('SET', KEYS[1], ARGV[1], 'NX')
-return redis.call('GET', KEYS[1])";
+return redis.call('GET', KEYS[1])",
+);
 
 /// KEYS: index. ARGV: idle ms.
-const PRUNE: &str = concat!(
+const PRUNE: Script = Script::new(concat!(
     now_ms!(),
     "return redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - tonumber(ARGV[1])))"
-);
+));
 
 /// Keys per MGET, so one reply stays a few hundred kilobytes at most.
 const MGET_CHUNK: usize = 500;
@@ -263,7 +206,8 @@ pub struct RedisStore {
 }
 
 impl RedisStore {
-    /// A store using `client` (see [`connect`]) and the keys of `keys`.
+    /// A store using `client` (see [`connect`](crate::connect)) and the keys
+    /// of `keys`.
     pub fn new(client: Client, keys: KeyLayout) -> Self {
         Self { client, keys }
     }
@@ -276,28 +220,6 @@ impl RedisStore {
     /// The client.
     pub fn client(&self) -> &Client {
         &self.client
-    }
-
-    async fn eval(
-        &self,
-        script: &str,
-        keys: Vec<String>,
-        args: Vec<Value>,
-    ) -> Result<Value, StoreError> {
-        let mut all: Vec<Value> = Vec::with_capacity(2 + keys.len() + args.len());
-        all.push(script.into());
-        all.push(Value::Integer(
-            i64::try_from(keys.len()).unwrap_or(i64::MAX),
-        ));
-        all.extend(keys.into_iter().map(Value::from));
-        all.extend(args);
-        Ok(self
-            .client
-            .custom(
-                CustomCommand::new_static("EVAL", ClusterHash::Offset(2), false),
-                all,
-            )
-            .await?)
     }
 }
 
@@ -337,19 +259,25 @@ impl HeartbeatStore for RedisStore {
             Value::from(options.history_len.max(1).to_string()),
             Value::from(millis_u64(options.history_ttl).max(1).to_string()),
         ];
-        self.eval(PUBLISH, keys, args).await?;
+        PUBLISH.run(&self.client, keys, args).await?;
         Ok(())
     }
 
     async fn deregister(&self, node: &str) -> Result<(), StoreError> {
         let keys = vec![self.keys.live(node), self.keys.index()];
-        self.eval(DEREGISTER, keys, vec![Value::from(node)]).await?;
+        DEREGISTER
+            .run(&self.client, keys, vec![Value::from(node)])
+            .await?;
         Ok(())
     }
 
     async fn epoch(&self, candidate: &str) -> Result<String, StoreError> {
-        let reply = self
-            .eval(EPOCH, vec![self.keys.epoch()], vec![Value::from(candidate)])
+        let reply = EPOCH
+            .run(
+                &self.client,
+                vec![self.keys.epoch()],
+                vec![Value::from(candidate)],
+            )
             .await?;
         match bytes_of(reply.clone()).map(String::from_utf8) {
             Some(Ok(epoch)) => Ok(epoch),
@@ -398,9 +326,9 @@ impl HeartbeatStore for RedisStore {
     }
 
     async fn prune(&self, idle_for: Duration) -> Result<u64, StoreError> {
-        let reply = self
-            .eval(
-                PRUNE,
+        let reply = PRUNE
+            .run(
+                &self.client,
                 vec![self.keys.index()],
                 vec![Value::from(millis_u64(idle_for).to_string())],
             )

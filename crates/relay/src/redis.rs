@@ -17,7 +17,7 @@
 //! buffered before the recipient connects (and handed to it on connect) or
 //! finds the recipient's presence (and is relayed to its node): never lost
 //! in between. The rules are those of [`crate::core::presence`]; every
-//! script goes through one runner, [`Script::run`].
+//! script goes through the workspace's one runner, [`Script::run`].
 
 use std::time::Duration;
 
@@ -25,107 +25,72 @@ use fred::clients::Client;
 use fred::interfaces::ClientLike;
 use fred::types::{ClusterHash, CustomCommand, Value};
 use rtc_heartbeat::KeyLayout;
+use rtc_redis::Script;
 
 use crate::core::presence::ttl_ms;
 use crate::store::{BufferLimits, Lookup, PresenceStore, Registry, StoreError};
 
-/// A Lua script run atomically by Redis.
-#[derive(Debug, Clone, Copy)]
-pub struct Script {
-    /// Its source.
-    source: &'static str,
-}
-
-impl Script {
-    /// Runs the script with `keys` and `args` (`EVAL`: the scripts are a
-    /// few lines, so sending them each time costs less than a cache miss).
-    ///
-    /// # Errors
-    ///
-    /// [`StoreError`] when Redis fails.
-    pub async fn run(
-        &self,
-        client: &Client,
-        keys: Vec<String>,
-        args: Vec<String>,
-    ) -> Result<Value, StoreError> {
-        let mut all: Vec<Value> = Vec::with_capacity(2 + keys.len() + args.len());
-        all.push(self.source.into());
-        all.push(Value::Integer(
-            i64::try_from(keys.len()).unwrap_or(i64::MAX),
-        ));
-        all.extend(keys.into_iter().map(Value::from));
-        all.extend(args.into_iter().map(Value::from));
-        Ok(client
-            .custom(
-                CustomCommand::new_static("EVAL", ClusterHash::Offset(2), false),
-                all,
-            )
-            .await?)
-    }
-}
-
 /// KEYS: presence, inbox. ARGV: node, ttl ms. Claims the client and takes its
 /// buffered frames.
-const CONNECT: Script = Script {
-    source: "
+const CONNECT: Script = Script::new(
+    "
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 local frames = redis.call('LRANGE', KEYS[2], 0, -1)
 redis.call('DEL', KEYS[2])
 return frames",
-};
+);
 
 /// KEYS: presence, inbox. ARGV: this node, frame, max, ttl ms. Returns the
 /// node serving the client when it is another node; else buffers the frame.
-const ROUTE: Script = Script {
-    source: "
+const ROUTE: Script = Script::new(
+    "
 local node = redis.call('GET', KEYS[1])
 if node and node ~= ARGV[1] then return node end
 redis.call('RPUSH', KEYS[2], ARGV[2])
 redis.call('LTRIM', KEYS[2], -tonumber(ARGV[3]), -1)
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 return false",
-};
+);
 
 /// KEYS: inbox. ARGV: frame, max, ttl ms.
-const BUFFER: Script = Script {
-    source: "
+const BUFFER: Script = Script::new(
+    "
 redis.call('RPUSH', KEYS[1], ARGV[1])
 redis.call('LTRIM', KEYS[1], -tonumber(ARGV[2]), -1)
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1",
-};
+);
 
 /// KEYS: presence. ARGV: node, ttl ms. Refreshes the claim unless another
 /// node has taken the client over.
-const REFRESH: Script = Script {
-    source: "
+const REFRESH: Script = Script::new(
+    "
 local node = redis.call('GET', KEYS[1])
 if node and node ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1",
-};
+);
 
 /// KEYS: presence. ARGV: node. Releases the claim if it is still ours.
-const LEAVE: Script = Script {
-    source: "
+const LEAVE: Script = Script::new(
+    "
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0",
-};
+);
 
 /// KEYS: claim. ARGV: node, ttl ms. Extends the claim if it is still ours.
-const RENEW: Script = Script {
-    source: "
+const RENEW: Script = Script::new(
+    "
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0",
-};
+);
 
 /// KEYS: dead marker. ARGV: now ms. Sets it unless set; returns it.
-const DEAD_SINCE: Script = Script {
-    source: "
+const DEAD_SINCE: Script = Script::new(
+    "
 redis.call('SET', KEYS[1], ARGV[1], 'NX')
 return redis.call('GET', KEYS[1])",
-};
+);
 
 /// The relay's Redis state, for one node.
 #[derive(Debug, Clone)]
@@ -213,15 +178,6 @@ impl RedisStore {
             .await?)
     }
 
-    async fn run(
-        &self,
-        script: Script,
-        keys: Vec<String>,
-        args: Vec<String>,
-    ) -> Result<Value, StoreError> {
-        script.run(&self.client, keys, args).await
-    }
-
     /// Waits until Redis answers, or `timeout`.
     pub async fn ping(&self, timeout: Duration) -> bool {
         matches!(
@@ -233,9 +189,9 @@ impl RedisStore {
 
 impl PresenceStore for RedisStore {
     async fn connect(&self, client: &str) -> Result<Vec<String>, StoreError> {
-        let reply = self
+        let reply = CONNECT
             .run(
-                CONNECT,
+                &self.client,
                 vec![self.presence(client), self.inbox(client)],
                 vec![self.node.clone(), ms(self.presence_ttl)],
             )
@@ -244,9 +200,9 @@ impl PresenceStore for RedisStore {
     }
 
     async fn route(&self, client: &str, frame: &str) -> Result<Lookup, StoreError> {
-        let reply = self
+        let reply = ROUTE
             .run(
-                ROUTE,
+                &self.client,
                 vec![self.presence(client), self.inbox(client)],
                 vec![
                     self.node.clone(),
@@ -260,23 +216,24 @@ impl PresenceStore for RedisStore {
     }
 
     async fn buffer(&self, client: &str, frame: &str) -> Result<(), StoreError> {
-        self.run(
-            BUFFER,
-            vec![self.inbox(client)],
-            vec![
-                frame.to_owned(),
-                self.limits.max.to_string(),
-                ms(self.limits.ttl),
-            ],
-        )
-        .await?;
+        BUFFER
+            .run(
+                &self.client,
+                vec![self.inbox(client)],
+                vec![
+                    frame.to_owned(),
+                    self.limits.max.to_string(),
+                    ms(self.limits.ttl),
+                ],
+            )
+            .await?;
         Ok(())
     }
 
     async fn refresh(&self, client: &str) -> Result<bool, StoreError> {
-        let reply = self
+        let reply = REFRESH
             .run(
-                REFRESH,
+                &self.client,
                 vec![self.presence(client)],
                 vec![self.node.clone(), ms(self.presence_ttl)],
             )
@@ -285,7 +242,12 @@ impl PresenceStore for RedisStore {
     }
 
     async fn leave(&self, client: &str) -> Result<(), StoreError> {
-        self.run(LEAVE, vec![self.presence(client)], vec![self.node.clone()])
+        LEAVE
+            .run(
+                &self.client,
+                vec![self.presence(client)],
+                vec![self.node.clone()],
+            )
             .await?;
         Ok(())
     }
@@ -338,9 +300,9 @@ impl Registry for RedisStore {
     }
 
     async fn renew_forward(&self, node: &str, ttl: Duration) -> Result<bool, StoreError> {
-        let reply = self
+        let reply = RENEW
             .run(
-                RENEW,
+                &self.client,
                 vec![self.claim(node)],
                 vec![self.node.clone(), ms(ttl)],
             )
@@ -349,14 +311,23 @@ impl Registry for RedisStore {
     }
 
     async fn release_forward(&self, node: &str) -> Result<(), StoreError> {
-        self.run(LEAVE, vec![self.claim(node)], vec![self.node.clone()])
+        LEAVE
+            .run(
+                &self.client,
+                vec![self.claim(node)],
+                vec![self.node.clone()],
+            )
             .await?;
         Ok(())
     }
 
     async fn dead_since(&self, node: &str, now_ms: u64) -> Result<u64, StoreError> {
-        let reply = self
-            .run(DEAD_SINCE, vec![self.dead(node)], vec![now_ms.to_string()])
+        let reply = DEAD_SINCE
+            .run(
+                &self.client,
+                vec![self.dead(node)],
+                vec![now_ms.to_string()],
+            )
             .await?;
         Ok(text(reply).and_then(|t| t.parse().ok()).unwrap_or(now_ms))
     }

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use rtc_drain::DrainConfig;
 use rtc_relay::{BufferLimits, ForwardConfig};
+use rtc_time::{Bare, format_duration, parse_duration};
 
 use crate::ws::Limits;
 
@@ -100,11 +101,16 @@ pub struct RawSettings {
     /// Delivery topics are named this prefix followed by the node id.
     pub topic_prefix: String,
     /// Time between heartbeats, with a unit: 5s, 1500ms, 1m.
+    ///
+    /// Every duration here is text as the operator wrote it, read by
+    /// [`rtc_time::parse_duration`]: a bare number in the unit the key
+    /// names (`_MS`: milliseconds, `_SECS`: seconds), or any value with a
+    /// unit.
     pub heartbeat_interval: String,
     /// A node silent for this long is gone, ms; must exceed the interval.
-    pub stale_after_ms: u64,
+    pub stale_after_ms: String,
     /// Lifetime of a client's presence entry, ms; renewed every third.
-    pub presence_ttl_ms: u64,
+    pub presence_ttl_ms: String,
     /// Connections this node holds at most.
     pub max_connections: usize,
     /// Largest text frame accepted, bytes.
@@ -118,29 +124,29 @@ pub struct RawSettings {
     /// Messages kept per offline client.
     pub buffer_max: usize,
     /// How long an offline client's messages are kept, ms.
-    pub buffer_ttl_ms: u64,
+    pub buffer_ttl_ms: String,
     /// Seconds in the messages/s and p95 latency windows.
-    pub window_secs: usize,
+    pub window_secs: String,
     /// Longest a drain may take, with a unit: 5m, 300s.
     pub drain_timeout: String,
     /// Wait after failing readiness before moving clients, ms.
-    pub drain_endpoint_delay_ms: u64,
+    pub drain_endpoint_delay_ms: String,
     /// Reconnect batches are at least this far apart, ms.
-    pub drain_batch_interval_ms: u64,
+    pub drain_batch_interval_ms: String,
     /// Largest retry_after told to a client, ms.
-    pub drain_max_retry_after_ms: u64,
+    pub drain_max_retry_after_ms: String,
     /// After the last client left, how long to keep reading the delivery
     /// topic before the final hand-off, ms.
-    pub drain_handoff_grace_ms: u64,
+    pub drain_handoff_grace_ms: String,
     /// The consumer commits its position to the broker at most this often, ms.
-    pub offset_commit_interval_ms: u64,
+    pub offset_commit_interval_ms: String,
     /// Time between scans for nodes that are gone, ms.
-    pub forward_scan_interval_ms: u64,
+    pub forward_scan_interval_ms: String,
     /// Lifetime of a claim on a gone node's topic, ms; renewed while forwarding.
-    pub forward_claim_ttl_ms: u64,
+    pub forward_claim_ttl_ms: String,
     /// A gone node whose topic is read to the end leaves the registry after
     /// this long, ms; more than PRESENCE_TTL_MS.
-    pub forward_retire_after_ms: u64,
+    pub forward_retire_after_ms: String,
     /// HOSTNAME, the fallback for the node id.
     pub hostname: Option<String>,
     /// Differs on every start (from the caller's clock and process id).
@@ -149,33 +155,40 @@ pub struct RawSettings {
     pub drain_seed: u64,
 }
 
-/// Parses `<n>ms`, `<n>s`, `<n>m` or `<n>h`.
-pub fn parse_duration(text: &str) -> Option<Duration> {
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit())?;
-    let (number, unit) = text.split_at(split);
-    let n: u64 = number.parse().ok()?;
-    let ms = match unit {
-        "ms" => n,
-        "s" => n.checked_mul(1_000)?,
-        "m" => n.checked_mul(60_000)?,
-        "h" => n.checked_mul(3_600_000)?,
-        _ => return None,
-    };
-    Some(Duration::from_millis(ms))
-}
-
-fn duration(key: &'static str, value: &str) -> Result<Duration, ConfigError> {
-    match parse_duration(value) {
-        Some(d) if !d.is_zero() => Ok(d),
-        _ => Err(ConfigError::new(
+fn duration(key: &'static str, value: &str, bare: Bare) -> Result<Duration, ConfigError> {
+    parse_duration(value, bare).map_err(|e| {
+        ConfigError::new(
             key,
             format!(
-                "bad setting {key}: value {value:?} is not allowed; allowed: a positive duration with a unit, e.g. 300s, 5m, 1500ms"
+                "bad setting {key}: value {value:?} is not allowed; allowed: {}",
+                e.allowed()
             ),
-        )),
-    }
+        )
+    })
 }
+
+/// A duration of at least `min`.
+fn at_least(
+    key: &'static str,
+    value: &str,
+    bare: Bare,
+    min: Duration,
+) -> Result<Duration, ConfigError> {
+    let d = duration(key, value, bare)?;
+    if d < min {
+        return Err(ConfigError::new(
+            key,
+            format!(
+                "bad setting {key}: value {value:?} is not allowed; allowed: {} or more",
+                format_duration(min)
+            ),
+        ));
+    }
+    Ok(d)
+}
+
+const MS: Bare = Bare::Millis;
+const ONE_MS: Duration = Duration::from_millis(1);
 
 fn positive(key: &'static str, value: u64) -> Result<u64, ConfigError> {
     if value == 0 {
@@ -250,26 +263,29 @@ impl RawSettings {
                 ),
             ));
         }
-        let heartbeat_interval = duration("HEARTBEAT_INTERVAL", &self.heartbeat_interval)?;
-        let stale_after = Duration::from_millis(positive("STALE_AFTER_MS", self.stale_after_ms)?);
+        let heartbeat_interval = at_least(
+            "HEARTBEAT_INTERVAL",
+            &self.heartbeat_interval,
+            Bare::Refused,
+            ONE_MS,
+        )?;
+        let stale_after = duration("STALE_AFTER_MS", &self.stale_after_ms, MS)?;
         if stale_after <= heartbeat_interval {
             return Err(ConfigError::new(
                 "STALE_AFTER_MS",
                 format!(
-                    "bad setting STALE_AFTER_MS: value {} is not allowed; allowed: more than HEARTBEAT_INTERVAL ({heartbeat_interval:?})",
-                    self.stale_after_ms
+                    "bad setting STALE_AFTER_MS: value {:?} is not allowed; allowed: more than HEARTBEAT_INTERVAL ({})",
+                    self.stale_after_ms,
+                    format_duration(heartbeat_interval)
                 ),
             ));
         }
-        let presence_ttl_ms = positive("PRESENCE_TTL_MS", self.presence_ttl_ms)?;
-        if presence_ttl_ms < 300 {
-            return Err(ConfigError::new(
-                "PRESENCE_TTL_MS",
-                format!(
-                    "bad setting PRESENCE_TTL_MS: value {presence_ttl_ms} is not allowed; allowed: 300 or more"
-                ),
-            ));
-        }
+        let presence_ttl = at_least(
+            "PRESENCE_TTL_MS",
+            &self.presence_ttl_ms,
+            MS,
+            Duration::from_millis(300),
+        )?;
         let max_connections =
             usize::try_from(positive("MAX_CONNECTIONS", self.max_connections as u64)?)
                 .unwrap_or(usize::MAX);
@@ -286,25 +302,33 @@ impl RawSettings {
         positive("RATE_LIMIT_BURST", u64::from(self.rate_burst))?;
         positive("SEND_QUEUE", self.send_queue as u64)?;
         positive("OFFLINE_BUFFER_MAX", self.buffer_max as u64)?;
-        positive("OFFLINE_BUFFER_TTL_MS", self.buffer_ttl_ms)?;
-        if !(1..=3600).contains(&self.window_secs) {
+        let buffer_ttl = at_least("OFFLINE_BUFFER_TTL_MS", &self.buffer_ttl_ms, MS, ONE_MS)?;
+        let window = duration("METRICS_WINDOW_SECS", &self.window_secs, Bare::Seconds)?;
+        let window_secs = usize::try_from(window.as_secs()).unwrap_or(usize::MAX);
+        if window.subsec_nanos() != 0 || !(1..=3600).contains(&window_secs) {
             return Err(ConfigError::new(
                 "METRICS_WINDOW_SECS",
                 format!(
-                    "bad setting METRICS_WINDOW_SECS: value {} is not allowed; allowed: 1 to 3600",
+                    "bad setting METRICS_WINDOW_SECS: value {:?} is not allowed; allowed: whole seconds from 1 to 3600 (1h)",
                     self.window_secs
                 ),
             ));
         }
         let drain = DrainConfig {
-            endpoint_delay: Duration::from_millis(self.drain_endpoint_delay_ms),
-            timeout: duration("DRAIN_TIMEOUT", &self.drain_timeout)?,
+            endpoint_delay: duration("DRAIN_ENDPOINT_DELAY_MS", &self.drain_endpoint_delay_ms, MS)?,
+            timeout: at_least("DRAIN_TIMEOUT", &self.drain_timeout, Bare::Refused, ONE_MS)?,
             tail: None,
-            min_batch_interval: Duration::from_millis(positive(
+            min_batch_interval: at_least(
                 "DRAIN_BATCH_INTERVAL_MS",
-                self.drain_batch_interval_ms,
-            )?),
-            max_retry_after: Duration::from_millis(self.drain_max_retry_after_ms),
+                &self.drain_batch_interval_ms,
+                MS,
+                ONE_MS,
+            )?,
+            max_retry_after: duration(
+                "DRAIN_MAX_RETRY_AFTER_MS",
+                &self.drain_max_retry_after_ms,
+                MS,
+            )?,
             force_grace: Duration::from_secs(2),
             seed: self.drain_seed,
         };
@@ -315,31 +339,33 @@ impl RawSettings {
                 self.drain_endpoint_delay_ms
             ))
         })?;
-        let presence_ttl = Duration::from_millis(presence_ttl_ms);
-        let offset_commit_interval = Duration::from_millis(positive(
+        let handoff_grace = duration("DRAIN_HANDOFF_GRACE_MS", &self.drain_handoff_grace_ms, MS)?;
+        let offset_commit_interval = at_least(
             "OFFSET_COMMIT_INTERVAL_MS",
-            self.offset_commit_interval_ms,
-        )?);
-        let scan_interval = Duration::from_millis(positive(
+            &self.offset_commit_interval_ms,
+            MS,
+            ONE_MS,
+        )?;
+        let scan_interval = at_least(
             "FORWARD_SCAN_INTERVAL_MS",
-            self.forward_scan_interval_ms,
-        )?);
-        let claim_ttl = Duration::from_millis(self.forward_claim_ttl_ms);
-        if self.forward_claim_ttl_ms < 1_000 {
-            return Err(ConfigError::new(
-                "FORWARD_CLAIM_TTL_MS",
-                format!(
-                    "bad setting FORWARD_CLAIM_TTL_MS: value {} is not allowed; allowed: 1000 or more",
-                    self.forward_claim_ttl_ms
-                ),
-            ));
-        }
-        if self.forward_retire_after_ms <= presence_ttl_ms {
+            &self.forward_scan_interval_ms,
+            MS,
+            ONE_MS,
+        )?;
+        let claim_ttl = at_least(
+            "FORWARD_CLAIM_TTL_MS",
+            &self.forward_claim_ttl_ms,
+            MS,
+            Duration::from_secs(1),
+        )?;
+        let retire_after = duration("FORWARD_RETIRE_AFTER_MS", &self.forward_retire_after_ms, MS)?;
+        if retire_after <= presence_ttl {
             return Err(ConfigError::new(
                 "FORWARD_RETIRE_AFTER_MS",
                 format!(
-                    "bad setting FORWARD_RETIRE_AFTER_MS: value {} is not allowed; allowed: more than PRESENCE_TTL_MS ({presence_ttl_ms})",
-                    self.forward_retire_after_ms
+                    "bad setting FORWARD_RETIRE_AFTER_MS: value {:?} is not allowed; allowed: more than PRESENCE_TTL_MS ({})",
+                    self.forward_retire_after_ms,
+                    format_duration(presence_ttl)
                 ),
             ));
         }
@@ -365,17 +391,17 @@ impl RawSettings {
             },
             buffer: BufferLimits {
                 max: self.buffer_max,
-                ttl: Duration::from_millis(self.buffer_ttl_ms),
+                ttl: buffer_ttl,
             },
             send_queue: self.send_queue,
-            window_secs: self.window_secs,
+            window_secs,
             drain,
-            handoff_grace: Duration::from_millis(self.drain_handoff_grace_ms),
+            handoff_grace,
             offset_commit_interval,
             forward: ForwardConfig {
                 scan_interval,
                 claim_ttl,
-                retire_after: Duration::from_millis(self.forward_retire_after_ms),
+                retire_after,
             },
             offset_timeout: Duration::from_secs(5),
         })

@@ -209,7 +209,7 @@ pub async fn start(
     let redis = rtc_heartbeat::connect(&RedisOptions::new(settings.redis_url.clone())).map_err(
         |error| StartError::RedisUrl {
             url: settings.redis_url.clone(),
-            error,
+            error: error.into(),
         },
     )?;
     let heartbeat_keys = KeyLayout::new(settings.heartbeat_prefix.clone());

@@ -39,6 +39,7 @@ use fred::interfaces::ClientLike;
 use fred::types::{ClusterHash, CustomCommand, Value};
 use rtc_autoscaler::{StateError, StateRepo, StoredState};
 use rtc_decision::{STATE_VERSION, State};
+use rtc_redis::Script;
 use std::future::Future;
 
 /// Largest stored state read back; a real one is a few hundred bytes.
@@ -47,13 +48,15 @@ const MAX_STATE_BYTES: usize = 64 * 1024;
 /// KEYS: the hash. ARGV: token (decimal, no leading zeros), state JSON.
 /// Tokens are compared as decimal strings (length, then bytes), which is
 /// exact for every u64, unlike Lua's doubles.
-const SAVE: &str = "
+const SAVE: Script = Script::new(
+    "
 local cur = redis.call('HGET', KEYS[1], 'token')
 if cur and (#cur > #ARGV[1] or (#cur == #ARGV[1] and cur > ARGV[1])) then
   return {0, cur}
 end
 redis.call('HSET', KEYS[1], 'token', ARGV[1], 'state', ARGV[2])
-return {1, ARGV[1]}";
+return {1, ARGV[1]}",
+);
 
 /// Saves and loads the decision state under one Redis hash (`token`,
 /// `state` as JSON).
@@ -82,19 +85,8 @@ impl StateStore {
     /// [`StateError::Unavailable`] when Redis cannot be reached.
     pub async fn save(&self, token: u64, state: &State) -> Result<(), StateError> {
         let json = serde_json::to_string(state).map_err(|e| StateError::Corrupt(e.to_string()))?;
-        let args: Vec<Value> = vec![
-            SAVE.into(),
-            Value::Integer(1),
-            self.key.as_str().into(),
-            token.to_string().into(),
-            json.into(),
-        ];
-        let reply: Value = self
-            .client
-            .custom(
-                CustomCommand::new_static("EVAL", ClusterHash::Offset(2), false),
-                args,
-            )
+        let reply = SAVE
+            .run(&self.client, [self.key.as_str()], [token.to_string(), json])
             .await
             .map_err(unavailable)?;
         let Value::Array(parts) = reply else {

@@ -23,6 +23,8 @@ fn state(at_ms: u64) -> State {
         last_scale_in_ms: Some(at_ms / 2),
         consecutive: 3,
         low_since_ms: None,
+        low_seen_ms: None,
+        replicas_seen: None,
     }
 }
 

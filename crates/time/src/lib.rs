@@ -8,6 +8,9 @@
 //!   shifted, as on a node whose clock is wrong.
 //! - [`Backoff`]: exponential delays between retries, doubling from `min`
 //!   up to `max`.
+//! - [`parse_duration`]: the one way durations are written in
+//!   configuration, flags and profiles (`1500ms`, `15s`, `5m`; a bare
+//!   number in the unit its key names).
 //!
 //! What it promises: no dependencies and no async. Monotonic time (ages,
 //! intervals, deadlines) is not here: it comes from `tokio::time`, which
@@ -33,6 +36,8 @@
 
 mod backoff;
 mod clock;
+mod duration;
 
 pub use backoff::Backoff;
 pub use clock::{ManualClock, SkewedClock, SystemClock, WallClock};
+pub use duration::{Bare, DurationError, format_duration, parse_duration};

@@ -63,6 +63,10 @@ pub struct WorkloadState {
     pub ready_replicas: u32,
     /// `spec.selector` as a label-selector string, to list the workload's pods.
     pub selector: String,
+    /// The fencing token of the last leader that claimed the workload
+    /// ([`FENCING_TOKEN_ANNOTATION`](crate::FENCING_TOKEN_ANNOTATION)), when
+    /// one has and it is a number.
+    pub fencing_token: Option<u64>,
 }
 
 /// What the scaler reads of a pod, enough to predict which pod a ReplicaSet
@@ -81,6 +85,8 @@ pub struct PodState {
     pub terminating: bool,
     /// The `controller.kubernetes.io/pod-deletion-cost` annotation as written.
     pub deletion_cost: Option<String>,
+    /// `metadata.resourceVersion`: the precondition of a deletion-cost patch.
+    pub resource_version: String,
 }
 
 /// One kind of request the scaler makes, with the RBAC rule it needs.
@@ -94,6 +100,8 @@ pub enum Operation {
     ListPods,
     /// `patch` on `pods`.
     PatchPod,
+    /// `patch` on `deployments` or `statefulsets`: the leader's claim.
+    PatchWorkload(WorkloadKind),
 }
 
 impl Operation {
@@ -103,14 +111,14 @@ impl Operation {
             Self::GetWorkload(_) => "get",
             Self::UpdateScale(_) => "update",
             Self::ListPods => "list",
-            Self::PatchPod => "patch",
+            Self::PatchPod | Self::PatchWorkload(_) => "patch",
         }
     }
 
     /// The RBAC resource (with subresource).
     pub fn resource(self) -> &'static str {
         match self {
-            Self::GetWorkload(kind) => kind.resource(),
+            Self::GetWorkload(kind) | Self::PatchWorkload(kind) => kind.resource(),
             Self::UpdateScale(WorkloadKind::Deployment) => "deployments/scale",
             Self::UpdateScale(WorkloadKind::StatefulSet) => "statefulsets/scale",
             Self::ListPods | Self::PatchPod => "pods",
@@ -120,7 +128,7 @@ impl Operation {
     /// The RBAC API group (`""` is the core group).
     pub fn api_group(self) -> &'static str {
         match self {
-            Self::GetWorkload(_) | Self::UpdateScale(_) => "apps",
+            Self::GetWorkload(_) | Self::UpdateScale(_) | Self::PatchWorkload(_) => "apps",
             Self::ListPods | Self::PatchPod => "",
         }
     }
@@ -132,6 +140,7 @@ impl Operation {
             Self::UpdateScale(_) => "update_scale",
             Self::ListPods => "list_pods",
             Self::PatchPod => "patch_pod",
+            Self::PatchWorkload(_) => "patch_workload",
         }
     }
 }
@@ -258,13 +267,29 @@ pub trait WorkloadApi: Send + Sync {
     ) -> impl Future<Output = Result<Vec<PodState>, ApiError>> + Send;
 
     /// Sets one annotation on a pod with a merge patch, leaving every other
-    /// annotation and field as it is.
+    /// annotation and field as it is, on the condition that the pod is
+    /// still at `resource_version` ([`ApiError::Conflict`] otherwise).
     fn patch_pod_annotation(
         &self,
         pod: &str,
         key: &str,
         value: &str,
+        resource_version: &str,
     ) -> impl Future<Output = Result<(), ApiError>> + Send;
+
+    /// Sets one annotation on the workload with a merge patch, on the
+    /// condition that it is still at `resource_version`
+    /// ([`ApiError::Conflict`] otherwise). Any write moves the workload's
+    /// resourceVersion, so every /scale write prepared against the old one
+    /// fails with 409 from then on. Returns the new resourceVersion.
+    fn annotate_workload(
+        &self,
+        kind: WorkloadKind,
+        name: &str,
+        key: &str,
+        value: &str,
+        resource_version: &str,
+    ) -> impl Future<Output = Result<String, ApiError>> + Send;
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{MutexGuard, PoisonError};
 
+use crate::FENCING_TOKEN_ANNOTATION;
 use crate::api::{ApiError, PodState, WorkloadApi, WorkloadKind, WorkloadState};
 use crate::victim::DELETION_COST_ANNOTATION;
 
@@ -17,6 +18,8 @@ pub enum Method {
     ListPods,
     /// [`WorkloadApi::patch_pod_annotation`].
     PatchPod,
+    /// [`WorkloadApi::annotate_workload`].
+    AnnotateWorkload,
 }
 
 /// A fault the next call of a [`Method`] meets instead of being served.
@@ -26,6 +29,9 @@ pub enum Fault {
     Hang,
     /// The call fails with this error.
     Fail(ApiError),
+    /// The request is applied, then its answer is lost: the caller sees
+    /// this error although the write landed.
+    LandThenFail(ApiError),
 }
 
 impl Fault {
@@ -98,6 +104,7 @@ impl FakeWorkloadApi {
             spec_replicas: replicas,
             ready_replicas: replicas,
             selector: format!("app={name}"),
+            fencing_token: None,
         };
         state.workloads.insert(key(kind, name), workload);
     }
@@ -132,6 +139,15 @@ impl FakeWorkloadApi {
         self.state().pods.get(name).cloned()
     }
 
+    /// Moves a pod's resourceVersion, as a kubelet status update does.
+    pub fn touch_pod(&self, name: &str) {
+        let mut state = self.state();
+        let version = state.next_version();
+        if let Some(pod) = state.pods.get_mut(name) {
+            pod.resource_version = version;
+        }
+    }
+
     /// The next call of `method` meets `fault`. Faults queue up in order.
     pub fn inject(&self, method: Method, fault: Fault) {
         self.state().faults.push_back((method, fault));
@@ -158,6 +174,7 @@ impl FakeWorkloadApi {
         match self.enter(method) {
             Some(Fault::Hang) => std::future::pending().await,
             Some(Fault::Fail(error)) => Err(error),
+            Some(Fault::LandThenFail(error)) => serve(&mut self.state()).and(Err(error)),
             None => serve(&mut self.state()),
         }
     }
@@ -221,16 +238,54 @@ impl WorkloadApi for FakeWorkloadApi {
         pod: &str,
         key: &str,
         value: &str,
+        resource_version: &str,
     ) -> Result<(), ApiError> {
         self.serve(Method::PatchPod, |state| {
+            let version = state.next_version();
             let stored = state
                 .pods
                 .get_mut(pod)
                 .ok_or_else(|| ApiError::NotFound(format!("pod {pod:?} not found")))?;
+            if stored.resource_version != resource_version {
+                return Err(ApiError::Conflict(format!(
+                    "pod {pod} has been modified (at {:?}, not {resource_version:?})",
+                    stored.resource_version
+                )));
+            }
             if key == DELETION_COST_ANNOTATION {
                 stored.deletion_cost = Some(value.to_owned());
             }
+            stored.resource_version = version;
             Ok(())
+        })
+        .await
+    }
+
+    async fn annotate_workload(
+        &self,
+        kind: WorkloadKind,
+        name: &str,
+        key_: &str,
+        value: &str,
+        resource_version: &str,
+    ) -> Result<String, ApiError> {
+        self.serve(Method::AnnotateWorkload, |state| {
+            let version = state.next_version();
+            let workload = state
+                .workloads
+                .get_mut(&key(kind, name))
+                .ok_or_else(|| ApiError::NotFound(format!("{kind} {name:?} not found")))?;
+            if workload.resource_version != resource_version {
+                return Err(ApiError::Conflict(format!(
+                    "the object has been modified (at {}, not {resource_version})",
+                    workload.resource_version
+                )));
+            }
+            if key_ == FENCING_TOKEN_ANNOTATION {
+                workload.fencing_token = value.parse().ok();
+            }
+            workload.resource_version = version.clone();
+            Ok(version)
         })
         .await
     }

@@ -9,8 +9,8 @@ use kube::core::Selector;
 use kube::{Api, Client};
 use serde_json::json;
 
-use crate::DELETION_COST_ANNOTATION;
 use crate::api::{ApiError, PodState, WorkloadApi, WorkloadKind, WorkloadState};
+use crate::{DELETION_COST_ANNOTATION, FENCING_TOKEN_ANNOTATION};
 
 /// The field manager recorded on every write.
 const FIELD_MANAGER: &str = "rtc-load-balancer";
@@ -129,6 +129,38 @@ impl WorkloadApi for KubeWorkloadApi {
         Ok(u32::try_from(now).unwrap_or(0))
     }
 
+    async fn annotate_workload(
+        &self,
+        kind: WorkloadKind,
+        name: &str,
+        key: &str,
+        value: &str,
+        resource_version: &str,
+    ) -> Result<String, ApiError> {
+        let patch = Patch::Merge(json!({ "metadata": {
+            "resourceVersion": resource_version,
+            "annotations": { key: value },
+        } }));
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+            ..PatchParams::default()
+        };
+        let meta = match kind {
+            WorkloadKind::Deployment => self
+                .deployments
+                .patch(name, &params, &patch)
+                .await
+                .map(|d| d.metadata),
+            WorkloadKind::StatefulSet => self
+                .stateful_sets
+                .patch(name, &params, &patch)
+                .await
+                .map(|s| s.metadata),
+        }
+        .map_err(classify)?;
+        Ok(meta.resource_version.unwrap_or_default())
+    }
+
     async fn list_pods(&self, selector: &str) -> Result<Vec<PodState>, ApiError> {
         let params = ListParams::default().labels(selector);
         let pods = self.pods.list(&params).await.map_err(classify)?;
@@ -140,11 +172,17 @@ impl WorkloadApi for KubeWorkloadApi {
         pod: &str,
         key: &str,
         value: &str,
+        resource_version: &str,
     ) -> Result<(), ApiError> {
         // A JSON merge patch of one annotation: the pod's other annotations,
-        // labels and spec are left untouched, and no read-modify-write
-        // races with the kubelet or other controllers.
-        let patch = Patch::Merge(json!({ "metadata": { "annotations": { key: value } } }));
+        // labels and spec are left untouched. The resourceVersion in the
+        // patch is a precondition: the server answers 409 if the pod changed
+        // since it was listed, so a patch held up in transit cannot land on
+        // a pod that has moved on.
+        let patch = Patch::Merge(json!({ "metadata": {
+            "resourceVersion": resource_version,
+            "annotations": { key: value },
+        } }));
         let params = PatchParams {
             field_manager: Some(FIELD_MANAGER.to_owned()),
             ..PatchParams::default()
@@ -187,6 +225,11 @@ fn state(
         uid: meta.uid.clone().unwrap_or_default(),
         resource_version: meta.resource_version.clone().unwrap_or_default(),
         spec_replicas: replicas.map_or(1, non_negative),
+        fencing_token: meta
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(FENCING_TOKEN_ANNOTATION))
+            .and_then(|v| v.parse().ok()),
         ready_replicas: ready.map_or(0, non_negative),
         selector,
     })
@@ -219,6 +262,7 @@ fn pod_state(pod: &Pod) -> PodState {
             .annotations
             .as_ref()
             .and_then(|a| a.get(DELETION_COST_ANNOTATION).cloned()),
+        resource_version: pod.metadata.resource_version.clone().unwrap_or_default(),
     }
 }
 

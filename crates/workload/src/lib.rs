@@ -74,7 +74,7 @@ pub use config::{
 pub use error::ScaleError;
 #[cfg(any(test, feature = "test-util"))]
 pub use fake::{FakeWorkloadApi, Fault, Method};
-pub use fence::{AlwaysValid, Fence, FenceError, FixedToken};
+pub use fence::{AlwaysValid, FENCING_TOKEN_ANNOTATION, Fence, FenceError, FixedToken, Permit};
 pub use kube_api::KubeWorkloadApi;
 pub use scaler::{ScaleOutcome, WorkloadScaler};
 pub use victim::{

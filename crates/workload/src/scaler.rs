@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use tracing::Instrument;
 use crate::api::{ApiError, Operation, PodState, WorkloadApi, WorkloadKind, WorkloadState};
 use crate::config::{Clamped, ScalerConfig};
 use crate::error::ScaleError;
-use crate::fence::{Fence, FenceError};
+use crate::fence::{FENCING_TOKEN_ANNOTATION, Fence, FenceError, Permit};
 use crate::victim::{self, DELETION_COST_ANNOTATION, Override, ScaleInPlan, VICTIM_COST};
 
 /// What a [`WorkloadScaler::scale_to`] call did.
@@ -129,7 +130,7 @@ impl<A: WorkloadApi> WorkloadScaler<A> {
     /// when both do, [`ScaleError::Forbidden`] when RBAC forbids either read,
     /// [`ScaleError::Unavailable`] when the server keeps failing.
     pub async fn detect(&self) -> Result<WorkloadKind, ScaleError> {
-        let state = self.detect_state().await?;
+        let state = self.detect_state(None).await?;
         self.remember(&state);
         Ok(state.kind)
     }
@@ -142,9 +143,24 @@ impl<A: WorkloadApi> WorkloadScaler<A> {
     ///
     /// As [`detect`](Self::detect) when the workload has to be found again.
     pub async fn current(&self) -> Result<WorkloadState, ScaleError> {
+        self.read(None).await
+    }
+
+    /// [`current`](Self::current) for a writer: `fence` is checked before
+    /// each attempt and each attempt ends within the time it has left, so a
+    /// leader's read-decide-write cycle is bounded by its lease.
+    ///
+    /// # Errors
+    ///
+    /// As [`current`](Self::current), and [`ScaleError::Fenced`].
+    pub async fn current_under(&self, fence: &dyn Fence) -> Result<WorkloadState, ScaleError> {
+        self.read(Some(fence)).await
+    }
+
+    async fn read(&self, fence: Option<&dyn Fence>) -> Result<WorkloadState, ScaleError> {
         let name = self.config.workload_name();
         let state = match self.known_kind() {
-            Some(kind) => match self.get(kind).await {
+            Some(kind) => match self.get(kind, fence).await {
                 Ok(state) => state,
                 Err(Failure::Api(ApiError::NotFound(_))) => {
                     self.memory().stale = true;
@@ -152,13 +168,13 @@ impl<A: WorkloadApi> WorkloadScaler<A> {
                         "{kind} {name} is gone from namespace {}; detecting the workload again",
                         self.api.namespace()
                     );
-                    self.detect_state().await?
+                    self.detect_state(fence).await?
                 }
                 Err(failure) => {
                     return Err(self.error(Operation::GetWorkload(kind), failure));
                 }
             },
-            None => self.detect_state().await?,
+            None => self.detect_state(fence).await?,
         };
         self.remember(&state);
         let kind = state.kind.label();
@@ -240,15 +256,28 @@ impl<A: WorkloadApi> WorkloadScaler<A> {
                 clamped,
             });
         }
+        if let Some(claimed) = read.fencing_token {
+            let ours = fence.check().map_err(ScaleError::Fenced)?.token;
+            if claimed > ours {
+                let refused = FenceError::new(format!(
+                    "{kind} {name} was claimed by fencing token {claimed}, newer than ours ({ours})"
+                ));
+                tracing::warn!("Not writing: {refused}");
+                return Err(ScaleError::Fenced(refused));
+            }
+        }
         tracing::info!("Scaling {kind} {name} from {from} to {to} replicas. Reason: {reason}");
         let api = &self.api;
         let version = read.resource_version.as_str();
+        let last_token = AtomicU64::new(0);
+        let last = &last_token;
         let written = self
             .call(
                 kind,
                 Operation::UpdateScale(kind),
                 Some(fence),
                 |token| async move {
+                    last.store(token, Ordering::Relaxed);
                     api.replace_scale(kind, name, to, version)
                         .await
                         .map(|now| (now, token))
@@ -264,6 +293,28 @@ impl<A: WorkloadApi> WorkloadScaler<A> {
                     to: now,
                     clamped,
                     token,
+                })
+            }
+            Err(failure @ (Failure::Api(ApiError::Conflict(_)) | Failure::Exhausted { .. }))
+                if self.landed(read, to).await =>
+            {
+                let why = match failure {
+                    Failure::Exhausted { last, .. } => last.to_string(),
+                    Failure::Api(e) => e.to_string(),
+                    Failure::Fenced(e) => e.to_string(),
+                };
+                tracing::warn!(
+                    "The write of {to} replicas to {kind} {name} landed although its answer was lost ({why}); \
+                     a fresh read shows it"
+                );
+                metrics::counter!("rtc_lb_workload_scale_confirmed_total", "kind" => kind.label())
+                    .increment(1);
+                Ok(ScaleOutcome::Scaled {
+                    kind,
+                    from,
+                    to,
+                    clamped,
+                    token: last_token.load(Ordering::Relaxed),
                 })
             }
             Err(Failure::Api(ApiError::Conflict(message))) => {
@@ -285,6 +336,97 @@ impl<A: WorkloadApi> WorkloadScaler<A> {
             }
             Err(failure) => Err(self.error(Operation::UpdateScale(kind), failure)),
         }
+    }
+
+    /// After an ambiguous end of a /scale write (its answer lost, then a
+    /// retry refused with 409 or retries exhausted): whether a fresh read
+    /// shows the write landed, that is, the workload moved on from `read`
+    /// to exactly `to` replicas without a newer leader's claim.
+    async fn landed(&self, read: &WorkloadState, to: u32) -> bool {
+        match self.get(read.kind, None).await {
+            Ok(now) => {
+                now.uid == read.uid
+                    && now.resource_version != read.resource_version
+                    && now.spec_replicas == to
+                    && now.fencing_token == read.fencing_token
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Claims the workload for the fencing token `fence` grants, before
+    /// this leader's first scaling write: writes the token into the
+    /// [`FENCING_TOKEN_ANNOTATION`] of the workload with its
+    /// resourceVersion as the precondition, re-reading on 409.
+    ///
+    /// From then on, every /scale write an earlier leader prepared fails
+    /// with 409 at the API server, however late it arrives: the claim is
+    /// the server-side half of the fence. A claim of the same token again is
+    /// a no-op.
+    ///
+    /// # Errors
+    ///
+    /// [`ScaleError::Fenced`] when the fence refuses, or the workload
+    /// already carries a newer token (a later leader claimed it); the
+    /// errors of [`current`](Self::current) otherwise.
+    pub async fn claim(&self, fence: &dyn Fence) -> Result<WorkloadState, ScaleError> {
+        const ATTEMPTS: u32 = 5;
+        let mut last = None;
+        for _ in 0..ATTEMPTS {
+            let permit = fence.check().map_err(ScaleError::Fenced)?;
+            let read = self.current_under(fence).await?;
+            let (kind, name) = (read.kind, read.name.as_str());
+            match read.fencing_token {
+                Some(t) if t == permit.token => return Ok(read),
+                Some(t) if t > permit.token => {
+                    return Err(ScaleError::Fenced(FenceError::new(format!(
+                        "{kind} {name} was claimed by fencing token {t}, newer than ours ({})",
+                        permit.token
+                    ))));
+                }
+                _ => {}
+            }
+            let api = &self.api;
+            let (version, value) = (read.resource_version.as_str(), permit.token.to_string());
+            let value = value.as_str();
+            let result = self
+                .call(
+                    kind,
+                    Operation::PatchWorkload(kind),
+                    Some(fence),
+                    |_token| async move {
+                        api.annotate_workload(kind, name, FENCING_TOKEN_ANNOTATION, value, version)
+                            .await
+                    },
+                )
+                .await;
+            match result {
+                Ok(resource_version) => {
+                    tracing::info!(
+                        "Claimed {kind} {name} for fencing token {}: writes prepared by earlier leaders now fail",
+                        permit.token
+                    );
+                    return Ok(WorkloadState {
+                        resource_version,
+                        fencing_token: Some(permit.token),
+                        ..read
+                    });
+                }
+                Err(Failure::Api(ApiError::Conflict(message))) => last = Some(message),
+                // The claim may have landed with its answer lost: the next
+                // read shows the token, which returns above.
+                Err(Failure::Exhausted { last: error, .. }) => last = Some(error.to_string()),
+                Err(failure) => return Err(self.error(Operation::PatchWorkload(kind), failure)),
+            }
+        }
+        Err(ScaleError::Unavailable {
+            operation: Operation::PatchWorkload(
+                self.known_kind().unwrap_or(WorkloadKind::Deployment),
+            ),
+            namespace: self.api.namespace().to_owned(),
+            attempts: ATTEMPTS,
+            last: ApiError::Conflict(last.unwrap_or_default()),
+        })
     }
 
     /// Makes a scale-in by one remove `chosen` where the workload allows it,
@@ -391,18 +533,8 @@ impl<A: WorkloadApi> WorkloadScaler<A> {
             if pod.deletion_cost.as_deref() == Some(value.as_str()) {
                 continue;
             }
-            let api = &self.api;
-            let (pod_name, value) = (pod.name.as_str(), value.as_str());
             let result = self
-                .call(
-                    kind,
-                    Operation::PatchPod,
-                    Some(fence),
-                    |_token| async move {
-                        api.patch_pod_annotation(pod_name, DELETION_COST_ANNOTATION, value)
-                            .await
-                    },
-                )
+                .patch_cost(kind, pod, &value, &read.selector, fence)
                 .await;
             match result {
                 Ok(()) => {
@@ -438,6 +570,64 @@ impl<A: WorkloadApi> WorkloadScaler<A> {
             costs,
             patched,
         })
+    }
+
+    /// Writes one deletion cost with the pod's resourceVersion as the
+    /// precondition; on 409 (the kubelet or a controller updated the pod
+    /// since it was listed) lists again and retries with the fresh version.
+    async fn patch_cost(
+        &self,
+        kind: WorkloadKind,
+        pod: &PodState,
+        value: &str,
+        selector: &str,
+        fence: &dyn Fence,
+    ) -> Result<(), Failure> {
+        const ATTEMPTS: u32 = 4;
+        let api = &self.api;
+        let pod_name = pod.name.as_str();
+        let mut version = pod.resource_version.clone();
+        for attempt in 1..=ATTEMPTS {
+            let v = version.as_str();
+            let result = self
+                .call(
+                    kind,
+                    Operation::PatchPod,
+                    Some(fence),
+                    |_token| async move {
+                        api.patch_pod_annotation(pod_name, DELETION_COST_ANNOTATION, value, v)
+                            .await
+                    },
+                )
+                .await;
+            match result {
+                Err(Failure::Api(ApiError::Conflict(message))) if attempt < ATTEMPTS => {
+                    tracing::debug!(
+                        "pod {pod_name} changed since it was listed ({message}); listing again"
+                    );
+                    let pods = self
+                        .call(kind, Operation::ListPods, None, |_token| async move {
+                            api.list_pods(selector).await
+                        })
+                        .await?;
+                    match pods.into_iter().find(|p| p.name == pod_name) {
+                        Some(fresh) if fresh.deletion_cost.as_deref() == Some(value) => {
+                            return Ok(());
+                        }
+                        Some(fresh) => version = fresh.resource_version,
+                        None => {
+                            return Err(Failure::Api(ApiError::NotFound(format!(
+                                "pod {pod_name} is gone"
+                            ))));
+                        }
+                    }
+                }
+                other => return other,
+            }
+        }
+        Err(Failure::Api(ApiError::Conflict(format!(
+            "pod {pod_name} kept changing while its deletion cost was written"
+        ))))
     }
 
     /// Lists the pods until every written cost shows, so the ReplicaSet
@@ -497,22 +687,26 @@ impl<A: WorkloadApi> WorkloadScaler<A> {
         .map_err(|failure| self.error(Operation::ListPods, failure))
     }
 
-    async fn get(&self, kind: WorkloadKind) -> Result<WorkloadState, Failure> {
+    async fn get(
+        &self,
+        kind: WorkloadKind,
+        fence: Option<&dyn Fence>,
+    ) -> Result<WorkloadState, Failure> {
         let api = &self.api;
         let name = self.config.workload_name();
         self.call(
             kind,
             Operation::GetWorkload(kind),
-            None,
+            fence,
             |_token| async move { api.get_workload(kind, name).await },
         )
         .await
     }
 
-    async fn detect_state(&self) -> Result<WorkloadState, ScaleError> {
+    async fn detect_state(&self, fence: Option<&dyn Fence>) -> Result<WorkloadState, ScaleError> {
         let mut found = Vec::with_capacity(2);
         for kind in WorkloadKind::ALL {
-            match self.get(kind).await {
+            match self.get(kind, fence).await {
                 Ok(state) => found.push(state),
                 Err(Failure::Api(ApiError::NotFound(_))) => {}
                 Err(failure) => return Err(self.error(Operation::GetWorkload(kind), failure)),
@@ -586,16 +780,21 @@ impl<A: WorkloadApi> WorkloadScaler<A> {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let token = match fence.map(|f| f.check()).transpose() {
-                Ok(token) => token.unwrap_or(0),
+            let permit = match fence.map(|f| f.check()).transpose() {
+                Ok(permit) => permit.unwrap_or(Permit::unbounded(0)),
                 Err(refused) => {
                     tracing::warn!("Not writing ({operation}): {refused}");
                     return Err(Failure::Fenced(refused));
                 }
             };
-            let result = tokio::time::timeout(policy.request_timeout, attempt(token))
+            // A write must end while the lease is still ours: its timeout is
+            // the request timeout or the time the fence has left, whichever
+            // is shorter. What the server still applies later, the claim of
+            // the next leader turns into a 409.
+            let budget = policy.request_timeout.min(permit.remaining);
+            let result = tokio::time::timeout(budget, attempt(permit.token))
                 .await
-                .unwrap_or(Err(ApiError::Timeout(policy.request_timeout)));
+                .unwrap_or(Err(ApiError::Timeout(budget)));
             let error = match result {
                 Ok(value) => {
                     self.memory().forbidden.retain(|op| *op != operation);
@@ -665,7 +864,9 @@ impl<A: WorkloadApi> WorkloadScaler<A> {
                 error
             }
             Failure::Api(ApiError::NotFound(_)) => match operation {
-                Operation::GetWorkload(kind) | Operation::UpdateScale(kind) => ScaleError::Gone {
+                Operation::GetWorkload(kind)
+                | Operation::UpdateScale(kind)
+                | Operation::PatchWorkload(kind) => ScaleError::Gone {
                     kind,
                     namespace,
                     name: self.config.workload_name().to_owned(),

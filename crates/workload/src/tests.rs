@@ -266,13 +266,13 @@ async fn forbidden_is_reported_once_with_the_missing_permission() {
 struct Expiring(AtomicU32);
 
 impl Fence for Expiring {
-    fn check(&self) -> Result<u64, FenceError> {
+    fn check(&self) -> Result<Permit, FenceError> {
         let left = self.0.load(Ordering::SeqCst);
         if left == 0 {
             return Err(FenceError::new("lease lost"));
         }
         self.0.store(left - 1, Ordering::SeqCst);
-        Ok(u64::from(left))
+        Ok(Permit::unbounded(u64::from(left)))
     }
 }
 
@@ -412,4 +412,154 @@ fn the_real_scalers_futures_can_be_spawned() {
         is_send(&scaler.prepare_scale_in(read, "p", &BTreeMap::new(), &AlwaysValid));
     }
     let _ = check;
+}
+
+/// Grants `remaining` on every check.
+struct TimeLeft(Duration);
+
+impl Fence for TimeLeft {
+    fn check(&self) -> Result<Permit, FenceError> {
+        Ok(Permit {
+            token: 1,
+            remaining: self.0,
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_attempt_ends_within_the_time_the_fence_has_left() {
+    let scaler = with(WorkloadKind::Deployment, 5);
+    let read = scaler.current().await.expect("read");
+    let policy = scaler.config().retry;
+    for _ in 0..policy.max_attempts {
+        scaler.api().inject(Method::ReplaceScale, Fault::Hang);
+    }
+    let left = Duration::from_millis(300);
+    let started = tokio::time::Instant::now();
+    let error = scaler
+        .scale_to(&read, 6, "test", &TimeLeft(left))
+        .await
+        .expect_err("every attempt hangs");
+    assert_eq!(error.label(), "unavailable", "{error}");
+    // Each attempt is cut off at the fence's 300 ms, not the 10 s request
+    // timeout; the waits between attempts are the backoff's.
+    let backoffs: Duration = (1..policy.max_attempts)
+        .map(|n| policy.backoff.delay(n))
+        .sum();
+    assert_eq!(
+        started.elapsed(),
+        left * policy.max_attempts + backoffs,
+        "virtual time"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_write_that_landed_without_its_answer_is_recorded_as_scaled() {
+    for first in [
+        Fault::LandThenFail(ApiError::Timeout(Duration::from_secs(10))),
+        Fault::LandThenFail(ApiError::from_status(503, "answer lost")),
+    ] {
+        let scaler = with(WorkloadKind::Deployment, 3);
+        let read = scaler.current().await.expect("read");
+        // The write lands, its answer is lost, and the retry meets 409
+        // because the first attempt moved the resourceVersion.
+        scaler.api().inject(Method::ReplaceScale, first);
+        let outcome = scaler.scale_to(&read, 6, "test", &FixedToken(4)).await;
+        assert!(
+            matches!(
+                outcome,
+                Ok(ScaleOutcome::Scaled {
+                    from: 3,
+                    to: 6,
+                    token: 4,
+                    ..
+                })
+            ),
+            "{outcome:?}"
+        );
+        assert_eq!(replicas(&scaler, WorkloadKind::Deployment), Some(6));
+    }
+
+    // A real conflict (someone else wrote another count) stays a conflict.
+    let scaler = with(WorkloadKind::Deployment, 3);
+    let read = scaler.current().await.expect("read");
+    scaler.api().set_replicas(WorkloadKind::Deployment, NAME, 4);
+    let outcome = scaler.scale_to(&read, 6, "test", &FixedToken(4)).await;
+    assert!(
+        matches!(outcome, Ok(ScaleOutcome::Conflict { .. })),
+        "{outcome:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_claim_makes_every_write_an_earlier_leader_prepared_fail() {
+    for kind in WorkloadKind::ALL {
+        let scaler = with(kind, 3);
+        let before_claim = scaler.current().await.expect("read");
+
+        let claimed = scaler.claim(&FixedToken(2)).await.expect("claim");
+        assert_eq!(claimed.fencing_token, Some(2));
+        assert_ne!(claimed.resource_version, before_claim.resource_version);
+        assert_eq!(scaler.api().calls(Method::AnnotateWorkload), 1);
+        // Claiming the same token again writes nothing.
+        scaler.claim(&FixedToken(2)).await.expect("claim again");
+        assert_eq!(scaler.api().calls(Method::AnnotateWorkload), 1);
+
+        // The earlier leader's write, prepared against the old version,
+        // arrives late: 409, nothing written.
+        let late = scaler
+            .scale_to(&before_claim, 6, "late", &FixedToken(1))
+            .await;
+        assert!(
+            matches!(late, Ok(ScaleOutcome::Conflict { .. })),
+            "{late:?}"
+        );
+        assert_eq!(replicas(&scaler, kind), Some(3));
+
+        // An older token can neither claim nor write over a newer claim.
+        let error = scaler.claim(&FixedToken(1)).await.expect_err("older claim");
+        assert_eq!(error.label(), "fenced", "{error}");
+        let fresh = scaler.current().await.expect("read");
+        let error = scaler
+            .scale_to(&fresh, 6, "stale leader", &FixedToken(1))
+            .await
+            .expect_err("older token");
+        assert_eq!(error.label(), "fenced", "{error}");
+
+        // The claimant itself writes.
+        let outcome = scaler.scale_to(&fresh, 6, "leader", &FixedToken(2)).await;
+        assert!(
+            matches!(outcome, Ok(ScaleOutcome::Scaled { to: 6, .. })),
+            "{outcome:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_deletion_cost_patch_on_a_pod_that_changed_is_retried_on_a_fresh_list() {
+    let scaler = with(WorkloadKind::Deployment, 2);
+    let api = scaler.api();
+    for name in ["socket-a", "socket-b"] {
+        api.put_pod(pod(name));
+    }
+    let read = scaler.current().await.expect("read");
+    let loads = BTreeMap::from([("socket-a".to_owned(), 5), ("socket-b".to_owned(), 9)]);
+    // The first patch finds the pod changed since it was listed.
+    api.inject(
+        Method::PatchPod,
+        Fault::Fail(ApiError::Conflict("pod changed".to_owned())),
+    );
+    let plan = scaler
+        .prepare_scale_in(&read, "socket-a", &loads, &AlwaysValid)
+        .await
+        .expect("plan");
+    assert_eq!(plan.victim, "socket-a");
+    assert_eq!(
+        api.calls(Method::PatchPod),
+        3,
+        "one refused, then both written"
+    );
+    let cost = |name: &str| api.pod(name).and_then(|p| p.deletion_cost);
+    assert_eq!(cost("socket-a").as_deref(), Some("-1"));
+    assert_eq!(cost("socket-b").as_deref(), Some("9"));
 }

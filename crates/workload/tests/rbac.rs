@@ -68,7 +68,11 @@ fn grants(rules: &[PolicyRule]) -> BTreeSet<(String, String, String)> {
 fn the_role_grants_exactly_what_is_used() -> Result {
     let mut needed = BTreeSet::new();
     for kind in WorkloadKind::ALL {
-        for op in [Operation::GetWorkload(kind), Operation::UpdateScale(kind)] {
+        for op in [
+            Operation::GetWorkload(kind),
+            Operation::UpdateScale(kind),
+            Operation::PatchWorkload(kind),
+        ] {
             needed.insert((
                 op.api_group().to_owned(),
                 op.resource().to_owned(),
@@ -198,13 +202,18 @@ async fn the_service_account_gets_403_for_anything_not_granted() -> Result {
         "list deployments"
     );
     assert_eq!(
+        code(&deployments.delete("socket", &DeleteParams::default()).await),
+        403,
+        "delete deployments"
+    );
+    assert_eq!(
         code(
             &deployments
                 .patch("socket", &PatchParams::default(), &merge)
                 .await
         ),
-        403,
-        "patch deployments"
+        404,
+        "patch deployments (granted for the claim; there is no such Deployment)"
     );
     assert_eq!(
         code(&pods.delete("p", &DeleteParams::default()).await),

@@ -306,12 +306,13 @@ async fn losing_the_lease_stops_scaling_and_regaining_it_resumes() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_hung_tick_is_abandoned_at_its_deadline() {
+async fn a_hung_read_ends_within_the_lease_time_left() {
     let leases = MemoryLeaseStore::new();
     let repo = Arc::new(MemoryStateRepo::default());
     let sink = Arc::new(RecordingSink::default());
     let api = workload(5);
-    // The first read never answers; the scaler would wait 10 s for it.
+    // The first read never answers; the request timeout alone would wait
+    // 10 s for it, but a leader's requests end within its lease time left.
     api.inject(Method::GetWorkload, rtc_workload::Fault::Hang);
     let (_cpu, view) = fleet(0.8);
     let started = Instant::now();
@@ -329,8 +330,8 @@ async fn a_hung_tick_is_abandoned_at_its_deadline() {
         .await
         .expect("a decision");
     let waited = started.elapsed();
-    // The hung tick started within a tick of leading and was cut off 2 s
-    // (the tick deadline) later; the next tick went through.
+    // The hung read started within a tick of leading and was cut off at
+    // the renew deadline (2 s) at most; the retry went through.
     assert!(waited >= loop_config().tick_deadline(), "{waited:?}");
     assert!(waited < Duration::from_secs(6), "{waited:?}");
     assert_eq!(sink.signals().len(), 1);
@@ -398,4 +399,102 @@ fn a_zero_tick_interval_is_refused() {
         LoopConfig::default().tick_deadline(),
         Duration::from_secs(10)
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_leader_claims_the_workload_before_its_first_write() {
+    let leases = MemoryLeaseStore::new();
+    let repo = Arc::new(MemoryStateRepo::default());
+    let sink = Arc::new(RecordingSink::default());
+    let (_cpu, view) = fleet(0.8);
+    let api = workload(5);
+    // A write an earlier leader prepared: read before this leader's claim.
+    let earlier = api
+        .workload(WorkloadKind::Deployment, NAME)
+        .expect("workload");
+    let replica = Replica::start(
+        &leases,
+        "lb-0",
+        loop_config(),
+        controller(api, &repo, &sink, "lb-0"),
+        view,
+        None,
+    );
+    sleep(SETTLE).await;
+    let token = replica.guard.check(Duration::ZERO).expect("leads").token;
+    let controller = replica.stop().await;
+    let api = controller.scaler().api();
+    let now = api
+        .workload(WorkloadKind::Deployment, NAME)
+        .expect("workload");
+    assert_eq!(now.fencing_token, Some(token), "claimed under its token");
+    assert_eq!(
+        api.calls(Method::AnnotateWorkload),
+        1,
+        "one claim per token"
+    );
+    assert_eq!(now.spec_replicas, 8, "then it scaled");
+    // The earlier leader's write arrives now: refused.
+    let late = api
+        .replace_scale(WorkloadKind::Deployment, NAME, 6, &earlier.resource_version)
+        .await;
+    assert!(
+        matches!(late, Err(rtc_workload::ApiError::Conflict(_))),
+        "{late:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_write_before_the_claim_succeeds() {
+    let leases = MemoryLeaseStore::new();
+    let repo = Arc::new(MemoryStateRepo::default());
+    let sink = Arc::new(RecordingSink::default());
+    let (_cpu, view) = fleet(0.8);
+    let api = workload(5);
+    for _ in 0..3 {
+        api.inject(Method::AnnotateWorkload, rtc_workload::Fault::status(403));
+    }
+    let replica = Replica::start(
+        &leases,
+        "lb-0",
+        loop_config(),
+        controller(api, &repo, &sink, "lb-0"),
+        view,
+        None,
+    );
+    sleep(TICK * 2).await;
+    assert!(replica.guard.is_leader());
+    assert_eq!(replica.decided(), 0, "no tick while unclaimed");
+    sleep(SETTLE).await;
+    let controller = replica.stop().await;
+    let api = controller.scaler().api();
+    assert_eq!(
+        api.calls(Method::AnnotateWorkload),
+        4,
+        "claimed once the refusals stop"
+    );
+    assert_eq!(api.calls(Method::ReplaceScale), 1);
+    assert_eq!(replicas(&controller), Some(8));
+}
+
+#[test]
+fn the_safety_margin_must_leave_time_between_renewals() {
+    let election = ElectionConfig::new("lb-0").with_timing(
+        Duration::from_secs(15),
+        Duration::from_secs(10),
+        Duration::from_secs(2),
+    );
+    assert_eq!(LoopConfig::default().validate_against(&election), Ok(()));
+    let config = LoopConfig {
+        safety_margin: Duration::from_secs(8),
+        ..LoopConfig::default()
+    };
+    let error = config
+        .validate_against(&election)
+        .expect_err("8 s >= 10 s - 2 s");
+    assert!(
+        matches!(error, ConfigError::MarginTooLarge { .. }),
+        "{error}"
+    );
+    assert!(error.to_string().contains("renew deadline"), "{error}");
 }
