@@ -38,7 +38,8 @@ start() {
   fi
   port_free "$NAME" "$RTC_TOXIPROXY_PORT" RTC_TOXIPROXY_PORT
   "$RTC_LOCAL_DIR/build.sh" toxiproxy
-  spawn "$NAME" "$("$RTC_LOCAL_DIR/build.sh" path toxiproxy-server)" \
+  # Its default level, trace, logs every read and write of every connection.
+  spawn "$NAME" env LOG_LEVEL=info "$("$RTC_LOCAL_DIR/build.sh" path toxiproxy-server)" \
     -host 127.0.0.1 \
     -port "$RTC_TOXIPROXY_PORT"
   wait_for "$NAME" 10 ready
