@@ -115,7 +115,7 @@ build_keda_crds() {
   compgen -G "$out/*.yaml" >/dev/null && return 0
   need_go keda-crds
   local dir
-  dir="$(cd "$RTC_STACK_CACHE" && GOFLAGS= go mod download -json "github.com/kedacore/keda/v2@$KEDA_VERSION" 2>/dev/null \
+  dir="$(cd "$RTC_STACK_CACHE" && GOFLAGS='' go mod download -json "github.com/kedacore/keda/v2@$KEDA_VERSION" 2>/dev/null \
     | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')"
   [[ -n "$dir" && -d "$dir/config/crd/bases" ]] \
     || die "keda-crds: github.com/kedacore/keda/v2@$KEDA_VERSION is not served by $GOPROXY or has no config/crd/bases; change KEDA_VERSION in deploy/local/build.sh"

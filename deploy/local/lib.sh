@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared conventions for the local stack's scripts. Source it; do not run it.
 #
 # Layout:
@@ -11,6 +12,7 @@
 set -euo pipefail
 
 RTC_REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+# shellcheck disable=SC2034 # used by the scripts that source this one
 RTC_LOCAL_DIR="$RTC_REPO_ROOT/deploy/local"
 : "${RTC_STACK_CACHE:=${XDG_CACHE_HOME:-$HOME/.cache}/rtc-stack}"
 : "${RTC_STACK_RUN:=$RTC_REPO_ROOT/target/stack}"
@@ -139,6 +141,7 @@ service_status() {
 
 # service_main ARG: the start|stop|status dispatch of a service script that
 # defines NAME and the functions start and status.
+# shellcheck disable=SC2153 # NAME is the calling script's
 service_main() {
   case "${1:-}" in
     start) start ;;
