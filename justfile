@@ -109,7 +109,7 @@ bench-loadgen:
     eval "$(deploy/local/stack env)"
     cargo bench -p rtc-loadgen --bench ceiling
 
-# Start the local stack (Redis, a Kafka-protocol broker, etcd, the Kubernetes control plane and node agents).
+# Start the local stack (Redis, a Kafka-protocol broker, toxiproxy, etcd, the Kubernetes control plane and node agents).
 stack-up *SERVICES:
     deploy/local/stack up {{SERVICES}}
 

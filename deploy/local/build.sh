@@ -6,6 +6,8 @@
 #   build.sh etcd            etcd (etcd/go.mod)
 #   build.sh keda-crds       the KEDA CustomResourceDefinitions (config/crd of
 #                            the KEDA module), for the ScaledObject of deploy/k8s
+#   build.sh toxiproxy       toxiproxy's server (toxiproxy/go.mod), for the
+#                            fault tests
 #   build.sh all             all of them (the default)
 #   build.sh path NAME       print where NAME's binary is (no build)
 #
@@ -24,6 +26,7 @@ source "$HERE/lib.sh"
 KUBE_VERSION="v1.37.2"
 ETCD_VERSION="v3.6.16"
 KEDA_VERSION="v2.21.0"
+TOXIPROXY_VERSION="v2.5.0"
 
 : "${GOMODCACHE:=$RTC_STACK_CACHE/go/mod}"
 : "${GOCACHE:=${XDG_CACHE_HOME:-$HOME/.cache}/go-build}"
@@ -50,19 +53,22 @@ out_dir() {
     control-plane) echo "$RTC_STACK_CACHE/kube-$KUBE_VERSION-$(key kube)" ;;
     etcd) echo "$RTC_STACK_CACHE/etcd-$ETCD_VERSION-$(key etcd)" ;;
     keda-crds) echo "$RTC_STACK_CACHE/keda-crds-$KEDA_VERSION" ;;
+    toxiproxy) echo "$RTC_STACK_CACHE/toxiproxy-$TOXIPROXY_VERSION-$(key toxiproxy)" ;;
   esac
 }
 
 # go_build COMPONENT MODULE_DIR OUT PKG...: go build inside the wrapper module,
-# with the cause of a failure turned into one line.
+# with the cause of a failure turned into one line. EXTRA_LDFLAGS, when set,
+# is added to the linker flags (e.g. -X to stamp a version); COLD_BUILD says
+# how long a cold build takes (default: several minutes).
 go_build() {
   local component="$1" dir="$2" out="$3"
   shift 3
   need_go "$component"
   local log="$RTC_STACK_CACHE/build-$component.log" start=$SECONDS
   mkdir -p "$out.tmp"
-  log "$component: building $* (once; a cold build takes several minutes; log $log)"
-  if ! (cd "$HERE/$dir" && go build -trimpath -ldflags='-s -w' -o "$out.tmp/" "$@") >"$log" 2>&1; then
+  log "$component: building $* (once; a cold build takes ${COLD_BUILD:-several minutes}; log $log)"
+  if ! (cd "$HERE/$dir" && go build -trimpath -ldflags="-s -w${EXTRA_LDFLAGS:+ $EXTRA_LDFLAGS}" -o "$out.tmp/" "$@") >"$log" 2>&1; then
     tail -n 20 "$log" >&2
     if grep -qE 'reading https?://[^ ]*: (403|404|410)|not available|not found: |unknown revision|no matching versions' "$log"; then
       die "$component: a module is not served by $GOPROXY ($(grep -oE '[a-zA-Z0-9./_-]+@v[0-9][^: ]*' "$log" | head -n1)); fix the pin in deploy/local/$dir/go.mod"
@@ -92,6 +98,16 @@ build_etcd() {
   mkdir -p "$out" && mv "$out.bin/server" "$out/etcd" && rm -rf "$out.bin"
 }
 
+# toxiproxy's version string is stamped at link time, as its releases do, so
+# GET /version answers the pinned release rather than "git".
+build_toxiproxy() {
+  local out; out="$(out_dir toxiproxy)"
+  [[ -x "$out/toxiproxy-server" ]] && return 0
+  EXTRA_LDFLAGS="-X github.com/Shopify/toxiproxy/v2.Version=${TOXIPROXY_VERSION#v}" COLD_BUILD="about a minute" \
+    go_build toxiproxy toxiproxy "$out.bin" github.com/Shopify/toxiproxy/v2/cmd/server
+  mkdir -p "$out" && mv "$out.bin/server" "$out/toxiproxy-server" && rm -rf "$out.bin"
+}
+
 # The CRDs come from the KEDA module's own source zip, so the stack accepts
 # exactly the ScaledObject schema of that release.
 build_keda_crds() {
@@ -99,7 +115,7 @@ build_keda_crds() {
   compgen -G "$out/*.yaml" >/dev/null && return 0
   need_go keda-crds
   local dir
-  dir="$(cd "$RTC_STACK_CACHE" && GOFLAGS= go mod download -json "github.com/kedacore/keda/v2@$KEDA_VERSION" 2>/dev/null \
+  dir="$(cd "$RTC_STACK_CACHE" && GOFLAGS='' go mod download -json "github.com/kedacore/keda/v2@$KEDA_VERSION" 2>/dev/null \
     | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')"
   [[ -n "$dir" && -d "$dir/config/crd/bases" ]] \
     || die "keda-crds: github.com/kedacore/keda/v2@$KEDA_VERSION is not served by $GOPROXY or has no config/crd/bases; change KEDA_VERSION in deploy/local/build.sh"
@@ -114,14 +130,16 @@ case "${1:-all}" in
   control-plane) build_control_plane ;;
   etcd) build_etcd ;;
   keda-crds) build_keda_crds ;;
-  all) build_etcd && build_control_plane && build_keda_crds ;;
+  toxiproxy) build_toxiproxy ;;
+  all) build_etcd && build_control_plane && build_keda_crds && build_toxiproxy ;;
   path)
     case "${2:-}" in
       etcd) echo "$(out_dir etcd)/etcd" ;;
       kube-apiserver | kube-controller-manager | kube-scheduler) echo "$(out_dir control-plane)/$2" ;;
       keda-crds) out_dir keda-crds ;;
-      *) die "usage: build.sh path etcd|kube-apiserver|kube-controller-manager|kube-scheduler|keda-crds" ;;
+      toxiproxy-server) echo "$(out_dir toxiproxy)/toxiproxy-server" ;;
+      *) die "usage: build.sh path etcd|kube-apiserver|kube-controller-manager|kube-scheduler|keda-crds|toxiproxy-server" ;;
     esac
     ;;
-  *) die "usage: build.sh [control-plane|etcd|keda-crds|all|path NAME]" ;;
+  *) die "usage: build.sh [control-plane|etcd|keda-crds|toxiproxy|all|path NAME]" ;;
 esac

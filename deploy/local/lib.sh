@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared conventions for the local stack's scripts. Source it; do not run it.
 #
 # Layout:
@@ -11,6 +12,7 @@
 set -euo pipefail
 
 RTC_REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+# shellcheck disable=SC2034 # used by the scripts that source this one
 RTC_LOCAL_DIR="$RTC_REPO_ROOT/deploy/local"
 : "${RTC_STACK_CACHE:=${XDG_CACHE_HOME:-$HOME/.cache}/rtc-stack}"
 : "${RTC_STACK_RUN:=$RTC_REPO_ROOT/target/stack}"
@@ -24,6 +26,8 @@ RTC_LOCAL_DIR="$RTC_REPO_ROOT/deploy/local"
 : "${RTC_APISERVER_PORT:=16443}"
 : "${RTC_CONTROLLER_MANAGER_PORT:=16257}"
 : "${RTC_SCHEDULER_PORT:=16259}"
+# toxiproxy's HTTP API (the proxies tests create listen on ports of their own).
+: "${RTC_TOXIPROXY_PORT:=18474}"
 # Node agents (crates/node-agent): how many Nodes the stack registers.
 : "${RTC_NODES:=2}"
 # Pods of node I get addresses RTC_POD_IP_BASE.I.2 and up (all of 127/8 is loopback).
@@ -31,7 +35,8 @@ RTC_LOCAL_DIR="$RTC_REPO_ROOT/deploy/local"
 
 export RTC_STACK_CACHE RTC_STACK_RUN RTC_REDIS_PORT RTC_KAFKA_PORT \
   RTC_ETCD_PORT RTC_ETCD_PEER_PORT RTC_APISERVER_PORT \
-  RTC_CONTROLLER_MANAGER_PORT RTC_SCHEDULER_PORT RTC_NODES RTC_POD_IP_BASE
+  RTC_CONTROLLER_MANAGER_PORT RTC_SCHEDULER_PORT RTC_TOXIPROXY_PORT RTC_NODES \
+  RTC_POD_IP_BASE
 
 mkdir -p "$RTC_STACK_CACHE" "$RTC_STACK_RUN"
 
@@ -136,6 +141,7 @@ service_status() {
 
 # service_main ARG: the start|stop|status dispatch of a service script that
 # defines NAME and the functions start and status.
+# shellcheck disable=SC2153 # NAME is the calling script's
 service_main() {
   case "${1:-}" in
     start) start ;;

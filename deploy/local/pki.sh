@@ -56,6 +56,7 @@ new_cert() {
     echo "extendedKeyUsage=$usage"
     [[ -n "$san" ]] && echo "subjectAltName=$san"
   } >"$ext"
+  # shellcheck disable=SC2015 # die when either step fails
   openssl req -newkey rsa:2048 -nodes -sha256 -keyout "$PKI/$name.key" \
     -out "$PKI/$name.csr" -subj "$subject" 2>/dev/null \
     && openssl x509 -req -sha256 -days "$DAYS" -in "$PKI/$name.csr" \
@@ -89,6 +90,7 @@ ensure() {
     new_cert ca scheduler "/CN=system:kube-scheduler" clientAuth
     new_cert front-proxy-ca front-proxy-client "/CN=front-proxy-client" clientAuth
     if [[ ! -f "$PKI/sa.key" ]]; then
+      # shellcheck disable=SC2015 # die when either step fails
       openssl genrsa -out "$PKI/sa.key" 2048 2>/dev/null \
         && openssl rsa -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null \
         || die "pki: openssl could not make the service-account key"

@@ -16,6 +16,8 @@ pub enum Service {
     Kafka,
     /// The Kubernetes API server.
     KubernetesApi,
+    /// toxiproxy's HTTP API.
+    Toxiproxy,
 }
 
 impl fmt::Display for Service {
@@ -24,6 +26,7 @@ impl fmt::Display for Service {
             Self::Redis => "redis",
             Self::Kafka => "kafka broker",
             Self::KubernetesApi => "kubernetes api server",
+            Self::Toxiproxy => "toxiproxy",
         })
     }
 }
@@ -129,6 +132,32 @@ pub enum Error {
         reason: String,
     },
 
+    /// toxiproxy answered a request with an error, or with something its
+    /// API does not promise.
+    #[error("toxiproxy: {request} answered {status}: {message}")]
+    Toxiproxy {
+        /// The request, e.g. `POST /proxies`.
+        request: String,
+        /// The HTTP status of the answer (0 when the request could not be
+        /// built).
+        status: u16,
+        /// toxiproxy's own message, or what was wrong with the answer.
+        message: String,
+    },
+
+    /// The API server's audit log cannot be read, or holds a complete line
+    /// that is not an audit event.
+    #[error(
+        "cannot use the audit log {path}: {source}; the stack's API server writes it \
+         (`deploy/local/stack up apiserver`), RTC_AUDIT_LOG names it (`deploy/local/stack env`)"
+    )]
+    AuditLog {
+        /// The audit log's path.
+        path: PathBuf,
+        /// Why it could not be used.
+        source: BoxError,
+    },
+
     /// A Redis command failed on a working connection.
     #[error("redis: {0}")]
     Redis(#[from] fred::error::Error),
@@ -154,6 +183,8 @@ impl Error {
             Self::Manifest { .. } => "manifest",
             Self::NotObserved { .. } => "not_observed",
             Self::NotReady { .. } => "not_ready",
+            Self::Toxiproxy { .. } => "toxiproxy",
+            Self::AuditLog { .. } => "audit_log",
             Self::Redis(_) => "redis",
             Self::Kafka(_) => "kafka",
             Self::Kube(_) => "kube",

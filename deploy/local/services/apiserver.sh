@@ -12,6 +12,11 @@
 # components under $RTC_STACK_RUN/kubeconfigs. The service-account kubeconfigs
 # of deploy/k8s/01-rbac.yaml are written by accounts.sh once the controllers
 # run. stop stops the API server only; etcd has its own script.
+# Writes named in deploy/local/audit-policy.yaml (/scale, workload and pod
+# patches, Leases) are recorded in the audit log $RTC_STACK_RUN/audit.log
+# (JSON lines, one event per request), written before the response is sent,
+# so a test reads a write's event as soon as its request returns. A restart
+# appends to it; `deploy/local/stack up` begins a new one (see there).
 # status exits 0 when running and ready, 3 otherwise (service_status).
 
 # shellcheck source=deploy/local/lib.sh
@@ -21,6 +26,7 @@ NAME=apiserver
 PKI="$RTC_STACK_RUN/pki"
 URL="https://127.0.0.1:$RTC_APISERVER_PORT"
 KUBECONFIG_FILE="$RTC_STACK_RUN/kubeconfig"
+AUDIT_LOG="$RTC_STACK_RUN/audit.log"
 
 ready() {
   [[ "$(curl -fsS --max-time 2 --cacert "$PKI/ca.crt" --cert "$PKI/admin.crt" --key "$PKI/admin.key" \
@@ -70,7 +76,7 @@ crd_established() {
 
 report() {
   log "apiserver: listening on $URL (pid $(cat "$(pidfile "$NAME")"))"
-  log "apiserver: kubeconfig $KUBECONFIG_FILE (context rtc-local), log $(logfile "$NAME")"
+  log "apiserver: kubeconfig $KUBECONFIG_FILE (context rtc-local), log $(logfile "$NAME"), audit log $AUDIT_LOG"
 }
 
 start() {
@@ -109,6 +115,12 @@ start() {
     --proxy-client-key-file "$PKI/front-proxy-client.key" \
     --kubelet-preferred-address-types InternalIP \
     --endpoint-reconciler-type none \
+    --audit-policy-file "$RTC_LOCAL_DIR/audit-policy.yaml" \
+    --audit-log-path "$AUDIT_LOG" \
+    --audit-log-format json \
+    --audit-log-mode blocking \
+    --audit-log-maxsize 1024 \
+    --audit-log-maxbackup 1 \
     --profiling=false \
     --v 1
   # A cold start installs the RBAC bootstrap roles and priority levels first.
