@@ -218,7 +218,10 @@ impl Candidate {
                 change = Some(Change::SteppedDown(StepDown::Lost));
             }
             self.observed = None;
-            return (Plan::Create(self.acquisition(0, wall)), change);
+            return (
+                Plan::Create(self.acquisition(first_token(wall), wall)),
+                change,
+            );
         };
         let fresh = self
             .observed
@@ -387,6 +390,28 @@ impl Candidate {
     }
 }
 
+/// Seconds from 2020-01-01 to 2020-01-01 + 2^31 s fit `leaseTransitions`
+/// (int32) with room for takeovers.
+const FIRST_TOKEN_EPOCH_S: u64 = 1_577_836_800;
+const FIRST_TOKEN_MAX: u64 = i32::MAX as u64 - 1_000_000;
+
+/// The transition count, and so the fencing token, a Lease this candidate
+/// creates starts at: the seconds since 2020-01-01 by its wall clock.
+///
+/// A Lease that is deleted and created again must not start its tokens over
+/// at 0: the decision state and the workload's claim keep the highest token
+/// seen and refuse lower ones, so every later leader would be refused for
+/// good. Takeovers add one each and cannot come faster than one per lease
+/// duration (at least a second), so a Lease created later starts above any
+/// token the earlier one reached, as long as the clocks that wrote them
+/// agree to within the gap between deletion and creation. Capped so that
+/// takeovers still fit the API's int32 (around the year 2088).
+fn first_token(wall: SystemTime) -> u64 {
+    wall.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs().saturating_sub(FIRST_TOKEN_EPOCH_S))
+        .min(FIRST_TOKEN_MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -431,6 +456,30 @@ mod tests {
     }
 
     #[test]
+    fn a_lease_created_again_starts_above_the_tokens_of_the_one_before() {
+        // The Lease of 2023-11-14 saw a thousand takeovers; it is deleted,
+        // and a day later a candidate creates it again.
+        let before = first_token(wall()) + 1_000;
+        let day_later = wall() + Duration::from_secs(86_400);
+        let mut a = candidate("a");
+        let (plan, _) = a.on_read(Instant::now(), day_later, None);
+        let Plan::Create(record) = plan else {
+            panic!("expected a create, got {plan:?}");
+        };
+        assert!(
+            record.transitions > before,
+            "{} <= {before}",
+            record.transitions
+        );
+        assert!(i32::try_from(record.transitions).is_ok());
+        assert_eq!(first_token(SystemTime::UNIX_EPOCH), 0);
+        assert_eq!(
+            first_token(SystemTime::UNIX_EPOCH + Duration::from_secs(u64::from(u32::MAX) * 4)),
+            FIRST_TOKEN_MAX
+        );
+    }
+
+    #[test]
     fn creates_a_missing_lease_and_leads_until_the_renew_deadline() {
         let t0 = Instant::now();
         let mut a = candidate("a");
@@ -438,15 +487,15 @@ mod tests {
         let (plan, change) = a.on_read(t0, wall(), None);
         assert_eq!(change, None);
         assert!(
-            matches!(&plan, Plan::Create(r) if r.holder.as_deref() == Some("a") && r.transitions == 0)
+            matches!(&plan, Plan::Create(r) if r.holder.as_deref() == Some("a") && r.transitions == first_token(wall()))
         );
         let change = a.on_written(t0, t0 + Duration::from_millis(50), written(&plan, "1"));
-        assert_eq!(change, Some(Change::Acquired(0)));
+        assert_eq!(change, Some(Change::Acquired(first_token(wall()))));
         // Counted from when the write was sent, not when it was answered.
         assert_eq!(
             a.leadership(t0),
             Leadership::Leader {
-                token: 0,
+                token: first_token(wall()),
                 until: t0 + RENEW
             }
         );
@@ -571,7 +620,8 @@ mod tests {
         let mut a = candidate("a");
         let (plan, _) = a.on_read(t0, wall(), None);
         a.on_written(t0, t0, written(&plan, "1"));
-        let (plan, change) = a.on_read(t0, wall(), Some(lease(Some("a"), "2", 0)));
+        let (plan, change) =
+            a.on_read(t0, wall(), Some(lease(Some("a"), "2", first_token(wall()))));
         assert_eq!(change, None);
         assert!(matches!(plan, Plan::Replace { version, .. } if version == "2"));
     }

@@ -279,3 +279,33 @@ async fn skewed_clocks_do_not_make_two_leaders() -> TestResult {
     ns.cleanup().await?;
     Ok(())
 }
+
+/// A Lease deleted and created again does not start its tokens over: the
+/// decision state and the workload's claim refuse tokens below the highest
+/// seen, so a reset would shut every later leader out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_created_again_gives_a_greater_token() -> TestResult {
+    let ns = rtc_testkit::kubernetes().await?;
+    let a = Candidate::start(ns.client(), ns.name(), "recreated", "lb-a");
+    assert_eq!(
+        leader_among(std::slice::from_ref(&a.guard), LEASE).await,
+        Some(0)
+    );
+    let before = a.guard.check(Duration::ZERO)?.token;
+    a.shut_down().await;
+    ns.api::<Lease>()
+        .delete("recreated", &kube::api::DeleteParams::default())
+        .await?;
+    // At least a second later, as any deletion and re-creation is.
+    sleep(Duration::from_millis(1_100)).await;
+    let b = Candidate::start(ns.client(), ns.name(), "recreated", "lb-b");
+    assert_eq!(
+        leader_among(std::slice::from_ref(&b.guard), LEASE).await,
+        Some(0)
+    );
+    let after = b.guard.check(Duration::ZERO)?.token;
+    assert!(after > before, "{after} <= {before}");
+    b.shut_down().await;
+    ns.cleanup().await?;
+    Ok(())
+}

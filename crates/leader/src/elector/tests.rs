@@ -80,14 +80,16 @@ fn recorder(guards: Vec<LeaderGuard>, mut stop: oneshot::Receiver<()>) -> JoinHa
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_lone_candidate_creates_the_lease_and_leads_with_token_zero() {
+async fn a_lone_candidate_creates_the_lease_and_leads_with_a_token_from_the_clock() {
     let store = MemoryLeaseStore::new();
     let a = Running::start(&store, "a");
     assert_eq!(
         leader_among(std::slice::from_ref(&a.guard), RETRY).await,
         Some(0)
     );
-    assert_eq!(a.guard.check(Duration::ZERO).map(|f| f.token), Ok(0));
+    let first = token(&a.guard);
+    assert!(first > 0, "a created Lease starts at the clock's token");
+    assert_eq!(a.guard.check(Duration::ZERO).map(|f| f.token), Ok(first));
     a.shut_down().await;
     let released = store.peek().map(|l| l.record);
     assert_eq!(released.and_then(|r| r.holder), None);
@@ -101,6 +103,8 @@ async fn after_a_crash_the_other_takes_over_once_the_lease_expires() {
         leader_among(std::slice::from_ref(&a.guard), RETRY).await,
         Some(0)
     );
+    let first = token(&a.guard);
+    assert!(first > 0, "a created Lease starts at the clock's token");
     let b = Running::start(&store, "b");
     sleep(Duration::from_secs(5)).await;
     assert!(a.guard.is_leader() && !b.guard.is_leader());
@@ -120,7 +124,10 @@ async fn after_a_crash_the_other_takes_over_once_the_lease_expires() {
     );
     // The crashed leader's own guard ran out before that.
     assert!(!a_guard.is_leader());
-    assert_eq!(b.guard.check(Duration::ZERO).map(|f| f.token), Ok(1));
+    assert_eq!(
+        b.guard.check(Duration::ZERO).map(|f| f.token),
+        Ok(first + 1)
+    );
     b.shut_down().await;
 }
 
@@ -196,6 +203,8 @@ async fn short_storms_of_conflicts_and_server_errors_do_not_cost_leadership() {
         leader_among(std::slice::from_ref(&a.guard), RETRY).await,
         Some(0)
     );
+    let first = token(&a.guard);
+    assert!(first > 0, "a created Lease starts at the clock's token");
     // Each storm is over well within the renew deadline: a hung request
     // costs half of it, a refused one a retry period.
     store.inject([Fault::Conflict, Fault::Status(500)]);
@@ -207,7 +216,7 @@ async fn short_storms_of_conflicts_and_server_errors_do_not_cost_leadership() {
         assert!(a.guard.is_leader());
         sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(a.guard.check(Duration::ZERO).map(|f| f.token), Ok(0));
+    assert_eq!(a.guard.check(Duration::ZERO).map(|f| f.token), Ok(first));
     a.shut_down().await;
 }
 
@@ -219,6 +228,8 @@ async fn an_endless_conflict_storm_makes_the_leader_step_down_on_time() {
         leader_among(std::slice::from_ref(&a.guard), RETRY).await,
         Some(0)
     );
+    let first = token(&a.guard);
+    assert!(first > 0, "a created Lease starts at the clock's token");
     let storm = Instant::now();
     store.set_down(Some(Fault::Conflict));
     while a.guard.is_leader() {
@@ -231,7 +242,10 @@ async fn an_endless_conflict_storm_makes_the_leader_step_down_on_time() {
         Some(0)
     );
     // Re-acquired as a new leadership: a new token.
-    assert_eq!(a.guard.check(Duration::ZERO).map(|f| f.token), Ok(1));
+    assert_eq!(
+        a.guard.check(Duration::ZERO).map(|f| f.token),
+        Ok(first + 1)
+    );
     a.shut_down().await;
 }
 
@@ -335,4 +349,8 @@ async fn random_schedules_never_have_two_leaders() {
             r.shut_down().await;
         }
     }
+}
+
+fn token(guard: &LeaderGuard) -> u64 {
+    guard.check(Duration::ZERO).map(|f| f.token).unwrap_or(0)
 }
