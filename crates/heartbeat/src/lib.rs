@@ -40,6 +40,14 @@
 //! version; a new field means a new version, and readers are upgraded
 //! before writers.
 //!
+//! One exception: `cpu_of` and `mem_of` (what
+//! each fraction is of, [`LimitSource`]) are optional within version 1. A
+//! record without them reads as both equal to `limit`, which writers keep
+//! (`cgroup` only when both are). [`encode`] writes them only when they
+//! differ, so a node with both limits or none writes what every version-1
+//! reader accepts; [`encode_base`] never writes them, for fleets whose
+//! readers predate them.
+//!
 //! # Redis layout
 //!
 //! Under a prefix (default `rtc:hb:`, see [`KeyLayout`]):
@@ -142,7 +150,7 @@ pub use memory::MemoryStore;
 pub use publisher::{PublisherConfig, PublisherHandle};
 pub use record::{
     DecodeError, DecodeLimits, Heartbeat, LimitSource, Load, MAX_BOOT_ID_LEN, MAX_NODE_ID_LEN,
-    SCHEMA_VERSION, decode, encode, validate_boot_id, validate_node_id,
+    Resource, SCHEMA_VERSION, decode, encode, encode_base, validate_boot_id, validate_node_id,
 };
 pub use status::LinkStatus;
 // The clock and the backoff the publisher and the ingestor take, so their
