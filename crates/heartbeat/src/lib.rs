@@ -46,7 +46,7 @@
 //! (`cgroup` only when both are). [`encode`] writes them only when they
 //! differ, so a node with both limits or none writes what every version-1
 //! reader accepts; [`encode_base`] never writes them, for fleets whose
-//! readers predate them.
+//! readers predate them ([`PublisherConfig::per_resource_limits`]).
 //!
 //! # Redis layout
 //!
