@@ -26,6 +26,12 @@
 //!   look fresh. Ages are computed when asked ([`FleetSnapshot::samples`]
 //!   takes `now`), so while Redis is unreachable they keep growing and the
 //!   decision core counts those nodes as stale rather than as load.
+//! - **Nodes without a limit are flagged, not dropped.** Fresh nodes whose
+//!   latest heartbeat has a fraction of the host for CPU or memory are
+//!   counted in `rtc_lb_nodes_without_limit{resource}`, and each is logged
+//!   once per boot and resource ([`ApplyReport::host_fractions`]). They
+//!   stay in the decision input: their connections and traffic are real
+//!   load.
 //! - **Redis down never stops a node.** The publisher runs on its own task;
 //!   every command fails after the client's command timeout; failures are
 //!   retried with backoff (capped at the interval) and reported on a watch
@@ -141,8 +147,8 @@ mod store;
 use std::time::Duration;
 
 pub use fleet::{
-    ApplyReport, DepartReason, FleetEvent, FleetSnapshot, FleetView, NodeEntry, Received,
-    Rejection, StoreRead, observation,
+    ApplyReport, DepartReason, FleetEvent, FleetSnapshot, FleetView, HostFractionSeen,
+    HostFractions, NodeEntry, Received, Rejection, StoreRead, host_fractions, observation,
 };
 pub use ingestor::{Ingestor, IngestorConfig, IngestorHandle};
 #[cfg(any(test, feature = "test-util"))]
@@ -160,6 +166,15 @@ pub use rtc_time::{Backoff, ManualClock, SystemClock, WallClock};
 // this crate need not depend on it.
 pub use rtc_redis::{RedisOptions, connect};
 pub use store::{HeartbeatStore, KeyLayout, PublishOptions, RedisStore, StoreError};
+
+/// Registers the descriptions of this crate's metrics with the installed
+/// recorder.
+pub fn describe_metrics() {
+    metrics::describe_gauge!(
+        "rtc_lb_nodes_without_limit",
+        "Fresh socket nodes whose latest heartbeat reports the resource (cpu, memory) as a fraction of the host, not of a container limit."
+    );
+}
 
 /// A publisher or ingestor configuration that cannot work.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
