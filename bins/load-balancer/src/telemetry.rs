@@ -14,5 +14,6 @@ pub(crate) fn metrics() -> anyhow::Result<PrometheusHandle> {
         .context("installing the metrics recorder")?;
     rtc_leader::describe_metrics();
     rtc_autoscaler::describe_metrics();
+    rtc_heartbeat::describe_metrics();
     Ok(handle)
 }

@@ -52,6 +52,13 @@ pub(crate) struct NodeArgs {
     #[arg(long, env = "STALE_AFTER_MS", default_value = "15000")]
     pub(crate) stale_after_ms: String,
 
+    /// Say in each heartbeat which limit CPU and memory are each a fraction
+    /// of when only one has a limit (true or false). Turn on only once every
+    /// load-balancer is of a version that reads `cpu_of` and `mem_of`: older
+    /// ones refuse such heartbeats.
+    #[arg(long, env = "HEARTBEAT_LIMIT_PER_RESOURCE", default_value_t = false, action = clap::ArgAction::Set)]
+    pub(crate) heartbeat_limit_per_resource: bool,
+
     /// Lifetime of a client's presence entry, ms (or with a unit); renewed every third.
     #[arg(long, env = "PRESENCE_TTL_MS", default_value = "30000")]
     pub(crate) presence_ttl_ms: String,
@@ -148,6 +155,7 @@ impl NodeArgs {
             topic_prefix: self.topic_prefix.clone(),
             heartbeat_interval: self.heartbeat_interval.clone(),
             stale_after_ms: self.stale_after_ms.clone(),
+            heartbeat_limit_per_resource: self.heartbeat_limit_per_resource,
             presence_ttl_ms: self.presence_ttl_ms.clone(),
             max_connections: self.max_connections,
             max_frame_bytes: self.max_frame_bytes,
@@ -204,6 +212,18 @@ mod tests {
         assert_eq!(s.drain.timeout, Duration::from_secs(300));
         assert_eq!(s.heartbeat_interval, Duration::from_secs(5));
         assert_eq!(s.limits.presence_refresh, Duration::from_secs(10));
+        // Heartbeats every load-balancer version accepts, until asked.
+        assert!(!s.heartbeat_limit_per_resource);
+    }
+
+    #[test]
+    fn per_resource_limits_in_heartbeats_are_switched_on_by_a_flag() -> anyhow::Result<()> {
+        let on = settings(&["--heartbeat-limit-per-resource", "true"])?;
+        assert!(on.heartbeat_limit_per_resource);
+        let off = settings(&["--heartbeat-limit-per-resource", "false"])?;
+        assert!(!off.heartbeat_limit_per_resource);
+        assert!(settings(&["--heartbeat-limit-per-resource", "maybe"]).is_err());
+        Ok(())
     }
 
     #[test]

@@ -166,7 +166,8 @@ fn busy_load() -> Load {
     Load {
         cpu: 0.42,
         mem: 0.61,
-        limit_source: LimitSource::Cgroup,
+        cpu_of: LimitSource::Cgroup,
+        mem_of: LimitSource::Cgroup,
         conn: 1_234,
         mps: 56.5,
         p95_ms: 88.0,

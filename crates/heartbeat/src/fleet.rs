@@ -10,7 +10,9 @@ use std::time::Duration;
 use rtc_decision::{NodeSample, Observation};
 use tokio::time::Instant;
 
-use crate::record::{DecodeError, DecodeLimits, Heartbeat, decode, validate_node_id};
+use crate::record::{
+    DecodeError, DecodeLimits, Heartbeat, LimitSource, Resource, decode, validate_node_id,
+};
 
 /// A heartbeat and when this reader first saw it.
 #[derive(Debug, Clone, PartialEq)]
@@ -124,6 +126,63 @@ pub struct ApplyReport {
     pub epoch_changed: bool,
     /// New heartbeats taken into the view (a sequence number not seen before).
     pub accepted: u64,
+    /// Resources a node reports as fractions of the host, each reported
+    /// the first time it is seen for that node and boot (again after the
+    /// node has left the view and come back), not with every heartbeat.
+    pub host_fractions: Vec<HostFractionSeen>,
+}
+
+/// A node seen, for the first time in its boot, with a fraction of the
+/// host's capacity instead of its container's limit: the container has no
+/// limit for that resource (or it could not be read).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostFractionSeen {
+    /// The node.
+    pub node: String,
+    /// Its boot id.
+    pub boot: String,
+    /// The resource without a limit.
+    pub resource: Resource,
+}
+
+/// Fresh nodes whose latest heartbeat has a fraction of the host for a
+/// resource, per resource.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HostFractions {
+    /// Nodes whose CPU fraction is of the host.
+    pub cpu: usize,
+    /// Nodes whose memory fraction is of the host.
+    pub memory: usize,
+}
+
+impl HostFractions {
+    /// The count for `resource`.
+    pub fn get(&self, resource: Resource) -> usize {
+        match resource {
+            Resource::Cpu => self.cpu,
+            Resource::Memory => self.memory,
+        }
+    }
+}
+
+/// Counts, among `nodes` whose latest heartbeat is no older than
+/// `stale_after` at `now` (the decision core's notion of fresh), those
+/// reporting each resource as a fraction of the host.
+pub fn host_fractions<'a>(
+    nodes: impl IntoIterator<Item = &'a NodeEntry>,
+    now: Instant,
+    stale_after: Duration,
+) -> HostFractions {
+    let mut counts = HostFractions::default();
+    for node in nodes {
+        if node.age(now) > stale_after {
+            continue;
+        }
+        let heartbeat = &node.latest.heartbeat;
+        counts.cpu += usize::from(heartbeat.cpu_of == LimitSource::Host);
+        counts.memory += usize::from(heartbeat.mem_of == LimitSource::Host);
+    }
+    counts
 }
 
 /// What the store held at one poll.
@@ -146,6 +205,9 @@ pub struct FleetView {
     /// (most of them, between two publishes) is not decoded again.
     accepted_payloads: BTreeMap<String, Vec<u8>>,
     rejected_total: BTreeMap<&'static str, u64>,
+    /// node -> its boot and the resources already reported in
+    /// [`ApplyReport::host_fractions`] for that boot.
+    host_reported: BTreeMap<String, (String, BTreeSet<Resource>)>,
     epoch: Option<String>,
     grace_until: Option<Instant>,
     history_len: usize,
@@ -162,6 +224,7 @@ impl FleetView {
             rejected_payloads: BTreeMap::new(),
             accepted_payloads: BTreeMap::new(),
             rejected_total: BTreeMap::new(),
+            host_reported: BTreeMap::new(),
             epoch: None,
             grace_until: None,
             history_len: history_len.max(1),
@@ -177,6 +240,41 @@ impl FleetView {
     /// Rejected payloads so far, by [`DecodeError::label`].
     pub fn rejected_total(&self) -> &BTreeMap<&'static str, u64> {
         &self.rejected_total
+    }
+
+    /// Reports the resources `node`'s latest heartbeat has host fractions
+    /// for, unless already reported for its boot.
+    fn note_host_fractions(&mut self, node: &str, report: &mut ApplyReport) {
+        let Some(entry) = self.nodes.get(node) else {
+            return;
+        };
+        let heartbeat = &entry.latest.heartbeat;
+        if self
+            .host_reported
+            .get(node)
+            .is_none_or(|(boot, _)| *boot != heartbeat.boot)
+        {
+            let fresh = (heartbeat.boot.clone(), BTreeSet::new());
+            self.host_reported.insert(node.to_owned(), fresh);
+        }
+        let Some((_, reported)) = self.host_reported.get_mut(node) else {
+            return;
+        };
+        for resource in Resource::ALL {
+            if heartbeat.source_of(resource) == LimitSource::Host && reported.insert(resource) {
+                report.host_fractions.push(HostFractionSeen {
+                    node: node.to_owned(),
+                    boot: heartbeat.boot.clone(),
+                    resource,
+                });
+            }
+        }
+    }
+
+    fn forget(&mut self, node: &str) {
+        self.rejected_payloads.remove(node);
+        self.accepted_payloads.remove(node);
+        self.host_reported.remove(node);
     }
 
     fn reject(&mut self, report: &mut ApplyReport, node: &str, payload: &[u8], error: DecodeError) {
@@ -226,8 +324,7 @@ impl FleetView {
                         reason: DepartReason::Expired,
                     });
                 }
-                self.rejected_payloads.remove(&node);
-                self.accepted_payloads.remove(&node);
+                self.forget(&node);
                 continue;
             };
             if self.nodes.contains_key(&node) && self.accepted_payloads.get(&node) == Some(&payload)
@@ -238,6 +335,7 @@ impl FleetView {
                 Ok(Accepted::New(event)) => {
                     report.accepted += 1;
                     report.events.extend(event);
+                    self.note_host_fractions(&node, &mut report);
                     self.accepted_payloads.insert(node, payload);
                 }
                 Ok(Accepted::Seen) => {
@@ -256,8 +354,7 @@ impl FleetView {
         if !in_grace {
             for node in gone {
                 self.nodes.remove(&node);
-                self.rejected_payloads.remove(&node);
-                self.accepted_payloads.remove(&node);
+                self.forget(&node);
                 report.events.push(FleetEvent::Departed {
                     node,
                     reason: DepartReason::Removed,
@@ -381,6 +478,12 @@ impl FleetSnapshot {
     pub fn rejected(&self) -> u64 {
         self.rejected_total.values().sum()
     }
+
+    /// Fresh nodes (no older than `stale_after` at `now`) with host
+    /// fractions, per resource; see [`host_fractions`].
+    pub fn host_fractions(&self, now: Instant, stale_after: Duration) -> HostFractions {
+        host_fractions(self.nodes.iter().map(Arc::as_ref), now, stale_after)
+    }
 }
 
 /// One tick's decision input from samples produced by
@@ -436,6 +539,137 @@ mod tests {
             node: node.into(),
             reason,
         }
+    }
+
+    fn payload_of(
+        node: &str,
+        boot: &str,
+        seq: u64,
+        cpu_of: LimitSource,
+        mem_of: LimitSource,
+    ) -> Option<Vec<u8>> {
+        let load = Load {
+            cpu_of,
+            mem_of,
+            ..Load::IDLE
+        };
+        Some(encode(&Heartbeat::new(node, boot, seq, NOW_MS, &load)))
+    }
+
+    fn seen(node: &str, boot: &str, resource: Resource) -> HostFractionSeen {
+        HostFractionSeen {
+            node: node.into(),
+            boot: boot.into(),
+            resource,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn host_fractions_are_reported_once_per_node_boot_and_resource() {
+        use LimitSource::{Cgroup, Host};
+        let mut view = FleetView::new(3, Duration::from_secs(15));
+        let r = apply(
+            &mut view,
+            read(
+                "e1",
+                &[
+                    ("a", payload_of("a", "b1", 1, Cgroup, Host)),
+                    ("b", payload_of("b", "b1", 1, Cgroup, Cgroup)),
+                ],
+            ),
+        );
+        assert_eq!(r.host_fractions, vec![seen("a", "b1", Resource::Memory)]);
+        // The next heartbeats of the same boot: nothing new to say.
+        let r = apply(
+            &mut view,
+            read(
+                "e1",
+                &[
+                    ("a", payload_of("a", "b1", 2, Cgroup, Host)),
+                    ("b", payload_of("b", "b1", 2, Cgroup, Cgroup)),
+                ],
+            ),
+        );
+        assert_eq!(r.accepted, 2);
+        assert_eq!(r.host_fractions, vec![]);
+        // The CPU limit gone within the boot: CPU is new.
+        let r = apply(
+            &mut view,
+            read("e1", &[("a", payload_of("a", "b1", 3, Host, Host))]),
+        );
+        assert_eq!(r.host_fractions, vec![seen("a", "b1", Resource::Cpu)]);
+        // A restart: both again, for the new boot.
+        let r = apply(
+            &mut view,
+            read("e1", &[("a", payload_of("a", "b2", 1, Host, Host))]),
+        );
+        assert_eq!(
+            r.host_fractions,
+            vec![
+                seen("a", "b2", Resource::Cpu),
+                seen("a", "b2", Resource::Memory)
+            ]
+        );
+        // Gone, then back with the same boot: first seen again.
+        let _ = apply(&mut view, read("e1", &[("a", None)]));
+        let r = apply(
+            &mut view,
+            read("e1", &[("a", payload_of("a", "b2", 5, Host, Host))]),
+        );
+        assert_eq!(r.host_fractions.len(), 2, "{r:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fresh_nodes_with_host_fractions_are_counted_per_resource() {
+        use LimitSource::{Cgroup, Host};
+        let stale_after = Duration::from_secs(15);
+        let mut view = FleetView::new(3, stale_after);
+        let _ = apply(
+            &mut view,
+            read(
+                "e1",
+                &[
+                    ("a", payload_of("a", "b1", 1, Cgroup, Host)),
+                    ("b", payload_of("b", "b1", 1, Host, Cgroup)),
+                    ("c", payload_of("c", "b1", 1, Host, Host)),
+                    ("d", payload_of("d", "b1", 1, Cgroup, Cgroup)),
+                ],
+            ),
+        );
+        let counts = view.snapshot().host_fractions(Instant::now(), stale_after);
+        assert_eq!(counts, HostFractions { cpu: 2, memory: 2 });
+        assert_eq!(
+            (counts.get(Resource::Cpu), counts.get(Resource::Memory)),
+            (2, 2)
+        );
+        tokio::time::advance(Duration::from_secs(10)).await;
+        // Only "c" heard from again; the others age past STALE_AFTER.
+        let _ = apply(
+            &mut view,
+            read(
+                "e1",
+                &[
+                    ("a", payload_of("a", "b1", 1, Cgroup, Host)),
+                    ("b", payload_of("b", "b1", 1, Host, Cgroup)),
+                    ("c", payload_of("c", "b1", 2, Host, Host)),
+                    ("d", payload_of("d", "b1", 1, Cgroup, Cgroup)),
+                ],
+            ),
+        );
+        tokio::time::advance(Duration::from_secs(6)).await;
+        let now = Instant::now();
+        assert_eq!(
+            view.snapshot().host_fractions(now, stale_after),
+            HostFractions { cpu: 1, memory: 1 }
+        );
+        assert_eq!(
+            host_fractions(
+                view.nodes().values().map(Arc::as_ref),
+                now,
+                Duration::from_secs(60)
+            ),
+            HostFractions { cpu: 2, memory: 2 }
+        );
     }
 
     #[tokio::test(start_paused = true)]

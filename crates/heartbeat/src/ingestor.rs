@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use crate::ConfigError;
 use crate::fleet::{ApplyReport, FleetEvent, FleetSnapshot, FleetView, StoreRead};
-use crate::record::DecodeLimits;
+use crate::record::{DecodeLimits, Resource};
 use crate::status::LinkStatus;
 use crate::store::{HeartbeatStore, StoreError};
 
@@ -144,6 +144,7 @@ impl<S: HeartbeatStore, C: WallClock> Ingestor<S, C> {
             .view
             .apply(read, now, self.clock.now_ms(), &self.config.limits);
         record(&report, self.view.nodes().len());
+        self.record_host_fractions(now);
 
         let prune_every = self.config.prune_after / 4;
         if self
@@ -158,6 +159,23 @@ impl<S: HeartbeatStore, C: WallClock> Ingestor<S, C> {
             }
         }
         Ok(report)
+    }
+
+    /// Sets `rtc_lb_nodes_without_limit{resource}`: fresh nodes whose latest
+    /// heartbeat has a fraction of the host for the resource. Such nodes
+    /// stay in the decision input; the gauge and the log line make them
+    /// visible.
+    fn record_host_fractions(&self, now: Instant) {
+        let counts = crate::fleet::host_fractions(
+            self.view.nodes().values().map(Arc::as_ref),
+            now,
+            self.config.stale_after,
+        );
+        for resource in Resource::ALL {
+            #[allow(clippy::cast_precision_loss, reason = "a gauge of a node count")]
+            metrics::gauge!("rtc_lb_nodes_without_limit", "resource" => resource.label())
+                .set(counts.get(resource) as f64);
+        }
     }
 
     /// Runs the poll loop on the current tokio runtime.
@@ -187,6 +205,14 @@ fn record(report: &ApplyReport, nodes: usize) {
         metrics::counter!("rtc_heartbeat_fleet_events_total", "event" => event.label())
             .increment(1);
         tracing::info!(?event, "fleet membership changed");
+    }
+    for seen in &report.host_fractions {
+        tracing::warn!(
+            node = %seen.node,
+            boot = %seen.boot,
+            resource = seen.resource.label(),
+            "fractions are of the host, not the container; set resources.limits"
+        );
     }
     if report.epoch_changed {
         metrics::counter!("rtc_heartbeat_store_resets_total").increment(1);
@@ -246,6 +272,8 @@ async fn run<S: HeartbeatStore, C: WallClock>(
                     }
                 });
                 tracing::warn!(%error, attempts, "heartbeat poll failed; ages keep growing");
+                // Nodes aging past STALE_AFTER leave the count.
+                ingestor.record_host_fractions(now);
                 next = now + backoff.delay(attempts);
             }
         }
@@ -338,6 +366,53 @@ mod tests {
             bad.validate(),
             Err(ConfigError::PruneNotAboveStale { .. })
         ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn nodes_without_a_limit_are_reported_once_per_boot_and_counted() {
+        use crate::record::LimitSource;
+        let store = MemoryStore::new();
+        let host_memory = |seq, boot: &str| {
+            let load = Load {
+                mem_of: LimitSource::Host,
+                ..Load::IDLE
+            };
+            encode(&Heartbeat::new("a", boot, seq, NOW_MS, &load))
+        };
+        let mut ingestor = Ingestor::new(
+            store.clone(),
+            ManualClock::new(NOW_MS),
+            IngestorConfig::default(),
+        )
+        .expect("valid config");
+        let mut seen = Vec::new();
+        let polls = [(1, "b1"), (2, "b1"), (3, "b1"), (1, "b2"), (2, "b2")];
+        for (i, (seq, boot)) in (1..).zip(polls) {
+            store
+                .publish("a", &host_memory(seq, boot), &options())
+                .await
+                .expect("store is up");
+            publish(&store, "z", i).await;
+            let report = ingestor.poll_once().await.expect("store is up");
+            seen.extend(
+                report
+                    .host_fractions
+                    .iter()
+                    .map(|s| (s.node.clone(), s.boot.clone(), s.resource.label())),
+            );
+            tokio::time::advance(Duration::from_secs(1)).await;
+        }
+        assert_eq!(
+            seen,
+            vec![
+                ("a".to_owned(), "b1".to_owned(), "memory"),
+                ("a".to_owned(), "b2".to_owned(), "memory"),
+            ]
+        );
+        let counts = ingestor
+            .snapshot()
+            .host_fractions(Instant::now(), Duration::from_secs(15));
+        assert_eq!((counts.cpu, counts.memory), (0, 1));
     }
 
     #[tokio::test(start_paused = true)]

@@ -26,6 +26,12 @@
 //!   look fresh. Ages are computed when asked ([`FleetSnapshot::samples`]
 //!   takes `now`), so while Redis is unreachable they keep growing and the
 //!   decision core counts those nodes as stale rather than as load.
+//! - **Nodes without a limit are flagged, not dropped.** Fresh nodes whose
+//!   latest heartbeat has a fraction of the host for CPU or memory are
+//!   counted in `rtc_lb_nodes_without_limit{resource}`, and each is logged
+//!   once per boot and resource ([`ApplyReport::host_fractions`]). They
+//!   stay in the decision input: their connections and traffic are real
+//!   load.
 //! - **Redis down never stops a node.** The publisher runs on its own task;
 //!   every command fails after the client's command timeout; failures are
 //!   retried with backoff (capped at the interval) and reported on a watch
@@ -39,6 +45,14 @@
 //! are short but whole words. The decoder refuses unknown fields within a
 //! version; a new field means a new version, and readers are upgraded
 //! before writers.
+//!
+//! One exception: `cpu_of` and `mem_of` (what
+//! each fraction is of, [`LimitSource`]) are optional within version 1. A
+//! record without them reads as both equal to `limit`, which writers keep
+//! (`cgroup` only when both are). [`encode`] writes them only when they
+//! differ, so a node with both limits or none writes what every version-1
+//! reader accepts; [`encode_base`] never writes them, for fleets whose
+//! readers predate them ([`PublisherConfig::per_resource_limits`]).
 //!
 //! # Redis layout
 //!
@@ -133,8 +147,8 @@ mod store;
 use std::time::Duration;
 
 pub use fleet::{
-    ApplyReport, DepartReason, FleetEvent, FleetSnapshot, FleetView, NodeEntry, Received,
-    Rejection, StoreRead, observation,
+    ApplyReport, DepartReason, FleetEvent, FleetSnapshot, FleetView, HostFractionSeen,
+    HostFractions, NodeEntry, Received, Rejection, StoreRead, host_fractions, observation,
 };
 pub use ingestor::{Ingestor, IngestorConfig, IngestorHandle};
 #[cfg(any(test, feature = "test-util"))]
@@ -142,7 +156,7 @@ pub use memory::MemoryStore;
 pub use publisher::{PublisherConfig, PublisherHandle};
 pub use record::{
     DecodeError, DecodeLimits, Heartbeat, LimitSource, Load, MAX_BOOT_ID_LEN, MAX_NODE_ID_LEN,
-    SCHEMA_VERSION, decode, encode, validate_boot_id, validate_node_id,
+    Resource, SCHEMA_VERSION, decode, encode, encode_base, validate_boot_id, validate_node_id,
 };
 pub use status::LinkStatus;
 // The clock and the backoff the publisher and the ingestor take, so their
@@ -152,6 +166,15 @@ pub use rtc_time::{Backoff, ManualClock, SystemClock, WallClock};
 // this crate need not depend on it.
 pub use rtc_redis::{RedisOptions, connect};
 pub use store::{HeartbeatStore, KeyLayout, PublishOptions, RedisStore, StoreError};
+
+/// Registers the descriptions of this crate's metrics with the installed
+/// recorder.
+pub fn describe_metrics() {
+    metrics::describe_gauge!(
+        "rtc_lb_nodes_without_limit",
+        "Fresh socket nodes whose latest heartbeat reports the resource (cpu, memory) as a fraction of the host, not of a container limit."
+    );
+}
 
 /// A publisher or ingestor configuration that cannot work.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

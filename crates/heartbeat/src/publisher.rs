@@ -9,7 +9,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::ConfigError;
-use crate::record::{Heartbeat, Load, encode, validate_node_id};
+use crate::record::{Heartbeat, Load, encode, encode_base, validate_node_id};
 use crate::status::LinkStatus;
 use crate::store::{HeartbeatStore, PublishOptions, StoreError};
 
@@ -35,6 +35,11 @@ pub struct PublisherConfig {
     /// Pauses between failed attempts; the largest pause is capped at
     /// `interval`.
     pub backoff: Backoff,
+    /// Write `cpu_of` and `mem_of` when they differ (default false: every
+    /// record is [`encode_base`]'s, which readers built before those fields
+    /// existed accept). Turn on once every reader is of a build that knows
+    /// them; see [`encode`].
+    pub per_resource_limits: bool,
 }
 
 impl PublisherConfig {
@@ -51,6 +56,7 @@ impl PublisherConfig {
                 min: Duration::from_millis(200),
                 max: Duration::from_secs(5),
             },
+            per_resource_limits: false,
         }
     }
 
@@ -223,7 +229,11 @@ async fn run<S: HeartbeatStore, C: WallClock>(
             clock.now_ms(),
             &current,
         );
-        let payload = encode(&heartbeat);
+        let payload = if config.per_resource_limits {
+            encode(&heartbeat)
+        } else {
+            encode_base(&heartbeat)
+        };
         let result = tokio::select! {
             biased;
             _ = stop.changed() => break,
@@ -333,6 +343,41 @@ mod tests {
         assert!(latest(&store).await.is_some());
         handle.stop().await;
         assert_eq!(*status.borrow(), LinkStatus::Stopped);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn per_resource_sources_are_written_only_when_switched_on() {
+        use crate::record::LimitSource;
+        let one_limit = Load {
+            mem_of: LimitSource::Host,
+            ..Load::IDLE
+        };
+        for (on, expected) in [
+            (false, (LimitSource::Host, LimitSource::Host)),
+            (true, (LimitSource::Cgroup, LimitSource::Host)),
+        ] {
+            let store = MemoryStore::new();
+            let (_load_tx, load) = watch::channel(one_limit);
+            let config = PublisherConfig {
+                per_resource_limits: on,
+                ..config()
+            };
+            let handle =
+                spawn(config, store.clone(), ManualClock::new(1_000), load).expect("valid config");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let payload = store
+                .latest(&["socket-0".to_owned()])
+                .await
+                .ok()
+                .and_then(|mut p| p.pop().flatten())
+                .expect("published");
+            let text = String::from_utf8_lossy(&payload);
+            assert_eq!(text.contains("cpu_of"), on, "{text}");
+            let hb = latest(&store).await.expect("decodes");
+            assert_eq!((hb.cpu_of, hb.mem_of), expected, "{text}");
+            assert_eq!(hb.limit, LimitSource::Host);
+            handle.stop().await;
+        }
     }
 
     #[tokio::test(start_paused = true)]

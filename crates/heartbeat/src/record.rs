@@ -15,7 +15,7 @@ pub const MAX_NODE_ID_LEN: usize = 253;
 /// Longest boot id accepted.
 pub const MAX_BOOT_ID_LEN: usize = 64;
 
-/// What the CPU and memory fractions are fractions of.
+/// What a CPU or memory fraction is a fraction of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LimitSource {
@@ -26,16 +26,52 @@ pub enum LimitSource {
     Host,
 }
 
+impl LimitSource {
+    /// What the record-wide `limit` field says for a CPU source and a
+    /// memory source: [`Cgroup`](Self::Cgroup) only when both are.
+    pub fn both(cpu_of: Self, mem_of: Self) -> Self {
+        if cpu_of == Self::Cgroup && mem_of == Self::Cgroup {
+            Self::Cgroup
+        } else {
+            Self::Host
+        }
+    }
+}
+
+/// A resource whose use a heartbeat reports as a fraction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Resource {
+    /// CPU time.
+    Cpu,
+    /// Memory (the working set).
+    Memory,
+}
+
+impl Resource {
+    /// Both resources, in label order.
+    pub const ALL: [Self; 2] = [Self::Cpu, Self::Memory];
+
+    /// A short, fixed label for metrics and logs: `cpu` or `memory`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Cpu => "cpu",
+            Self::Memory => "memory",
+        }
+    }
+}
+
 /// A node's load as it measures it; the publisher adds the identity,
 /// sequence and timestamp.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Load {
-    /// CPU use as a fraction of the limit named by `limit_source`.
+    /// CPU use as a fraction of the limit named by `cpu_of`.
     pub cpu: f64,
-    /// Memory use as a fraction of the limit named by `limit_source`.
+    /// Memory use as a fraction of the limit named by `mem_of`.
     pub mem: f64,
-    /// What `cpu` and `mem` are fractions of.
-    pub limit_source: LimitSource,
+    /// What `cpu` is a fraction of.
+    pub cpu_of: LimitSource,
+    /// What `mem` is a fraction of.
+    pub mem_of: LimitSource,
     /// Active WebSocket connections.
     pub conn: u64,
     /// Delivered messages per second over the node's sliding window.
@@ -55,7 +91,8 @@ impl Load {
     pub const IDLE: Self = Self {
         cpu: 0.0,
         mem: 0.0,
-        limit_source: LimitSource::Cgroup,
+        cpu_of: LimitSource::Cgroup,
+        mem_of: LimitSource::Cgroup,
         conn: 0,
         mps: 0.0,
         p95_ms: 0.0,
@@ -68,8 +105,9 @@ impl Load {
 /// One heartbeat, as written by a socket node and as accepted by a reader.
 ///
 /// A value obtained from [`decode`] has passed every check listed on
-/// [`DecodeError`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// [`DecodeError`]. Its wire form is written by [`encode`] or
+/// [`encode_base`].
+#[derive(Debug, Clone, PartialEq)]
 pub struct Heartbeat {
     /// Schema version; see [`SCHEMA_VERSION`].
     pub v: u32,
@@ -83,12 +121,18 @@ pub struct Heartbeat {
     /// When the node sent it, in milliseconds since the Unix epoch by the
     /// node's clock. Informational: readers age records by their own clock.
     pub sent_ms: u64,
-    /// CPU use as a fraction of the limit named by `limit`.
+    /// CPU use as a fraction of the limit named by `cpu_of`.
     pub cpu: f64,
-    /// Memory use as a fraction of the limit named by `limit`.
+    /// Memory use as a fraction of the limit named by `mem_of`.
     pub mem: f64,
-    /// What `cpu` and `mem` are fractions of.
+    /// [`LimitSource::both`] of `cpu_of` and `mem_of`, kept for readers
+    /// that know no per-resource source.
     pub limit: LimitSource,
+    /// What `cpu` is a fraction of. Absent on the wire (records of writers
+    /// that predate it, or written with [`encode_base`]): `limit`.
+    pub cpu_of: LimitSource,
+    /// What `mem` is a fraction of. Absent on the wire: `limit`.
+    pub mem_of: LimitSource,
     /// Active connections.
     pub conn: u64,
     /// Delivered messages per second.
@@ -114,7 +158,9 @@ impl Heartbeat {
             sent_ms,
             cpu: load.cpu,
             mem: load.mem,
-            limit: load.limit_source,
+            limit: LimitSource::both(load.cpu_of, load.mem_of),
+            cpu_of: load.cpu_of,
+            mem_of: load.mem_of,
             conn: load.conn,
             mps: load.mps,
             p95_ms: load.p95_ms,
@@ -129,13 +175,22 @@ impl Heartbeat {
         Load {
             cpu: self.cpu,
             mem: self.mem,
-            limit_source: self.limit,
+            cpu_of: self.cpu_of,
+            mem_of: self.mem_of,
             conn: self.conn,
             mps: self.mps,
             p95_ms: self.p95_ms,
             lag_records: self.lag_records,
             lag_ms: self.lag_ms,
             draining: self.draining,
+        }
+    }
+
+    /// What the fraction of `resource` is of.
+    pub fn source_of(&self, resource: Resource) -> LimitSource {
+        match resource {
+            Resource::Cpu => self.cpu_of,
+            Resource::Memory => self.mem_of,
         }
     }
 
@@ -279,11 +334,81 @@ impl DecodeError {
     ];
 }
 
-/// Serializes a record. Infallible for any [`Heartbeat`]: it has no maps
-/// with non-string keys and serde_json writes non-finite floats as `null`
-/// (which [`decode`] then rejects).
+/// Version 1 as written. `cpu_of` and `mem_of` are left out when they say
+/// the same as `limit`, so the record of a node with both limits or none
+/// is exactly what readers that predate them accept (they refuse unknown
+/// fields).
+#[derive(Serialize)]
+struct WireOut<'a> {
+    v: u32,
+    node: &'a str,
+    boot: &'a str,
+    seq: u64,
+    sent_ms: u64,
+    cpu: f64,
+    mem: f64,
+    limit: LimitSource,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cpu_of: Option<LimitSource>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mem_of: Option<LimitSource>,
+    conn: u64,
+    mps: f64,
+    p95_ms: f64,
+    lag_records: u64,
+    lag_ms: f64,
+    draining: bool,
+}
+
+fn wire_out(heartbeat: &Heartbeat, per_resource: bool) -> WireOut<'_> {
+    let limit = LimitSource::both(heartbeat.cpu_of, heartbeat.mem_of);
+    let differs = heartbeat.cpu_of != limit || heartbeat.mem_of != limit;
+    let (cpu_of, mem_of) = if per_resource && differs {
+        (Some(heartbeat.cpu_of), Some(heartbeat.mem_of))
+    } else {
+        (None, None)
+    };
+    WireOut {
+        v: heartbeat.v,
+        node: &heartbeat.node,
+        boot: &heartbeat.boot,
+        seq: heartbeat.seq,
+        sent_ms: heartbeat.sent_ms,
+        cpu: heartbeat.cpu,
+        mem: heartbeat.mem,
+        limit,
+        cpu_of,
+        mem_of,
+        conn: heartbeat.conn,
+        mps: heartbeat.mps,
+        p95_ms: heartbeat.p95_ms,
+        lag_records: heartbeat.lag_records,
+        lag_ms: heartbeat.lag_ms,
+        draining: heartbeat.draining,
+    }
+}
+
+/// Serializes a record with its per-resource sources.
+///
+/// `cpu_of` and `mem_of` are written only when they differ from each other
+/// (one limit set, the other not); otherwise `limit` says it all and the
+/// record has only the fields every version-1 reader knows. A reader built
+/// before `cpu_of` and `mem_of` existed refuses a record that has them
+/// (unknown fields are refused); write such readers' records with
+/// [`encode_base`].
+///
+/// Infallible for any [`Heartbeat`]: it has no maps with non-string keys
+/// and serde_json writes non-finite floats as `null` (which [`decode`]
+/// then rejects).
 pub fn encode(heartbeat: &Heartbeat) -> Vec<u8> {
-    serde_json::to_vec(heartbeat).unwrap_or_default()
+    serde_json::to_vec(&wire_out(heartbeat, true)).unwrap_or_default()
+}
+
+/// Serializes a record with only the fields every version-1 reader knows:
+/// no `cpu_of` or `mem_of`, so a reader of any build accepts it. A node with
+/// one limit but not the other reads as [`LimitSource::Host`] for both.
+pub fn encode_base(heartbeat: &Heartbeat) -> Vec<u8> {
+    serde_json::to_vec(&wire_out(heartbeat, false)).unwrap_or_default()
 }
 
 /// Only the version, read first so a record of another version is told
@@ -295,6 +420,7 @@ struct Envelope {
 
 /// Version 1 on the wire: every field optional so an absent one is named in
 /// the error, unknown fields refused so a typo is not silently ignored.
+/// `cpu_of` and `mem_of` may be absent: they default to `limit`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct WireV1 {
@@ -307,6 +433,8 @@ struct WireV1 {
     cpu: Option<f64>,
     mem: Option<f64>,
     limit: Option<LimitSource>,
+    cpu_of: Option<LimitSource>,
+    mem_of: Option<LimitSource>,
     conn: Option<u64>,
     mps: Option<f64>,
     p95_ms: Option<f64>,
@@ -403,6 +531,14 @@ pub fn decode(bytes: &[u8], now_ms: u64, limits: &DecodeLimits) -> Result<Heartb
     }
     let wire: WireV1 = serde_json::from_slice(bytes).map_err(malformed)?;
     let max_fraction = limits.max_fraction;
+    let limit = required(wire.limit, "limit")?;
+    let cpu_of = wire.cpu_of.unwrap_or(limit);
+    let mem_of = wire.mem_of.unwrap_or(limit);
+    if LimitSource::both(cpu_of, mem_of) != limit {
+        return Err(DecodeError::Malformed(format!(
+            "limit {limit:?} disagrees with cpu_of {cpu_of:?} and mem_of {mem_of:?}"
+        )));
+    }
     let heartbeat = Heartbeat {
         v: SCHEMA_VERSION,
         node: id(wire.node, "node", MAX_NODE_ID_LEN)?,
@@ -411,7 +547,9 @@ pub fn decode(bytes: &[u8], now_ms: u64, limits: &DecodeLimits) -> Result<Heartb
         sent_ms: required(wire.sent_ms, "sent_ms")?,
         cpu: bounded(wire.cpu, "cpu", max_fraction)?,
         mem: bounded(wire.mem, "mem", max_fraction)?,
-        limit: required(wire.limit, "limit")?,
+        limit,
+        cpu_of,
+        mem_of,
         conn: required(wire.conn, "conn")?,
         mps: bounded(wire.mps, "mps", f64::MAX)?,
         p95_ms: bounded(wire.p95_ms, "p95_ms", f64::MAX)?,
@@ -454,16 +592,56 @@ mod tests {
         )
     }
 
+    fn json(heartbeat: &Heartbeat) -> serde_json::Value {
+        serde_json::from_slice(&encode(heartbeat)).expect("record is JSON")
+    }
+
     fn with(field: &str, value: serde_json::Value) -> Vec<u8> {
-        let mut json = serde_json::to_value(sample()).expect("record serializes");
+        let mut json = json(&sample());
         json[field] = value;
         serde_json::to_vec(&json).expect("value serializes")
     }
 
     fn without(field: &str) -> Vec<u8> {
-        let mut json = serde_json::to_value(sample()).expect("record serializes");
+        let mut json = json(&sample());
         json.as_object_mut().expect("an object").remove(field);
         serde_json::to_vec(&json).expect("value serializes")
+    }
+
+    /// A node with a CPU limit and none for memory.
+    fn mixed() -> Heartbeat {
+        let load = Load {
+            cpu_of: LimitSource::Cgroup,
+            mem_of: LimitSource::Host,
+            ..sample().load()
+        };
+        Heartbeat::new("socket-0", "b00t", 7, NOW, &load)
+    }
+
+    /// The fields of version 1 before `cpu_of` and `mem_of`, refusing
+    /// others as readers of that schema do.
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code, reason = "only whether it decodes matters")]
+    struct OldReader {
+        v: u64,
+        node: String,
+        boot: String,
+        seq: u64,
+        sent_ms: u64,
+        cpu: f64,
+        mem: f64,
+        limit: LimitSource,
+        conn: u64,
+        mps: f64,
+        p95_ms: f64,
+        lag_records: u64,
+        lag_ms: f64,
+        draining: bool,
+    }
+
+    fn old_reader_accepts(bytes: &[u8]) -> bool {
+        serde_json::from_slice::<OldReader>(bytes).is_ok()
     }
 
     fn check(bytes: &[u8]) -> Result<Heartbeat, DecodeError> {
@@ -475,6 +653,92 @@ mod tests {
         let bytes = encode(&sample());
         assert!(bytes.len() < 300, "{} bytes", bytes.len());
         assert_eq!(check(&bytes), Ok(sample()));
+    }
+
+    #[test]
+    fn records_without_per_resource_sources_decode_with_both_equal_to_limit() {
+        // As written before `cpu_of` and `mem_of` existed.
+        for (limit, source) in [("cgroup", LimitSource::Cgroup), ("host", LimitSource::Host)] {
+            let old = format!(
+                r#"{{"v":1,"node":"socket-0","boot":"b00t","seq":7,"sent_ms":{NOW},"cpu":0.5,
+                "mem":0.25,"limit":"{limit}","conn":900,"mps":40.5,"p95_ms":120.0,
+                "lag_records":3,"lag_ms":15.0,"draining":false}}"#
+            );
+            let hb = check(old.as_bytes()).expect(limit);
+            assert_eq!((hb.limit, hb.cpu_of, hb.mem_of), (source, source, source));
+        }
+    }
+
+    #[test]
+    fn per_resource_sources_round_trip() {
+        for (cpu_of, mem_of) in [
+            (LimitSource::Cgroup, LimitSource::Host),
+            (LimitSource::Host, LimitSource::Cgroup),
+            (LimitSource::Host, LimitSource::Host),
+            (LimitSource::Cgroup, LimitSource::Cgroup),
+        ] {
+            let load = Load {
+                cpu_of,
+                mem_of,
+                ..sample().load()
+            };
+            let hb = Heartbeat::new("socket-0", "b00t", 7, NOW, &load);
+            assert_eq!(hb.limit, LimitSource::both(cpu_of, mem_of));
+            assert_eq!(check(&encode(&hb)), Ok(hb.clone()), "{cpu_of:?} {mem_of:?}");
+            assert_eq!((hb.load().cpu_of, hb.load().mem_of), (cpu_of, mem_of));
+        }
+        let hb = mixed();
+        assert_eq!(hb.limit, LimitSource::Host);
+        assert_eq!(hb.source_of(Resource::Cpu), LimitSource::Cgroup);
+        assert_eq!(hb.source_of(Resource::Memory), LimitSource::Host);
+        let json = json(&hb);
+        assert_eq!(json["cpu_of"], "cgroup");
+        assert_eq!(json["mem_of"], "host");
+        assert_eq!(json["limit"], "host");
+    }
+
+    #[test]
+    fn readers_of_the_old_schema_accept_what_they_can() {
+        // Both limits or neither: `limit` says it all, nothing new is written.
+        for hb in [
+            sample(),
+            Heartbeat {
+                cpu_of: LimitSource::Host,
+                mem_of: LimitSource::Host,
+                limit: LimitSource::Host,
+                ..sample()
+            },
+        ] {
+            let json = json(&hb);
+            assert!(json.get("cpu_of").is_none() && json.get("mem_of").is_none());
+            assert!(old_reader_accepts(&encode(&hb)));
+        }
+        // One limit: the full form has fields the old reader refuses; the
+        // base form is accepted, and reads as host for both here.
+        assert!(!old_reader_accepts(&encode(&mixed())));
+        assert!(old_reader_accepts(&encode_base(&mixed())));
+        let base = check(&encode_base(&mixed())).expect("base form decodes");
+        assert_eq!(
+            (base.limit, base.cpu_of, base.mem_of),
+            (LimitSource::Host, LimitSource::Host, LimitSource::Host)
+        );
+        assert_eq!(base.cpu, mixed().cpu);
+    }
+
+    #[test]
+    fn sources_that_disagree_with_limit_are_rejected() {
+        let label = |bytes: Vec<u8>| check(&bytes).map_err(|e| e.label()).err();
+        // `sample` says cgroup for both.
+        assert_eq!(label(with("cpu_of", "host".into())), Some("malformed"));
+        assert_eq!(label(with("mem_of", "host".into())), Some("malformed"));
+        assert_eq!(label(with("cpu_of", "cgroup".into())), None);
+        assert_eq!(label(with("cpu_of", "disk".into())), Some("malformed"));
+        let mut json = json(&mixed());
+        json["limit"] = "cgroup".into();
+        assert_eq!(
+            label(serde_json::to_vec(&json).expect("json")),
+            Some("malformed")
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Properties of the decoder: it never panics, and valid records round-trip.
 
 use proptest::prelude::*;
-use rtc_heartbeat::{DecodeLimits, Heartbeat, LimitSource, Load, decode, encode};
+use rtc_heartbeat::{DecodeLimits, Heartbeat, LimitSource, Load, decode, encode, encode_base};
 
 const NOW_MS: u64 = 1_700_000_000_000;
 
@@ -13,13 +13,17 @@ fn amount() -> impl Strategy<Value = f64> {
     prop_oneof![Just(0.0), 0.0..1e6f64, 0.0..f64::MAX]
 }
 
+fn source() -> impl Strategy<Value = LimitSource> {
+    prop_oneof![Just(LimitSource::Cgroup), Just(LimitSource::Host)]
+}
+
 fn heartbeat() -> impl Strategy<Value = Heartbeat> {
     (
         "[a-z0-9][a-z0-9.-]{0,60}",
         "[A-Za-z0-9_-]{1,64}",
         any::<u64>(),
         0..=NOW_MS,
-        (fraction(), fraction(), any::<bool>()),
+        (fraction(), fraction(), source(), source()),
         (
             any::<u64>(),
             amount(),
@@ -29,25 +33,24 @@ fn heartbeat() -> impl Strategy<Value = Heartbeat> {
             any::<bool>(),
         ),
     )
-        .prop_map(|(node, boot, seq, sent_ms, (cpu, mem, cgroup), rest)| {
-            let (conn, mps, p95_ms, lag_records, lag_ms, draining) = rest;
-            let load = Load {
-                cpu,
-                mem,
-                limit_source: if cgroup {
-                    LimitSource::Cgroup
-                } else {
-                    LimitSource::Host
-                },
-                conn,
-                mps,
-                p95_ms,
-                lag_records,
-                lag_ms,
-                draining,
-            };
-            Heartbeat::new(&node, &boot, seq, sent_ms, &load)
-        })
+        .prop_map(
+            |(node, boot, seq, sent_ms, (cpu, mem, cpu_of, mem_of), rest)| {
+                let (conn, mps, p95_ms, lag_records, lag_ms, draining) = rest;
+                let load = Load {
+                    cpu,
+                    mem,
+                    cpu_of,
+                    mem_of,
+                    conn,
+                    mps,
+                    p95_ms,
+                    lag_records,
+                    lag_ms,
+                    draining,
+                };
+                Heartbeat::new(&node, &boot, seq, sent_ms, &load)
+            },
+        )
 }
 
 proptest! {
@@ -55,6 +58,14 @@ proptest! {
     fn valid_records_round_trip_exactly(hb in heartbeat()) {
         let decoded = decode(&encode(&hb), NOW_MS, &DecodeLimits::default());
         prop_assert_eq!(decoded, Ok(hb));
+    }
+
+    #[test]
+    fn base_records_decode_with_both_sources_equal_to_limit(hb in heartbeat()) {
+        let decoded = decode(&encode_base(&hb), NOW_MS, &DecodeLimits::default());
+        let limit = LimitSource::both(hb.cpu_of, hb.mem_of);
+        let expected = Heartbeat { cpu_of: limit, mem_of: limit, ..hb };
+        prop_assert_eq!(decoded, Ok(expected));
     }
 
     #[test]

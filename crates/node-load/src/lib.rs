@@ -16,8 +16,9 @@
 //! - **Bounded memory.** A window has a fixed number of slots, whatever the
 //!   traffic; latencies beyond an hour are clamped, not lost.
 //! - **Missing data is not zero load.** A sampler that finds no cgroup limit
-//!   says so ([`rtc_heartbeat::LimitSource::Host`]) rather than reporting
-//!   fractions of nothing.
+//!   for a resource says so for that resource
+//!   ([`rtc_heartbeat::LimitSource::Host`]) rather than reporting fractions
+//!   of nothing.
 //! - **Files only.** [`resources::Sampler`] reads files under roots it is
 //!   given; it never reads the environment.
 
@@ -147,7 +148,8 @@ pub fn load(usage: Usage, measured: Measured, conn: u64, draining: bool) -> Load
     Load {
         cpu: usage.cpu,
         mem: usage.mem,
-        limit_source: usage.source,
+        cpu_of: usage.cpu_of,
+        mem_of: usage.mem_of,
         conn,
         mps: measured.mps,
         p95_ms: measured.p95_ms,

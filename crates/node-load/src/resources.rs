@@ -1,6 +1,6 @@
 //! CPU and memory as fractions of the limits of the cgroup the process is
-//! in, under cgroup v1 or v2, or of the host when there is no limit
-//! (reported as [`LimitSource::Host`]).
+//! in, under cgroup v1 or v2, or of the host where there is no limit
+//! (reported per resource as [`LimitSource::Host`]).
 //!
 //! # Where the files are
 //!
@@ -36,9 +36,12 @@
 //!
 //! # Falling back
 //!
-//! The fractions are of the cgroup's limits only when both the CPU and the
-//! memory limit are found; otherwise they are of the host's CPUs and
-//! `MemTotal`, and the result says [`LimitSource::Host`]. A counter the
+//! Each resource falls back on its own: CPU is a fraction of the cgroup's
+//! CPU limit when there is one, else of the host's CPUs; memory of the
+//! cgroup's memory limit when there is one, else of the host's `MemTotal`.
+//! [`Usage::cpu_of`] and [`Usage::mem_of`] say which ([`LimitSource::Host`]
+//! for a fallback), so a container with a memory limit but none for CPU (a
+//! common choice) still reports memory against its limit. A counter the
 //! cgroup files do not give comes from `/proc/self/stat` (CPU) and `VmRSS`
 //! of `/proc/self/status` (memory).
 //!
@@ -420,13 +423,17 @@ pub struct CgroupReading {
 /// One reading.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Usage {
-    /// CPU use over the last interval as a fraction of the limit (0..1,
-    /// may exceed 1 briefly when accounting lags).
+    /// CPU use over the last interval as a fraction of the limit named by
+    /// `cpu_of` (0..1, may exceed 1 briefly when accounting lags).
     pub cpu: f64,
-    /// Memory in use as a fraction of the limit.
+    /// Memory in use as a fraction of the limit named by `mem_of`.
     pub mem: f64,
-    /// What the fractions are of.
-    pub source: LimitSource,
+    /// What `cpu` is a fraction of: the cgroup's CPU limit, or the host's
+    /// CPUs when there is none.
+    pub cpu_of: LimitSource,
+    /// What `mem` is a fraction of: the cgroup's memory limit, or the
+    /// host's `MemTotal` when there is none.
+    pub mem_of: LimitSource,
 }
 
 /// Reads usage every time it is asked; remembers the last CPU counter to
@@ -622,9 +629,13 @@ impl Sampler {
         self.relocate();
         let host_memory = self.host_memory();
         let reading = self.read_located(host_memory);
-        let (source, cpus, mem_total) = match (reading.cpu_limit, reading.mem_limit) {
-            (Some(cpus), Some(bytes)) => (LimitSource::Cgroup, cpus, Some(bytes)),
-            _ => (LimitSource::Host, self.host_cpus, host_memory),
+        let (cpu_of, cpus) = match reading.cpu_limit {
+            Some(cpus) => (LimitSource::Cgroup, cpus),
+            None => (LimitSource::Host, self.host_cpus),
+        };
+        let (mem_of, mem_total) = match reading.mem_limit {
+            Some(bytes) => (LimitSource::Cgroup, Some(bytes)),
+            None => (LimitSource::Host, host_memory),
         };
 
         let cpu_seconds = reading.cpu_seconds.map(|s| (s, true)).or_else(|| {
@@ -659,7 +670,8 @@ impl Sampler {
         Usage {
             cpu: finite(cpu),
             mem: finite(mem),
-            source,
+            cpu_of,
+            mem_of,
         }
     }
 }
@@ -1070,6 +1082,10 @@ mod tests {
         (a - b).abs() < 1e-9
     }
 
+    fn sources(usage: &Usage) -> (LimitSource, LimitSource) {
+        (usage.cpu_of, usage.mem_of)
+    }
+
     #[test]
     fn a_limited_cgroup_gives_fractions_of_its_limits() {
         let cg = temp_dir("cg");
@@ -1079,7 +1095,7 @@ mod tests {
         write(&cg, "cpu.stat", "usage_usec 1000000\n");
         let mut s = Sampler::new(&cg, &cg);
         let first = s.sample(10_000);
-        assert_eq!(first.source, LimitSource::Cgroup);
+        assert_eq!(sources(&first), (LimitSource::Cgroup, LimitSource::Cgroup));
         assert!(first.cpu.abs() < 1e-9);
         assert!((first.mem - 0.25).abs() < 1e-9);
         // One CPU-second over one wall second on a 2-CPU limit: half.
@@ -1098,7 +1114,7 @@ mod tests {
         write(&cg, "meminfo", "MemTotal: 4 kB\n");
         let mut s = Sampler::new(&cg, &cg);
         let usage = s.sample(0);
-        assert_eq!(usage.source, LimitSource::Host);
+        assert_eq!(sources(&usage), (LimitSource::Host, LimitSource::Host));
         assert!((usage.mem - 0.25).abs() < 1e-9);
         let _ = std::fs::remove_dir_all(cg);
     }
@@ -1189,7 +1205,7 @@ mod tests {
             }
         );
         let first = s.sample(10_000);
-        assert_eq!(first.source, LimitSource::Cgroup);
+        assert_eq!(sources(&first), (LimitSource::Cgroup, LimitSource::Cgroup));
         assert!(close(first.mem, 0.25), "{first:?}");
         // 0.75 CPU-seconds in one second on a 1.5-CPU limit: half.
         write(cg, "cpuacct/pod/app/cpuacct.usage", "1750000000\n");
@@ -1221,7 +1237,7 @@ mod tests {
         // No inactive file figure: all of the usage counts.
         assert_eq!(reading.mem_used, Some(100_000));
         let usage = s.sample(0);
-        assert_eq!(usage.source, LimitSource::Cgroup);
+        assert_eq!(sources(&usage), (LimitSource::Cgroup, LimitSource::Cgroup));
         assert!(close(usage.mem, 0.25), "{usage:?}");
     }
 
@@ -1245,18 +1261,21 @@ mod tests {
         );
         let mut s = host.sampler();
         let usage = s.sample(0);
-        assert_eq!(usage.source, LimitSource::Host);
+        assert_eq!(sources(&usage), (LimitSource::Host, LimitSource::Host));
         // The group's working set over the host's memory.
         assert!(close(usage.mem, 0.5), "{usage:?}");
 
-        // A CPU limit alone is not enough, and a memory limit larger than
-        // the host is none.
+        // A memory limit larger than the host is none; the CPU limit is
+        // still the CPU's.
         write(cg, "cpu/pod/app/cpu.cfs_quota_us", "50000\n");
         write(cg, "memory/pod/app/memory.limit_in_bytes", "8192\n");
         let mut s = host.sampler();
         let reading = s.read_cgroup();
         assert_eq!((reading.cpu_limit, reading.mem_limit), (Some(0.5), None));
-        assert_eq!(s.sample(0).source, LimitSource::Host);
+        assert_eq!(
+            sources(&s.sample(0)),
+            (LimitSource::Cgroup, LimitSource::Host)
+        );
     }
 
     /// A `/proc` and a cgroup v2 tree with the process in `path`.
@@ -1302,7 +1321,7 @@ mod tests {
             }
         );
         let first = s.sample(0);
-        assert_eq!(first.source, LimitSource::Cgroup);
+        assert_eq!(sources(&first), (LimitSource::Cgroup, LimitSource::Cgroup));
         assert!(close(first.mem, 0.25), "{first:?}");
         write(&cg, "pod/app/cpu.stat", "usage_usec 2000000\n");
         assert!(close(s.sample(1_000).cpu, 0.5));
@@ -1328,7 +1347,7 @@ mod tests {
             assert_eq!(located.sample(now), direct.sample(now));
         }
         let usage = located.sample(2_000);
-        assert_eq!(usage.source, LimitSource::Cgroup);
+        assert_eq!(sources(&usage), (LimitSource::Cgroup, LimitSource::Cgroup));
         assert!(close(usage.mem, 0.25) && close(usage.cpu, 0.0), "{usage:?}");
         let _ = std::fs::remove_dir_all(root);
     }
@@ -1362,6 +1381,107 @@ mod tests {
         let _ = std::fs::remove_dir_all(root);
     }
 
+    /// CPU seconds that are `fraction` of the host's CPUs over one second.
+    fn host_cpu_seconds(fraction: f64) -> f64 {
+        let cpus = std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64);
+        fraction * cpus
+    }
+
+    #[test]
+    fn v1_a_cpu_limit_without_a_memory_limit_falls_back_for_memory_only() {
+        let host = V1Host::new("v1-cpu-only");
+        let cg = &host.cg;
+        write(cg, "cpu/pod/app/cpu.cfs_quota_us", "50000\n");
+        write(cg, "cpu/pod/app/cpu.cfs_period_us", "100000\n");
+        write(cg, "cpuacct/pod/app/cpuacct.usage", "1000000000\n");
+        write(
+            cg,
+            "memory/pod/app/memory.limit_in_bytes",
+            "9223372036854771712\n",
+        );
+        // 8 MiB of working set on a 16 MiB host.
+        write(cg, "memory/pod/app/memory.usage_in_bytes", "8390656\n");
+        write(
+            cg,
+            "memory/pod/app/memory.stat",
+            "total_inactive_file 2048\n",
+        );
+        let mut s = host.sampler();
+        let first = s.sample(0);
+        assert_eq!(sources(&first), (LimitSource::Cgroup, LimitSource::Host));
+        assert!(close(first.mem, 0.5), "{first:?}");
+        // 0.25 CPU-seconds in one second on a 0.5-CPU limit: half, whatever
+        // the host has.
+        write(cg, "cpuacct/pod/app/cpuacct.usage", "1250000000\n");
+        let second = s.sample(1_000);
+        assert_eq!(sources(&second), (LimitSource::Cgroup, LimitSource::Host));
+        assert!(close(second.cpu, 0.5), "{second:?}");
+    }
+
+    #[test]
+    fn v1_a_memory_limit_without_a_cpu_limit_falls_back_for_cpu_only() {
+        let host = V1Host::new("v1-mem-only");
+        let cg = &host.cg;
+        write(cg, "cpu/pod/app/cpu.cfs_quota_us", "-1\n");
+        write(cg, "cpu/pod/app/cpu.cfs_period_us", "100000\n");
+        write(cg, "cpuacct/pod/app/cpuacct.usage", "1000000000\n");
+        write(cg, "memory/pod/app/memory.limit_in_bytes", "1000000\n");
+        write(cg, "memory/pod/app/memory.usage_in_bytes", "400000\n");
+        write(
+            cg,
+            "memory/pod/app/memory.stat",
+            "total_inactive_file 150000\n",
+        );
+        let mut s = host.sampler();
+        let first = s.sample(0);
+        assert_eq!(sources(&first), (LimitSource::Host, LimitSource::Cgroup));
+        // The working set over the limit, not over the host's 16 MiB.
+        assert!(close(first.mem, 0.25), "{first:?}");
+        let used = 1e9 + host_cpu_seconds(0.5) * 1e9;
+        write(cg, "cpuacct/pod/app/cpuacct.usage", &format!("{used:.0}\n"));
+        let second = s.sample(1_000);
+        assert_eq!(sources(&second), (LimitSource::Host, LimitSource::Cgroup));
+        assert!(close(second.cpu, 0.5), "{second:?}");
+    }
+
+    #[test]
+    fn v2_a_cpu_limit_without_a_memory_limit_falls_back_for_memory_only() {
+        let (root, proc, cg) = v2_host("v2-cpu-only", "/pod/app");
+        write(&cg, "pod/app/cpu.max", "50000 100000\n");
+        write(&cg, "pod/app/memory.max", "max\n");
+        write(&cg, "pod/app/memory.current", "8390656\n");
+        write(&cg, "pod/app/memory.stat", "inactive_file 2048\n");
+        write(&cg, "pod/app/cpu.stat", "usage_usec 1000000\n");
+        let mut s = Sampler::new(&cg, &proc);
+        let first = s.sample(0);
+        assert_eq!(sources(&first), (LimitSource::Cgroup, LimitSource::Host));
+        assert!(close(first.mem, 0.5), "{first:?}");
+        write(&cg, "pod/app/cpu.stat", "usage_usec 1250000\n");
+        let second = s.sample(1_000);
+        assert!(close(second.cpu, 0.5), "{second:?}");
+        let _ = std::fs::remove_dir_all(root);
+    }
+
+    #[test]
+    fn v2_a_memory_limit_without_a_cpu_limit_falls_back_for_cpu_only() {
+        let (root, proc, cg) = v2_host("v2-mem-only", "/pod/app");
+        write(&cg, "pod/app/cpu.max", "max 100000\n");
+        write(&cg, "pod/app/memory.max", "1000000\n");
+        write(&cg, "pod/app/memory.current", "300000\n");
+        write(&cg, "pod/app/memory.stat", "inactive_file 50000\n");
+        write(&cg, "pod/app/cpu.stat", "usage_usec 1000000\n");
+        let mut s = Sampler::new(&cg, &proc);
+        let first = s.sample(0);
+        assert_eq!(sources(&first), (LimitSource::Host, LimitSource::Cgroup));
+        assert!(close(first.mem, 0.25), "{first:?}");
+        let used = 1e6 + host_cpu_seconds(0.5) * 1e6;
+        write(&cg, "pod/app/cpu.stat", &format!("usage_usec {used:.0}\n"));
+        let second = s.sample(1_000);
+        assert_eq!(sources(&second), (LimitSource::Host, LimitSource::Cgroup));
+        assert!(close(second.cpu, 0.5), "{second:?}");
+        let _ = std::fs::remove_dir_all(root);
+    }
+
     #[test]
     fn garbage_everywhere_gives_the_host_and_no_panic() {
         let host = V1Host::new("garbage");
@@ -1387,7 +1507,7 @@ mod tests {
         let mut s = host.sampler();
         for now in [0, 1_000] {
             let usage = s.sample(now);
-            assert_eq!(usage.source, LimitSource::Host);
+            assert_eq!(sources(&usage), (LimitSource::Host, LimitSource::Host));
             assert_eq!((usage.cpu, usage.mem), (0.0, 0.0));
         }
     }
@@ -1436,14 +1556,15 @@ mod tests {
         let r = s.read_cgroup();
         println!(
             "cgroup-reading cpu_limit={} mem_limit={} cpu_seconds={} mem_used={} cpu={} \
-             mem={} source={:?}",
+             mem={} cpu_of={:?} mem_of={:?}",
             shown(r.cpu_limit),
             shown(r.mem_limit),
             shown(r.cpu_seconds),
             shown(r.mem_used),
             usage.cpu,
             usage.mem,
-            usage.source,
+            usage.cpu_of,
+            usage.mem_of,
         );
         drop(ballast);
     }
@@ -1573,7 +1694,8 @@ mod tests {
             .find_map(|l| l.find("cgroup-reading ").map(|at| &l[at..]))
             .unwrap_or_else(|| panic!("no reading from the child:\n{stdout}\n{stderr}"));
 
-        assert_eq!(field(line, "source"), "Cgroup", "{line}");
+        assert_eq!(field(line, "cpu_of"), "Cgroup", "{line}");
+        assert_eq!(field(line, "mem_of"), "Cgroup", "{line}");
         assert!(close(number(line, "cpu_limit"), 0.5), "{line}");
         assert_eq!(number::<u64>(line, "mem_limit"), limit, "{line}");
         let used: u64 = number(line, "mem_used");

@@ -56,6 +56,9 @@ pub struct Settings {
     pub heartbeat_interval: Duration,
     /// STALE_AFTER.
     pub stale_after: Duration,
+    /// HEARTBEAT_LIMIT_PER_RESOURCE: heartbeats carry `cpu_of` and `mem_of`
+    /// (see `rtc_heartbeat::PublisherConfig::per_resource_limits`).
+    pub heartbeat_limit_per_resource: bool,
     /// Lifetime of a presence claim; renewed every third of it.
     pub presence_ttl: Duration,
     /// Connection limits.
@@ -109,6 +112,9 @@ pub struct RawSettings {
     pub heartbeat_interval: String,
     /// A node silent for this long is gone, ms; must exceed the interval.
     pub stale_after_ms: String,
+    /// Write which limit each of CPU and memory is a fraction of into the
+    /// heartbeat when they differ; only once every load-balancer reads them.
+    pub heartbeat_limit_per_resource: bool,
     /// Lifetime of a client's presence entry, ms; renewed every third.
     pub presence_ttl_ms: String,
     /// Connections this node holds at most.
@@ -381,6 +387,7 @@ impl RawSettings {
             topic_prefix: self.topic_prefix.clone(),
             heartbeat_interval,
             stale_after,
+            heartbeat_limit_per_resource: self.heartbeat_limit_per_resource,
             presence_ttl,
             limits: Limits {
                 max_connections,

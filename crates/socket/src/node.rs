@@ -258,6 +258,7 @@ pub async fn start(
     let mut heartbeat = PublisherConfig::new(settings.node_id.clone(), settings.boot_id.clone());
     heartbeat.interval = settings.heartbeat_interval;
     heartbeat.stale_after = settings.stale_after;
+    heartbeat.per_resource_limits = settings.heartbeat_limit_per_resource;
     let publisher = publisher::spawn(
         heartbeat,
         HeartbeatStore::new(redis, heartbeat_keys),

@@ -53,6 +53,7 @@ impl Cluster {
             topic_prefix: self.topic_prefix.clone(),
             heartbeat_interval: Duration::from_millis(200),
             stale_after: Duration::from_secs(2),
+            heartbeat_limit_per_resource: false,
             presence_ttl: Duration::from_secs(3),
             limits: Limits {
                 max_connections: 100,
