@@ -69,6 +69,28 @@ impl State {
         self.version += 1;
         self.version.to_string()
     }
+
+    /// The workload to write, with the version the write gives it, if it
+    /// exists and is still at `resource_version` (the API's precondition).
+    fn write_workload(
+        &mut self,
+        kind: WorkloadKind,
+        name: &str,
+        resource_version: &str,
+    ) -> Result<(&mut WorkloadState, String), ApiError> {
+        let version = self.next_version();
+        let workload = self
+            .workloads
+            .get_mut(&key(kind, name))
+            .ok_or_else(|| ApiError::NotFound(format!("{kind} {name:?} not found")))?;
+        if workload.resource_version != resource_version {
+            return Err(ApiError::Conflict(format!(
+                "the object has been modified (at {}, not {resource_version})",
+                workload.resource_version
+            )));
+        }
+        Ok((workload, version))
+    }
 }
 
 fn key(kind: WorkloadKind, name: &str) -> (String, String) {
@@ -208,17 +230,7 @@ impl WorkloadApi for FakeWorkloadApi {
         resource_version: &str,
     ) -> Result<u32, ApiError> {
         self.serve(Method::ReplaceScale, |state| {
-            let version = state.next_version();
-            let workload = state
-                .workloads
-                .get_mut(&key(kind, name))
-                .ok_or_else(|| ApiError::NotFound(format!("{kind} {name:?} not found")))?;
-            if workload.resource_version != resource_version {
-                return Err(ApiError::Conflict(format!(
-                    "the object has been modified (at {}, not {resource_version})",
-                    workload.resource_version
-                )));
-            }
+            let (workload, version) = state.write_workload(kind, name, resource_version)?;
             workload.spec_replicas = replicas;
             workload.resource_version = version;
             Ok(replicas)
@@ -270,17 +282,7 @@ impl WorkloadApi for FakeWorkloadApi {
         resource_version: &str,
     ) -> Result<String, ApiError> {
         self.serve(Method::AnnotateWorkload, |state| {
-            let version = state.next_version();
-            let workload = state
-                .workloads
-                .get_mut(&key(kind, name))
-                .ok_or_else(|| ApiError::NotFound(format!("{kind} {name:?} not found")))?;
-            if workload.resource_version != resource_version {
-                return Err(ApiError::Conflict(format!(
-                    "the object has been modified (at {}, not {resource_version})",
-                    workload.resource_version
-                )));
-            }
+            let (workload, version) = state.write_workload(kind, name, resource_version)?;
             if key_ == FENCING_TOKEN_ANNOTATION {
                 workload.fencing_token = value.parse().ok();
             }
