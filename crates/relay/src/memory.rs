@@ -155,7 +155,7 @@ impl PresenceStore for MemoryStore {
         self.with(|s, now| s.book.buffer(now, client, frame, self.limits))
     }
 
-    async fn refresh(&self, client: &str) -> Result<bool, StoreError> {
+    async fn refresh(&self, client: &str) -> Result<Option<Vec<String>>, StoreError> {
         self.with(|s, now| s.book.refresh(now, client, &self.node, self.presence_ttl))
     }
 

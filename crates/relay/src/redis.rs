@@ -61,14 +61,17 @@ redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1",
 );
 
-/// KEYS: presence. ARGV: node, ttl ms. Refreshes the claim unless another
-/// node has taken the client over.
+/// KEYS: presence, inbox. ARGV: node, ttl ms. Refreshes the claim unless
+/// another node has taken the client over (0), and takes the frames
+/// buffered for the client meanwhile (an array, maybe empty).
 const REFRESH: Script = Script::new(
     "
 local node = redis.call('GET', KEYS[1])
 if node and node ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1",
+local frames = redis.call('LRANGE', KEYS[2], 0, -1)
+redis.call('DEL', KEYS[2])
+return frames",
 );
 
 /// KEYS: presence. ARGV: node. Releases the claim if it is still ours.
@@ -230,15 +233,18 @@ impl PresenceStore for RedisStore {
         Ok(())
     }
 
-    async fn refresh(&self, client: &str) -> Result<bool, StoreError> {
+    async fn refresh(&self, client: &str) -> Result<Option<Vec<String>>, StoreError> {
         let reply = REFRESH
             .run(
                 &self.client,
-                vec![self.presence(client)],
+                vec![self.presence(client), self.inbox(client)],
                 vec![self.node.clone(), ms(self.presence_ttl)],
             )
             .await?;
-        Ok(matches!(reply, Value::Integer(1)))
+        Ok(match reply {
+            Value::Integer(0) => None,
+            frames => Some(texts(frames)),
+        })
     }
 
     async fn leave(&self, client: &str) -> Result<(), StoreError> {

@@ -215,13 +215,14 @@ impl<S: PresenceStore, B: Bus> Relay<S, B> {
         self.store.connect(client).await
     }
 
-    /// Renews this node's claim on `client`; `false` when another node has
-    /// taken it over.
+    /// Renews this node's claim on `client` and takes the frames buffered
+    /// for it meanwhile, for the caller to write to the connection; `None`
+    /// when another node has taken the client over.
     ///
     /// # Errors
     ///
     /// [`StoreError`] when the store fails.
-    pub async fn refresh(&self, client: &str) -> Result<bool, StoreError> {
+    pub async fn refresh(&self, client: &str) -> Result<Option<Vec<String>>, StoreError> {
         self.store.refresh(client).await
     }
 

@@ -54,9 +54,14 @@ pub trait PresenceStore: Send + Sync + 'static {
         frame: &str,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Renews this node's claim on `client`; `false` when another node has
-    /// taken it over.
-    fn refresh(&self, client: &str) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Renews this node's claim on `client` and takes the frames buffered
+    /// for it meanwhile (a claim that lapsed and was taken again, or a frame
+    /// buffered while the claim looked absent): `None` when another node
+    /// has taken the client over.
+    fn refresh(
+        &self,
+        client: &str,
+    ) -> impl Future<Output = Result<Option<Vec<String>>, StoreError>> + Send;
 
     /// Releases this node's claim on `client`, if it still holds it.
     fn leave(&self, client: &str) -> impl Future<Output = Result<(), StoreError>> + Send;

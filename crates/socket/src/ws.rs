@@ -253,8 +253,24 @@ async fn serve(state: Public, mut socket: WebSocket, client: String, mut conn: C
             }
             _ = refresh.tick() => {
                 match Box::pin(relay.refresh(&client)).await {
-                    Ok(true) => {}
-                    Ok(false) => {
+                    Ok(Some(frames)) => {
+                        // Buffered while the claim looked absent: written
+                        // now, or back into the buffer if the socket fails.
+                        let mut open = true;
+                        for frame in frames {
+                            let sent = protocol::frame_head(&frame).map_or(0, |h| h.sent_ms);
+                            if open && socket.send(Message::Text(frame.clone().into())).await.is_ok() {
+                                relay.delivered(sent);
+                                continue;
+                            }
+                            open = false;
+                            let _ = Box::pin(relay.route(&client, Arc::from(frame.as_str()), sent)).await;
+                        }
+                        if !open {
+                            break;
+                        }
+                    }
+                    Ok(None) => {
                         let _ = socket.send(closing(close::SUPERSEDED, "connected on another node")).await;
                         break;
                     }

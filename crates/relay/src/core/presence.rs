@@ -113,15 +113,18 @@ impl PresenceBook {
         inbox.expires_ms = now_ms.saturating_add(ttl_ms(limits.ttl));
     }
 
-    /// Renews `node`'s claim on `client`; `false` when another node holds
-    /// it.
-    pub fn refresh(&mut self, now_ms: u64, client: &str, node: &str, ttl: Duration) -> bool {
+    /// Renews `node`'s claim on `client` and takes the frames buffered for
+    /// it meanwhile; `None` when another node holds it.
+    pub fn refresh(
+        &mut self,
+        now_ms: u64,
+        client: &str,
+        node: &str,
+        ttl: Duration,
+    ) -> Option<Vec<String>> {
         match self.holder(now_ms, client) {
-            Some(holder) if holder != node => false,
-            _ => {
-                self.claim(now_ms, client, node, ttl);
-                true
-            }
+            Some(holder) if holder != node => None,
+            _ => Some(self.connect(now_ms, client, node, ttl)),
         }
     }
 
@@ -183,16 +186,36 @@ mod tests {
     }
 
     #[test]
+    fn a_refresh_takes_what_was_buffered_while_the_claim_looked_absent() {
+        let mut book = PresenceBook::default();
+        assert!(book.connect(0, "e", "a", TTL).is_empty());
+        // The claim lapses (a slow refresh); a frame for e meanwhile finds
+        // no holder and is buffered.
+        assert_eq!(book.route(6_000, "e", "b", "m1", LIMITS), Lookup::Buffered);
+        // a's next refresh claims e again and takes m1 for the connection.
+        assert_eq!(
+            book.refresh(6_100, "e", "a", TTL),
+            Some(vec!["m1".to_owned()])
+        );
+        assert!(book.inbox(6_100, "e").is_empty());
+        assert_eq!(book.refresh(6_200, "e", "a", TTL), Some(Vec::new()));
+        // Another node's refresh takes nothing.
+        book.buffer(6_300, "e", "m2", LIMITS);
+        assert_eq!(book.refresh(6_300, "e", "b", TTL), None);
+        assert_eq!(book.inbox(6_300, "e"), ["m2"]);
+    }
+
+    #[test]
     fn claims_are_renewed_only_by_their_holder_and_expire() {
         let mut book = PresenceBook::default();
         book.connect(0, "d", "a", TTL);
-        assert!(!book.refresh(1, "d", "b", TTL));
+        assert!(book.refresh(1, "d", "b", TTL).is_none());
         book.leave(1, "d", "b");
         assert_eq!(book.holder(1, "d"), Some("a"));
-        assert!(book.refresh(2_000, "d", "a", TTL));
+        assert!(book.refresh(2_000, "d", "a", TTL).is_some());
         assert_eq!(book.holder(4_999, "d"), Some("a"));
         assert_eq!(book.holder(5_000, "d"), None);
-        assert!(book.refresh(5_000, "d", "b", TTL));
+        assert!(book.refresh(5_000, "d", "b", TTL).is_some());
         book.leave(5_001, "d", "b");
         assert_eq!(book.holder(5_001, "d"), None);
     }
@@ -220,7 +243,7 @@ mod tests {
 
     proptest! {
         /// Every frame routed is, at any later point, exactly one of: in
-        /// its recipient's inbox, taken by a connect, dropped as the oldest
+        /// its recipient's inbox, taken by a connect or a refresh, dropped as the oldest
         /// of a full inbox or expired, or answered with another node.
         #[test]
         fn no_frame_is_lost_between_routing_and_connecting(ops in proptest::collection::vec(op(), 1..80)) {
@@ -262,7 +285,8 @@ mod tests {
                     Op::Refresh(c, n) => {
                         let holder = book.holder(now, &format!("c{c}")).map(str::to_owned);
                         let ok = book.refresh(now, &format!("c{c}"), &format!("n{n}"), TTL);
-                        prop_assert_eq!(ok, holder.is_none() || holder == Some(format!("n{n}")));
+                        prop_assert_eq!(ok.is_some(), holder.is_none() || holder == Some(format!("n{n}")));
+                        taken.extend(ok.unwrap_or_default());
                     }
                     Op::Leave(c, n) => {
                         let holder = book.holder(now, &format!("c{c}")).map(str::to_owned);
