@@ -314,3 +314,60 @@ async fn no_scale_write_lands_outside_its_senders_lease() -> Result {
     ns.cleanup().await?;
     Ok(())
 }
+
+/// The check itself, on a made-up log: it must see a write applied after
+/// its sender's lease ran out, one applied after another replica took the
+/// Lease, and a second step between two resets.
+#[test]
+fn the_audit_check_finds_late_and_doubled_writes() -> Result {
+    let event = |user: &str, resource: &str, sub: Option<&str>, at: &str, code: u16| {
+        serde_json::from_value::<Event>(json!({
+            "auditID": format!("{user}-{at}"),
+            "stage": "ResponseComplete",
+            "verb": "update",
+            "user": { "username": user },
+            "objectRef": {
+                "resource": resource,
+                "subresource": sub,
+                "namespace": "ns",
+                "name": if resource == "leases" { "rtc-load-balancer" } else { NAME },
+                "apiGroup": if resource == "leases" { "coordination.k8s.io" } else { "apps" },
+            },
+            "responseStatus": { "code": code },
+            "requestReceivedTimestamp": at,
+            "stageTimestamp": at,
+        }))
+    };
+    let (a, b, admin) = ("lb-a", "lb-b", "admin");
+    let users = vec![a.to_owned(), b.to_owned()];
+    let lease = |u, at| event(u, "leases", None, at, 200);
+    let scale = |u, at, code| event(u, "deployments", Some("scale"), at, code);
+    let log = vec![
+        scale(admin, "2026-01-01T00:00:00Z", 200)?,
+        lease(a, "2026-01-01T00:00:01Z")?,
+        scale(a, "2026-01-01T00:00:02Z", 200)?,     // fine
+        scale(a, "2026-01-01T00:00:02.500Z", 200)?, // a second step
+        scale(admin, "2026-01-01T00:00:03Z", 200)?,
+        scale(a, "2026-01-01T00:00:05Z", 200)?, // 4 s after a's last renewal
+        scale(admin, "2026-01-01T00:00:06Z", 200)?,
+        lease(b, "2026-01-01T00:00:06.500Z")?,
+        scale(a, "2026-01-01T00:00:07Z", 409)?, // refused: not counted
+        scale(a, "2026-01-01T00:00:07.500Z", 200)?, // after b took over
+    ];
+    let f = examine(&log, &users, admin);
+    assert_eq!(f.outside_lease.len(), 2, "{f:#?}");
+    assert_eq!(f.doubled.len(), 1, "{f:#?}");
+    assert_eq!((f.lb_scale_writes, f.lb_scale_refused, f.resets), (4, 1, 3));
+    // And a clean log passes.
+    let clean = vec![
+        scale(admin, "2026-01-01T00:00:00Z", 200)?,
+        lease(a, "2026-01-01T00:00:01Z")?,
+        scale(a, "2026-01-01T00:00:02Z", 200)?,
+        scale(admin, "2026-01-01T00:00:03Z", 200)?,
+        lease(b, "2026-01-01T00:00:04Z")?,
+        scale(b, "2026-01-01T00:00:04.200Z", 200)?,
+    ];
+    let f = examine(&clean, &users, admin);
+    assert!(f.outside_lease.is_empty() && f.doubled.is_empty(), "{f:#?}");
+    Ok(())
+}
