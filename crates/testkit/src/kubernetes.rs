@@ -257,24 +257,12 @@ impl Drop for TestNamespace {
         }
         let config = self.config.clone();
         let name = std::mem::take(&mut self.name);
-        // Drop cannot await, and the test's runtime may be single-threaded
-        // and busy running this very drop, so delete from a thread with a
-        // runtime and a client of its own, and wait for it.
-        let deletion = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            runtime.block_on(async {
-                if let Ok(client) = Client::try_from(config) {
-                    let _ = tokio::time::timeout(REQUEST_TIMEOUT, delete_namespace(&client, &name))
-                        .await;
-                }
-            });
+        crate::run_to_end(move || async move {
+            if let Ok(client) = Client::try_from(config) {
+                let _ =
+                    tokio::time::timeout(REQUEST_TIMEOUT, delete_namespace(&client, &name)).await;
+            }
         });
-        let _ = deletion.join();
     }
 }
 

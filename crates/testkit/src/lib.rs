@@ -36,6 +36,7 @@
 //! ```
 
 pub mod audit;
+mod drop_cleanup;
 mod endpoints;
 mod error;
 pub mod fixtures;
@@ -47,6 +48,7 @@ mod names;
 mod redis;
 pub mod toxiproxy;
 
+pub use drop_cleanup::run_to_end;
 pub use endpoints::Endpoints;
 pub use error::{Error, Service};
 pub use http::http;

@@ -379,23 +379,11 @@ impl Drop for Proxy {
         }
         let url = self.api.url.clone();
         let name = std::mem::take(&mut self.name);
-        // As for TestNamespace: drop cannot await and may run inside the
-        // test's single-threaded runtime, so delete from a thread with a
-        // runtime and a client of its own, and wait for it.
-        let deletion = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            runtime.block_on(async {
-                if let Ok(api) = Toxiproxy::new(&url) {
-                    let _ = delete_proxy(&api, &name).await;
-                }
-            });
+        crate::run_to_end(move || async move {
+            if let Ok(api) = Toxiproxy::new(&url) {
+                let _ = delete_proxy(&api, &name).await;
+            }
         });
-        let _ = deletion.join();
     }
 }
 

@@ -200,32 +200,21 @@ impl Drop for Agent {
         if self.deleted {
             return;
         }
-        // A test that failed still removes its Node; drop cannot await, and
-        // the test's runtime may be busy running this drop, so use a thread
-        // with a runtime and client of its own.
+        // A test that failed still removes its Node.
         let node = self.node.clone();
         let kubeconfig = self.kubeconfig.clone();
-        let _ = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            runtime.block_on(async {
-                // A few tries: the test may have failed because the API
-                // server was briefly away.
-                for _ in 0..5 {
-                    if let Some(client) = client_for(&kubeconfig).await
-                        && delete_node(&client, &node).await
-                    {
-                        return;
-                    }
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+        rtc_testkit::run_to_end(move || async move {
+            // A few tries: the test may have failed because the API server
+            // was briefly away.
+            for _ in 0..5 {
+                if let Some(client) = client_for(&kubeconfig).await
+                    && delete_node(&client, &node).await
+                {
+                    return;
                 }
-            });
-        })
-        .join();
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
     }
 }
 
