@@ -140,15 +140,7 @@ pub struct Settings {
 }
 
 fn duration(key: &'static str, text: &str) -> Result<Duration, SettingError> {
-    parse_duration(text, Bare::Millis).map_err(|e| {
-        SettingError::new(
-            key,
-            format!(
-                "bad setting {key}: value {text:?} is not allowed; allowed: {}",
-                e.allowed()
-            ),
-        )
-    })
+    parse_duration(text, Bare::Millis).map_err(|e| SettingError::new(key, e.refusal(key)))
 }
 
 fn positive(key: &'static str, text: &str) -> Result<Duration, SettingError> {

@@ -162,15 +162,7 @@ pub struct RawSettings {
 }
 
 fn duration(key: &'static str, value: &str, bare: Bare) -> Result<Duration, ConfigError> {
-    parse_duration(value, bare).map_err(|e| {
-        ConfigError::new(
-            key,
-            format!(
-                "bad setting {key}: value {value:?} is not allowed; allowed: {}",
-                e.allowed()
-            ),
-        )
-    })
+    parse_duration(value, bare).map_err(|e| ConfigError::new(key, e.refusal(key)))
 }
 
 /// A duration of at least `min`.

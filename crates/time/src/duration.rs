@@ -48,6 +48,16 @@ impl DurationError {
     pub fn allowed(&self) -> &'static str {
         self.bare.allowed()
     }
+
+    /// The message a binary stops with when configuration key `key` held
+    /// this text: the key, the value and what is allowed.
+    pub fn refusal(&self, key: &str) -> String {
+        format!(
+            "bad setting {key}: value {:?} is not allowed; allowed: {}",
+            self.text,
+            self.allowed()
+        )
+    }
 }
 
 impl fmt::Display for DurationError {
@@ -169,6 +179,13 @@ mod tests {
         assert_eq!(parse_duration("0", Bare::Millis), Ok(Duration::ZERO));
         let err = parse_duration("300", Bare::Refused).expect_err("no unit");
         assert!(err.to_string().contains("with a unit"), "{err}");
+        assert_eq!(
+            err.refusal("DRAIN_TIMEOUT"),
+            format!(
+                "bad setting DRAIN_TIMEOUT: value \"300\" is not allowed; allowed: {}",
+                err.allowed()
+            )
+        );
     }
 
     #[test]
