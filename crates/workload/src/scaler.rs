@@ -90,6 +90,13 @@ struct Memory {
     forbidden: Vec<Operation>,
 }
 
+/// The refusal of a writer whose token is older than the workload's claim.
+fn newer_claim(kind: WorkloadKind, name: &str, claimed: u64, ours: u64) -> FenceError {
+    FenceError::new(format!(
+        "{kind} {name} was claimed by fencing token {claimed}, newer than ours ({ours})"
+    ))
+}
+
 /// How a request finally failed.
 enum Failure {
     Api(ApiError),
@@ -259,9 +266,7 @@ impl<A: WorkloadApi> WorkloadScaler<A> {
         if let Some(claimed) = read.fencing_token {
             let ours = fence.check().map_err(ScaleError::Fenced)?.token;
             if claimed > ours {
-                let refused = FenceError::new(format!(
-                    "{kind} {name} was claimed by fencing token {claimed}, newer than ours ({ours})"
-                ));
+                let refused = newer_claim(kind, name, claimed, ours);
                 tracing::warn!("Not writing: {refused}");
                 return Err(ScaleError::Fenced(refused));
             }
@@ -371,7 +376,7 @@ impl<A: WorkloadApi> WorkloadScaler<A> {
     /// errors of [`current`](Self::current) otherwise.
     pub async fn claim(&self, fence: &dyn Fence) -> Result<WorkloadState, ScaleError> {
         const ATTEMPTS: u32 = 5;
-        let mut last = None;
+        let mut last = ApiError::Conflict(String::new());
         for _ in 0..ATTEMPTS {
             let permit = fence.check().map_err(ScaleError::Fenced)?;
             let read = self.current_under(fence).await?;
@@ -379,10 +384,7 @@ impl<A: WorkloadApi> WorkloadScaler<A> {
             match read.fencing_token {
                 Some(t) if t == permit.token => return Ok(read),
                 Some(t) if t > permit.token => {
-                    return Err(ScaleError::Fenced(FenceError::new(format!(
-                        "{kind} {name} was claimed by fencing token {t}, newer than ours ({})",
-                        permit.token
-                    ))));
+                    return Err(ScaleError::Fenced(newer_claim(kind, name, t, permit.token)));
                 }
                 _ => {}
             }
@@ -412,10 +414,10 @@ impl<A: WorkloadApi> WorkloadScaler<A> {
                         ..read
                     });
                 }
-                Err(Failure::Api(ApiError::Conflict(message))) => last = Some(message),
+                Err(Failure::Api(conflict @ ApiError::Conflict(_))) => last = conflict,
                 // The claim may have landed with its answer lost: the next
                 // read shows the token, which returns above.
-                Err(Failure::Exhausted { last: error, .. }) => last = Some(error.to_string()),
+                Err(Failure::Exhausted { last: error, .. }) => last = error,
                 Err(failure) => return Err(self.error(Operation::PatchWorkload(kind), failure)),
             }
         }
@@ -425,7 +427,7 @@ impl<A: WorkloadApi> WorkloadScaler<A> {
             ),
             namespace: self.api.namespace().to_owned(),
             attempts: ATTEMPTS,
-            last: ApiError::Conflict(last.unwrap_or_default()),
+            last,
         })
     }
 
