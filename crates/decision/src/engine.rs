@@ -137,10 +137,11 @@ impl Engine {
     /// Decides one tick. Pure: the same policy, state and observation always
     /// give the same decision and next state. Never panics.
     pub fn decide(&self, state: &State, obs: &Observation<'_>) -> (Decision, State) {
+        let scan = self.scan(obs.nodes);
         let known;
         let state = match state.replicas_seen {
             Some(seen) if obs.replicas > seen => {
-                known = self.unrecorded_scale_out(state, obs);
+                known = self.unrecorded_scale_out(state, obs, &scan.aggregates);
                 &known
             }
             Some(seen) if obs.replicas < seen => {
@@ -154,25 +155,28 @@ impl Engine {
             }
             _ => state,
         };
-        let (d, mut next) = self.decide_on_load(state, obs);
+        let (d, mut next) = self.decide_on_load(state, obs, &scan);
         if d.action != Action::Hold {
             next.replicas_seen = Some(d.to);
         }
-        let (d, next) = self.below_min(state, obs, d, next);
-        (d, next)
+        self.below_min(state, obs, d, next)
     }
 
     /// `state` with the scale-out it does not know of recorded at `now`,
     /// with the urgency and load of now: the settling rule then holds while
     /// the new pods join, unless the urgency rises.
-    fn unrecorded_scale_out(&self, state: &State, obs: &Observation<'_>) -> State {
-        let scan = self.scan(obs.nodes);
-        let (urgency, _, _) = self.assess(&scan.aggregates);
+    fn unrecorded_scale_out(
+        &self,
+        state: &State,
+        obs: &Observation<'_>,
+        aggregates: &Aggregates,
+    ) -> State {
+        let (urgency, _, _) = self.assess(aggregates);
         State {
             last_scale_out: Some(ScaleOutRecord {
                 at_ms: obs.now_ms,
                 urgency,
-                snapshot: Snapshot::from(&scan.aggregates),
+                snapshot: Snapshot::from(aggregates),
             }),
             replicas_seen: Some(obs.replicas),
             ..state.clone()
@@ -210,8 +214,12 @@ impl Engine {
         (d, next)
     }
 
-    fn decide_on_load(&self, state: &State, obs: &Observation<'_>) -> (Decision, State) {
-        let scan = self.scan(obs.nodes);
+    fn decide_on_load(
+        &self,
+        state: &State,
+        obs: &Observation<'_>,
+        scan: &Scan<'_>,
+    ) -> (Decision, State) {
         let mut next = state.clone();
         next.version = STATE_VERSION;
         let mut d = Decision {
@@ -244,7 +252,7 @@ impl Engine {
             next.low_seen_ms = None;
             self.scale_out(state, obs, d, next)
         } else {
-            self.scale_in(state, obs, &scan, d, next)
+            self.scale_in(state, obs, scan, d, next)
         }
     }
 
