@@ -228,7 +228,8 @@ impl<A: WorkloadApi, R: StateRepo> Autoscaler<A, R> {
         // The token this replica resumed and claimed under; a different
         // token means leadership was lost and regained in between.
         let mut resumed: Option<u64> = None;
-        let mut claimed = false;
+        // The token the workload was claimed under.
+        let mut claimed: Option<u64> = None;
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -245,7 +246,7 @@ impl<A: WorkloadApi, R: StateRepo> Autoscaler<A, R> {
                     if resumed.take().is_some() {
                         warn!("lost leadership; scaling stops");
                     }
-                    claimed = false;
+                    claimed = None;
                     continue;
                 }
             };
@@ -253,11 +254,10 @@ impl<A: WorkloadApi, R: StateRepo> Autoscaler<A, R> {
                 info!(token, "leading: resuming the stored decision state");
                 controller.resume().await;
                 resumed = Some(token);
-                claimed = false;
             }
-            if !claimed {
+            if claimed != Some(token) {
                 match controller.claim(&fence).await {
-                    Ok(()) => claimed = true,
+                    Ok(()) => claimed = Some(token),
                     Err(e) => {
                         warn!(error = %e, "claiming the workload failed; no scaling until it succeeds");
                         continue;
