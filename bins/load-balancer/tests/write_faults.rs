@@ -127,16 +127,6 @@ async fn set_replicas(ns: &TestNamespace, n: i32) -> Result {
     Ok(())
 }
 
-async fn spec_replicas(ns: &TestNamespace) -> Result<i32> {
-    Ok(ns
-        .api::<Deployment>()
-        .get(NAME)
-        .await?
-        .spec
-        .and_then(|s| s.replicas)
-        .unwrap_or(0))
-}
-
 /// What the audit log shows.
 #[derive(Debug, Default)]
 struct Findings {
@@ -272,7 +262,7 @@ async fn no_scale_write_lands_outside_its_senders_lease() -> Result {
         }
         // The round's scale-out lands (from whoever leads now) before the next.
         eventually(Duration::from_secs(15), || async {
-            (spec_replicas(&ns).await.ok()? > 3).then_some(())
+            (common::replicas(&ns, common::Kind::Deployment).await.ok()? > 3).then_some(())
         })
         .await
         .ok_or_else(|| {
