@@ -22,9 +22,12 @@
 //!    `retire_after` (longer than PRESENCE_TTL, so no presence can still
 //!    send messages there), removes it from the registry.
 //!
-//! At least once: a record is committed only after it was handed on, so a
-//! forwarder that dies mid-way leaves the rest (and perhaps a few records
-//! again) to the next.
+//! At least once: a record is committed only after it was handed on, and a
+//! record handed to a connection here only once that connection wrote it,
+//! so a forwarder that dies mid-way leaves the rest (and perhaps a few
+//! records again) to the next. A pass whose records are still queued here
+//! after half a claim's lifetime stops without retiring the node; the next
+//! scan reads them again.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -100,7 +103,8 @@ pub struct Pass {
     pub caught_up: bool,
     /// The node left the registry.
     pub retired: bool,
-    /// Stopped early: the node came back or the claim was lost.
+    /// Stopped early: the node came back, the claim was lost, or records
+    /// handed to connections here were not written in time.
     pub interrupted: bool,
 }
 
@@ -220,6 +224,7 @@ where
         }
     };
     let mut position = resume_at(topic.committed().await.map_err(offsets_err)?);
+    let mut committed = position;
     loop {
         let batch = match topic.fetch(position, SHORT_WAIT_MS).await {
             Ok(b) => b,
@@ -235,9 +240,11 @@ where
         let count = batch.deliveries.len() as u64;
         pass.forwarded += count;
         metrics::counter!("rtc_socket_forwarded_total").increment(count);
-        if batch.next != position {
-            position = batch.next;
-            topic.commit(position).await.map_err(offsets_err)?;
+        position = batch.next;
+        let at = relay.commit_point(topic.name(), position);
+        if at != committed {
+            topic.commit(at).await.map_err(offsets_err)?;
+            committed = at;
         }
         if position >= batch.high_watermark {
             pass.caught_up = true;
@@ -253,8 +260,27 @@ where
             return Ok(pass);
         }
     }
+    if committed < position {
+        // Records queued for connections here: committed once written.
+        let deadline = tokio::time::Instant::now() + config.claim_ttl / 2;
+        while relay.holds_records_of(topic.name()) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(HELD_POLL).await;
+        }
+        let at = relay.commit_point(topic.name(), position);
+        if at != committed {
+            topic.commit(at).await.map_err(offsets_err)?;
+        }
+        if at < position {
+            pass.interrupted = true;
+            return Ok(pass);
+        }
+    }
     retire(relay, dead, since, config, pass).await
 }
+
+/// How often a caught-up pass looks whether the records it queued here were
+/// written.
+const HELD_POLL: Duration = Duration::from_millis(20);
 
 async fn retire<S, B>(
     relay: &Relay<S, B>,

@@ -4,7 +4,7 @@
 //! measures as it goes.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, MutexGuard};
 use std::time::Duration;
 
@@ -14,19 +14,85 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
 
 use crate::bus::{Bus, Delivery, SHORT_WAIT_MS, Topic};
-use crate::core::cursor::{Cursor, resume_at};
+use crate::core::cursor::{Cursor, Held, commit_point, resume_at};
 use crate::core::message_id;
 use crate::core::protocol::Status;
 use crate::core::routing::{Event, Offer, Origin, Routing, Step};
 use crate::store::{PresenceStore, StoreError};
 
 /// A frame on its way to a local connection.
-#[derive(Debug, Clone)]
+///
+/// A frame read from a delivery topic holds its record's offset until the
+/// frame is written ([`Relay::written`]), handed on ([`Relay::hand_back`])
+/// or dropped, so the topic's committed position never passes a frame that
+/// is only in memory.
+#[derive(Debug)]
 pub struct Outbound {
     /// The message frame.
     pub frame: Arc<str>,
     /// Its send time, for the latency figure.
     pub sent_ms: u64,
+    hold: Option<Hold>,
+}
+
+impl Outbound {
+    /// A frame that holds no topic record (taken from the offline buffer).
+    pub fn new(frame: Arc<str>, sent_ms: u64) -> Self {
+        Self {
+            frame,
+            sent_ms,
+            hold: None,
+        }
+    }
+}
+
+/// The records of each delivery topic held in memory.
+#[derive(Debug, Default)]
+#[expect(
+    clippy::disallowed_types,
+    reason = "taken only in sync code, never across an .await"
+)]
+struct Holds(std::sync::Mutex<HashMap<Arc<str>, Held>>);
+
+impl Holds {
+    fn first(&self, topic: &str) -> Option<i64> {
+        lock(&self.0).get(topic).and_then(Held::first)
+    }
+}
+
+/// One topic record held in memory; released when dropped.
+#[derive(Debug)]
+struct Hold {
+    holds: Arc<Holds>,
+    topic: Arc<str>,
+    offset: i64,
+}
+
+impl Hold {
+    fn new(holds: &Arc<Holds>, topic: &str, offset: i64) -> Self {
+        let topic: Arc<str> = Arc::from(topic);
+        lock(&holds.0)
+            .entry(Arc::clone(&topic))
+            .or_default()
+            .hold(offset);
+        Self {
+            holds: Arc::clone(holds),
+            topic,
+            offset,
+        }
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        let mut holds = lock(&self.holds.0);
+        if let Some(held) = holds.get_mut(&self.topic) {
+            held.release(self.offset);
+            if held.is_empty() {
+                holds.remove(&self.topic);
+            }
+        }
+    }
 }
 
 /// A connection's mailbox, as the relay sees it.
@@ -38,7 +104,9 @@ struct Local {
     kick: Arc<Kick>,
 }
 
-/// Why a connection is asked to close by the relay.
+/// What the relay tells a connection: to close, and why; or to take its
+/// offline buffer now, because a frame for it was buffered while it is
+/// connected here.
 #[derive(Debug, Default)]
 #[expect(
     clippy::disallowed_types,
@@ -47,6 +115,8 @@ struct Local {
 pub struct Kick {
     notify: Notify,
     reason: std::sync::Mutex<Option<KickReason>>,
+    buffered: Notify,
+    buffered_pending: AtomicBool,
 }
 
 /// See [`Kick`].
@@ -72,6 +142,35 @@ impl Kick {
             }
             self.notify.notified().await;
         }
+    }
+
+    /// Why the connection was kicked, if it was.
+    pub fn reason(&self) -> Option<KickReason> {
+        *lock(&self.reason)
+    }
+
+    fn buffered(&self) {
+        self.buffered_pending.store(true, Ordering::Release);
+        self.buffered.notify_one();
+    }
+
+    /// Waits until a frame was buffered for the connection's client while
+    /// it is connected here; the connection then takes its buffer
+    /// ([`Relay::refresh`]). Returns at once when that happened since the
+    /// last call.
+    pub async fn buffered_for_me(&self) {
+        loop {
+            if self.buffered_pending.swap(false, Ordering::AcqRel) {
+                return;
+            }
+            self.buffered.notified().await;
+        }
+    }
+
+    /// Whether a frame was buffered for the connection's client since the
+    /// last [`Kick::buffered_for_me`].
+    pub fn is_buffered_pending(&self) -> bool {
+        self.buffered_pending.load(Ordering::Acquire)
     }
 }
 
@@ -121,6 +220,7 @@ pub struct Relay<S, B> {
     meter: std::sync::Mutex<Meter>,
     handed_off: AtomicU64,
     position: AtomicU64,
+    holds: Arc<Holds>,
 }
 
 impl<S: PresenceStore, B: Bus> Relay<S, B> {
@@ -144,6 +244,7 @@ impl<S: PresenceStore, B: Bus> Relay<S, B> {
             meter: std::sync::Mutex::new(meter),
             handed_off: AtomicU64::new(0),
             position: AtomicU64::new(0),
+            holds: Arc::default(),
         }
     }
 
@@ -242,17 +343,35 @@ impl<S: PresenceStore, B: Bus> Relay<S, B> {
         // senders then route through the store instead.
         rx.close();
         while let Ok(out) = rx.try_recv() {
-            if let Err(e) = self
-                .drive(client, &out.frame, out.sent_ms, Origin::HandOff)
-                .await
-            {
-                tracing::warn!(error = %e, client, "a queued frame could not be handed on");
-                metrics::counter!("rtc_socket_lost_total", "reason" => e.label()).increment(1);
-            }
+            self.hand_back(client, out).await;
         }
         if ours && let Err(e) = self.store.leave(client).await {
             tracing::warn!(error = %e, client, "presence not released; it will expire");
         }
+    }
+
+    /// Hands on a frame a connection of `client` did not write (its socket
+    /// failed, or it is closing): to a newer connection of the client here,
+    /// its node, or its buffer. A topic record stays held until then.
+    pub async fn hand_back(&self, client: &str, out: Outbound) {
+        let Outbound {
+            frame,
+            sent_ms,
+            hold,
+        } = out;
+        if let Err(e) = self
+            .drive(client, &frame, sent_ms, Origin::HandOff, hold)
+            .await
+        {
+            tracing::warn!(error = %e, client, "a queued frame could not be handed on");
+            metrics::counter!("rtc_socket_lost_total", "reason" => e.label()).increment(1);
+        }
+    }
+
+    /// Counts a frame a connection wrote to its socket, and releases the
+    /// topic record it held.
+    pub fn written(&self, out: Outbound) {
+        self.delivered(out.sent_ms);
     }
 
     /// Routes a message frame from a client here for `to`.
@@ -266,34 +385,66 @@ impl<S: PresenceStore, B: Bus> Relay<S, B> {
         frame: Arc<str>,
         sent_ms: u64,
     ) -> Result<Status, RelayError> {
-        Ok(self.drive(to, &frame, sent_ms, Origin::Client).await?)
+        Ok(self
+            .drive(to, &frame, sent_ms, Origin::Client, None)
+            .await?)
     }
 
-    /// Offers a frame to `to`'s local connection.
-    fn offer(&self, to: &str, frame: &Arc<str>, sent_ms: u64) -> (Offer, Option<Arc<Kick>>) {
+    /// Offers a frame to `to`'s local connection; the hold goes with it
+    /// when it is queued, else it is given back.
+    fn offer(
+        &self,
+        to: &str,
+        frame: &Arc<str>,
+        sent_ms: u64,
+        hold: &mut Option<Hold>,
+    ) -> (Offer, Option<Arc<Kick>>) {
         let out = Outbound {
             frame: Arc::clone(frame),
             sent_ms,
+            hold: hold.take(),
         };
         let local = lock(&self.local);
         match local.get(to) {
-            None => (Offer::Absent, None),
+            None => {
+                *hold = out.hold;
+                (Offer::Absent, None)
+            }
             Some(l) => match l.tx.try_send(out) {
                 Ok(()) => (Offer::Accepted, None),
-                Err(mpsc::error::TrySendError::Full(_)) => (Offer::Full, Some(Arc::clone(&l.kick))),
-                Err(mpsc::error::TrySendError::Closed(_)) => (Offer::Absent, None),
+                Err(mpsc::error::TrySendError::Full(out)) => {
+                    *hold = out.hold;
+                    (Offer::Full, Some(Arc::clone(&l.kick)))
+                }
+                Err(mpsc::error::TrySendError::Closed(out)) => {
+                    *hold = out.hold;
+                    (Offer::Absent, None)
+                }
             },
         }
     }
 
+    /// A frame for `to` was buffered: a connection of `to` here takes its
+    /// buffer now instead of at its next presence renewal. (The presence
+    /// names this node while the client is connected here, so the store
+    /// buffers instead of relaying.)
+    fn buffered(&self, to: &str) {
+        if let Some(l) = lock(&self.local).get(to) {
+            l.kick.buffered();
+        }
+    }
+
     /// Runs [`Routing`] for one frame against the local table, the store
-    /// and the bus.
+    /// and the bus. `hold` (a topic record) goes with the frame into a
+    /// local queue, or is released when the frame is relayed, buffered or
+    /// lost.
     async fn drive(
         &self,
         to: &str,
         frame: &Arc<str>,
         sent_ms: u64,
         origin: Origin,
+        mut hold: Option<Hold>,
     ) -> Result<Status, StoreError> {
         let mut routing = Routing::new(origin);
         let mut kick = None;
@@ -301,7 +452,7 @@ impl<S: PresenceStore, B: Bus> Relay<S, B> {
         loop {
             let event = match routing.step().clone() {
                 Step::Offer => {
-                    let (offer, k) = self.offer(to, frame, sent_ms);
+                    let (offer, k) = self.offer(to, frame, sent_ms, &mut hold);
                     kick = k;
                     Event::Offered(offer)
                 }
@@ -345,7 +496,12 @@ impl<S: PresenceStore, B: Bus> Relay<S, B> {
                     tokio::time::sleep(delay).await;
                     Event::Waited
                 }
-                Step::Done(status) => return Ok(status),
+                Step::Done(status) => {
+                    if status == Status::Buffered {
+                        self.buffered(to);
+                    }
+                    return Ok(status);
+                }
                 Step::Failed => {
                     return Err(
                         failure.unwrap_or_else(|| StoreError::Unavailable("no answer".to_owned()))
@@ -456,7 +612,7 @@ impl<S: PresenceStore, B: Bus> Relay<S, B> {
             };
             let oldest_unhandled = batch.deliveries.first().map(|d| d.sent_ms);
             for d in &batch.deliveries {
-                self.deliver(d, Origin::Topic).await;
+                self.deliver(topic.name(), d, Origin::Topic).await;
             }
             cursor.handled(batch.next);
             self.set_position(cursor.position());
@@ -467,26 +623,46 @@ impl<S: PresenceStore, B: Bus> Relay<S, B> {
                 self.wall_ms(),
             );
             lock(&self.meter).set_lag(lag);
-            if cursor.commit_due(self.mono_ms(), commit_interval)
-                && commit(&topic, cursor.position()).await
-            {
-                cursor.committed();
+            if cursor.commit_due(self.mono_ms(), commit_interval) {
+                let at = self.commit_point(topic.name(), cursor.position());
+                if commit(&topic, at).await {
+                    cursor.committed(at);
+                }
             }
             if stopping && cursor.caught_up(batch.high_watermark) {
                 break;
             }
         }
         let position = cursor.position();
-        let committed_ok = !cursor.uncommitted() || commit(&topic, position).await;
-        tracing::info!(position, committed_ok, "delivery-topic consumer stopped");
+        let at = self.commit_point(topic.name(), position);
+        let committed_ok = !cursor.uncommitted() || commit(&topic, at).await;
+        tracing::info!(
+            position,
+            committed = at,
+            committed_ok,
+            "delivery-topic consumer stopped"
+        );
         committed_ok
+    }
+
+    /// The position of `topic` that may be committed: `position`, or the
+    /// first of its records still queued in memory.
+    pub fn commit_point(&self, topic: &str, position: i64) -> i64 {
+        commit_point(position, self.holds.first(topic))
+    }
+
+    /// Whether records of `topic` are queued in memory, not yet written.
+    pub fn holds_records_of(&self, topic: &str) -> bool {
+        self.holds.first(topic).is_some()
     }
 
     /// Hands on a record read from `dead`'s delivery topic: to the
     /// recipient here, on its node, or into its buffer, never back into
     /// `dead`'s topic. Retries until the store takes it.
     pub async fn forward(&self, dead: &str, d: &Delivery) {
+        let topic = self.bus.topic_name(dead);
         self.deliver(
+            &topic,
             d,
             Origin::Forward {
                 dead: dead.to_owned(),
@@ -495,10 +671,13 @@ impl<S: PresenceStore, B: Bus> Relay<S, B> {
         .await;
     }
 
-    async fn deliver(&self, d: &Delivery, origin: Origin) {
+    async fn deliver(&self, topic: &str, d: &Delivery, origin: Origin) {
         let frame: Arc<str> = Arc::from(d.frame.as_str());
+        let hold = Hold::new(&self.holds, topic, d.offset);
         // Topic and forward origins retry until the store takes the frame.
-        let _ = self.drive(&d.to, &frame, d.sent_ms, origin).await;
+        let _ = self
+            .drive(&d.to, &frame, d.sent_ms, origin, Some(hold))
+            .await;
     }
 }
 

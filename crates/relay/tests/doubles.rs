@@ -171,6 +171,130 @@ async fn a_restarted_consumer_resumes_from_the_committed_offset() -> Result {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_reconnect_to_the_same_node_gets_what_the_old_connection_left() -> Result {
+    let (redis, bus) = (MemoryRedis::default(), MemoryBus::default());
+    let a = relay(&redis, &bus, "a", 4)?;
+    let (old_rx, _old_kick) = a.attach("bob", 1);
+    a.claim("bob").await?;
+    assert_eq!(a.route("bob", frame(1), 1).await?, Status::Delivered);
+    assert_eq!(a.route("bob", frame(2), 2).await?, Status::Delivered);
+    // Bob reconnects here before the old connection wrote them.
+    let (mut new_rx, new_kick) = a.attach("bob", 2);
+    a.claim("bob").await?;
+    a.detach("bob", 1, old_rx).await;
+    let moved: Vec<u64> = std::iter::from_fn(|| new_rx.try_recv().ok())
+        .map(|o| o.sent_ms)
+        .collect();
+    assert_eq!(moved, [1, 2], "handed to the new connection, in order");
+    assert!(redis.inbox("bob").is_empty());
+    assert!(!new_kick.is_buffered_pending());
+    assert_eq!(a.handed_off(), 0);
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_topic_record_for_a_full_queue_kicks_the_reader_and_waits_in_its_buffer() -> Result {
+    let (redis, bus) = (MemoryRedis::default(), MemoryBus::default());
+    let a = relay(&redis, &bus, "a", 1)?;
+    let b = relay(&redis, &bus, "b", 1)?;
+    let topic = bus.own_topic("a").await?;
+    let (mut rx, kick) = a.attach("bob", 1);
+    a.claim("bob").await?;
+    assert_eq!(b.route("bob", frame(1), 1).await?, Status::Relayed);
+    assert_eq!(b.route("bob", frame(2), 2).await?, Status::Relayed);
+    let (stop, stop_rx) = watch::channel(false);
+    let consumer = tokio::spawn(Arc::clone(&a).consume(topic, Duration::ZERO, stop_rx));
+    // The first fills the queue; the second finds it full.
+    let kicked = tokio::time::timeout(Duration::from_secs(5), kick.wait()).await;
+    assert_eq!(kicked.ok(), Some(KickReason::Slow));
+    assert_eq!(redis.inbox("bob"), [frame(2).to_string()]);
+    assert!(kick.is_buffered_pending(), "told to take its buffer");
+    assert_eq!(a.handed_off(), 0, "the reader had not left");
+    assert_eq!(rx.recv().await.map(|o| o.sent_ms), Some(1));
+    stop.send(true)?;
+    assert!(consumer.await?);
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_frame_buffered_as_its_recipient_connects_here_wakes_the_connection() -> Result {
+    let (redis, bus) = (MemoryRedis::default(), MemoryBus::default());
+    let a = relay(&redis, &bus, "a", 8)?;
+    let topic = bus.own_topic("a").await?;
+    bus.publish("a", "bob", &frame(1), 1).await?;
+    // The record finds no connection and the store down: it waits, then
+    // retries while bob connects here. The store then buffers it (bob's
+    // presence names this very node) after bob took his buffer.
+    redis.set_down(true);
+    let (stop, stop_rx) = watch::channel(false);
+    let consumer = tokio::spawn(Arc::clone(&a).consume(topic, Duration::ZERO, stop_rx));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    redis.set_down(false);
+    let (mut rx, kick) = a.attach("bob", 1);
+    assert!(a.claim("bob").await?.is_empty());
+    tokio::time::timeout(Duration::from_secs(5), kick.buffered_for_me()).await?;
+    assert_eq!(a.refresh("bob").await?, Some(vec![frame(1).to_string()]));
+    assert!(rx.try_recv().is_err());
+    stop.send(true)?;
+    assert!(consumer.await?);
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_commit_never_passes_a_queued_frame_and_a_crashed_node_reads_it_again() -> Result {
+    let (redis, bus) = (MemoryRedis::default(), MemoryBus::default());
+    let a = relay(&redis, &bus, "a", 8)?;
+    let b = relay(&redis, &bus, "b", 8)?;
+    let topic = bus.own_topic("a").await?;
+    let (mut rx, _kick) = a.attach("bob", 1);
+    a.claim("bob").await?;
+    for n in 0..3 {
+        assert_eq!(
+            b.route("bob", frame(n), u64::from(n)).await?,
+            Status::Relayed
+        );
+    }
+    let (_stop, stop_rx) = watch::channel(false);
+    let consumer = tokio::spawn(Arc::clone(&a).consume(
+        bus.open("a").await?,
+        Duration::from_millis(100),
+        stop_rx,
+    ));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(a.position(), 3, "all three read and queued");
+    assert_eq!(topic.committed().await?, Some(0), "none written yet");
+    // The connection writes the first.
+    let first = rx.recv().await.ok_or("no frame")?;
+    a.written(first);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(topic.committed().await?, Some(1));
+
+    // The node dies with two frames queued: no detach, no last commit.
+    consumer.abort();
+    let _ = consumer.await;
+    drop(rx);
+    drop(a);
+    let again = relay(&redis, &bus, "a", 8)?;
+    let (stop, stop_rx) = watch::channel(false);
+    let consumer = tokio::spawn(Arc::clone(&again).consume(
+        bus.open("a").await?,
+        Duration::from_millis(100),
+        stop_rx,
+    ));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Bob is not connected to the new life of the node: his presence
+    // still names it, so the two wait in his buffer for his next connect.
+    assert_eq!(
+        redis.inbox("bob"),
+        [frame(1).to_string(), frame(2).to_string()]
+    );
+    stop.send(true)?;
+    assert!(consumer.await?);
+    assert_eq!(topic.committed().await?, Some(3));
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_dead_nodes_topic_is_forwarded_never_back_to_it_and_then_retired() -> Result {
     let (redis, bus) = (MemoryRedis::default(), MemoryBus::default());
     let a = relay(&redis, &bus, "a", 8)?;
@@ -271,8 +395,17 @@ async fn a_gone_node_is_retired_by_the_relays_wall_clock() -> Result {
 
 mod simulation {
     //! Random traffic over two nodes, clients connecting, moving and
-    //! leaving: every frame acked is, at the end, received by a connection,
-    //! in an inbox, or in a delivery topic past its reader's position.
+    //! leaving, and nodes crashing (their connections' queues lost, no
+    //! detach, no last commit) and starting again: every frame acked is, at
+    //! the end, received by a connection, in an inbox, or in a delivery
+    //! topic past its reader's position. Frames acked `delivered` into a
+    //! connection of a node that crashed before it wrote them are the one
+    //! exception: that ack means handed to that connection. And no frame
+    //! waits in the inbox of a client connected here unless its connection
+    //! was told (to take its buffer, or to close). The store goes down and
+    //! comes back between steps; clients neither connect nor leave while it
+    //! is down (a hand-off the store refuses is lost by design, and
+    //! counted).
 
     use super::*;
     use proptest::prelude::*;
@@ -283,6 +416,8 @@ mod simulation {
         Connect { client: u8, node: u8 },
         Leave { client: u8 },
         Send { node: u8, to: u8 },
+        Crash { node: u8 },
+        Outage,
         Pause { ms: u16 },
     }
 
@@ -291,93 +426,183 @@ mod simulation {
             2 => (0u8..3, 0u8..2).prop_map(|(client, node)| Op::Connect { client, node }),
             1 => (0u8..3).prop_map(|client| Op::Leave { client }),
             5 => (0u8..2, 0u8..4).prop_map(|(node, to)| Op::Send { node, to }),
+            1 => (0u8..2).prop_map(|node| Op::Crash { node }),
+            1 => Just(Op::Outage),
             1 => (0u16..600).prop_map(|ms| Op::Pause { ms }),
         ]
     }
 
-    type Conn = (usize, u64, tokio::sync::mpsc::Receiver<rtc_relay::Outbound>);
+    struct Conn {
+        node: usize,
+        id: u64,
+        rx: tokio::sync::mpsc::Receiver<rtc_relay::Outbound>,
+        kick: Arc<rtc_relay::Kick>,
+    }
 
-    async fn run(ops: Vec<Op>) -> Result<(BTreeSet<String>, BTreeSet<String>)> {
+    struct Node {
+        relay: Arc<TestRelay>,
+        consumer: tokio::task::JoinHandle<bool>,
+    }
+
+    async fn start(
+        redis: &MemoryRedis,
+        bus: &MemoryBus,
+        name: &str,
+        stop: &watch::Receiver<bool>,
+    ) -> Result<Node> {
+        let relay = relay(redis, bus, name, 4)?;
+        let topic = bus.own_topic(name).await?;
+        let consumer = tokio::spawn(Arc::clone(&relay).consume(
+            topic,
+            Duration::from_millis(100),
+            stop.clone(),
+        ));
+        Ok(Node { relay, consumer })
+    }
+
+    struct Outcome {
+        acked: BTreeSet<String>,
+        found: BTreeSet<String>,
+        stranded: Vec<String>,
+    }
+
+    async fn run(ops: Vec<Op>) -> Result<Outcome> {
         let (redis, bus) = (MemoryRedis::default(), MemoryBus::default());
-        let nodes = ["a", "b"];
-        let relays = [relay(&redis, &bus, "a", 4)?, relay(&redis, &bus, "b", 4)?];
+        let names = ["a", "b"];
         let (stop, stop_rx) = watch::channel(false);
-        let mut consumers = Vec::new();
-        for (r, node) in relays.iter().zip(nodes) {
-            let topic = bus.own_topic(node).await?;
-            consumers.push(tokio::spawn(Arc::clone(r).consume(
-                topic,
-                Duration::from_millis(100),
-                stop_rx.clone(),
-            )));
+        let mut nodes = Vec::new();
+        for name in names {
+            nodes.push(start(&redis, &bus, name, &stop_rx).await?);
         }
         let mut conns: BTreeMap<String, Conn> = BTreeMap::new();
         let mut received = BTreeSet::new();
         let mut acked = BTreeSet::new();
+        // Frames acked `delivered`, by the connection they were queued for.
+        let mut queued_for: BTreeMap<String, u64> = BTreeMap::new();
+        let mut crashed = BTreeSet::new();
         let mut next_conn = 0u64;
+        let mut down = false;
         for (i, op) in ops.into_iter().enumerate() {
             match op {
+                Op::Connect { .. } | Op::Leave { .. } if down => {}
+                Op::Outage => {
+                    down = !down;
+                    redis.set_down(down);
+                }
                 Op::Connect { client, node } => {
                     let client = format!("c{client}");
                     let n = usize::from(node);
-                    if let Some((old, conn, rx)) = conns.remove(&client) {
-                        relays[old].detach(&client, conn, rx).await;
+                    if let Some(old) = conns.remove(&client) {
+                        nodes[old.node].relay.detach(&client, old.id, old.rx).await;
                     }
                     next_conn += 1;
-                    let (rx, _kick) = relays[n].attach(&client, next_conn);
-                    for f in relays[n].claim(&client).await? {
+                    let (rx, kick) = nodes[n].relay.attach(&client, next_conn);
+                    for f in nodes[n].relay.claim(&client).await? {
                         received.insert(f);
                     }
-                    conns.insert(client, (n, next_conn, rx));
+                    let conn = Conn {
+                        node: n,
+                        id: next_conn,
+                        rx,
+                        kick,
+                    };
+                    conns.insert(client, conn);
                 }
                 Op::Leave { client } => {
                     let client = format!("c{client}");
-                    if let Some((n, conn, mut rx)) = conns.remove(&client) {
+                    if let Some(mut conn) = conns.remove(&client) {
                         // Some frames were read, the rest are handed on.
-                        if let Ok(out) = rx.try_recv() {
+                        if let Ok(out) = conn.rx.try_recv() {
                             received.insert(out.frame.to_string());
+                            nodes[conn.node].relay.written(out);
                         }
-                        relays[n].detach(&client, conn, rx).await;
+                        nodes[conn.node]
+                            .relay
+                            .detach(&client, conn.id, conn.rx)
+                            .await;
                     }
                 }
                 Op::Send { node, to } => {
                     let frame = format!("{{\"n\":{i}}}");
                     let to = format!("c{to}");
-                    relays[usize::from(node)]
+                    let Ok(status) = nodes[usize::from(node)]
+                        .relay
                         .route(&to, Arc::from(frame.as_str()), 0)
-                        .await?;
+                        .await
+                    else {
+                        // Refused with an error: not acked.
+                        continue;
+                    };
+                    if status == Status::Delivered
+                        && let Some(conn) = conns.get(&to)
+                    {
+                        queued_for.insert(frame.clone(), conn.id);
+                    }
                     acked.insert(frame);
+                }
+                Op::Crash { node } => {
+                    let n = usize::from(node);
+                    nodes[n].consumer.abort();
+                    let _ = (&mut nodes[n].consumer).await;
+                    let gone: Vec<String> = conns
+                        .iter()
+                        .filter(|(_, c)| c.node == n)
+                        .map(|(client, _)| client.clone())
+                        .collect();
+                    for client in gone {
+                        if let Some(conn) = conns.remove(&client) {
+                            crashed.insert(conn.id);
+                            drop(conn.rx);
+                        }
+                    }
+                    nodes[n] = start(&redis, &bus, names[n], &stop_rx).await?;
                 }
                 Op::Pause { ms } => {
                     tokio::time::sleep(Duration::from_millis(u64::from(ms))).await;
                 }
             }
         }
+        redis.set_down(false);
         stop.send(true)?;
-        for c in consumers {
-            c.await?;
+        for node in &mut nodes {
+            (&mut node.consumer).await?;
         }
         let mut kept = BTreeSet::new();
-        for (client, (_, _, mut rx)) in conns {
-            while let Ok(out) = rx.try_recv() {
+        let mut stranded = Vec::new();
+        for (client, mut conn) in conns {
+            while let Ok(out) = conn.rx.try_recv() {
                 received.insert(out.frame.to_string());
             }
-            kept.extend(redis.inbox(&client));
+            let inbox = redis.inbox(&client);
+            let told = conn.kick.is_buffered_pending() || conn.kick.reason().is_some();
+            let here = redis.holder(&client).as_deref() == Some(names[conn.node]);
+            if here && !told && !inbox.is_empty() {
+                stranded.push(format!("{client}: {inbox:?}"));
+            }
+            kept.extend(inbox);
         }
         for c in 0..4 {
             kept.extend(redis.inbox(&format!("c{c}")));
         }
-        for (r, node) in relays.iter().zip(nodes) {
-            let position = i64::try_from(r.position()).unwrap_or(i64::MAX);
+        for (node, name) in nodes.iter().zip(names) {
+            let position = i64::try_from(node.relay.position()).unwrap_or(i64::MAX);
             kept.extend(
-                bus.records(node)
+                bus.records(name)
                     .into_iter()
                     .filter(|d| d.offset >= position)
                     .map(|d| d.frame),
             );
         }
         let found: BTreeSet<String> = received.union(&kept).cloned().collect();
-        Ok((acked, found))
+        let acked = acked
+            .into_iter()
+            .filter(|f| queued_for.get(f).is_none_or(|id| !crashed.contains(id)))
+            .collect();
+        Ok(Outcome {
+            acked,
+            found,
+            stranded,
+        })
     }
 
     proptest! {
@@ -390,11 +615,12 @@ mod simulation {
                 .start_paused(true)
                 .build()
                 .map_err(|e| TestCaseError::fail(e.to_string()))?;
-            let (acked, found) = runtime
+            let outcome = runtime
                 .block_on(run(ops))
                 .map_err(|e| TestCaseError::fail(e.to_string()))?;
-            let lost: Vec<_> = acked.difference(&found).collect();
+            let lost: Vec<_> = outcome.acked.difference(&outcome.found).collect();
             prop_assert!(lost.is_empty(), "lost {lost:?}");
+            prop_assert!(outcome.stranded.is_empty(), "stranded {:?}", outcome.stranded);
         }
     }
 }

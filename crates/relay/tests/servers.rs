@@ -187,3 +187,167 @@ async fn the_kafka_bus_publishes_reads_and_commits() -> Result {
     assert_eq!(bus.own_topic("n1").await?.name(), bus.topic_name("n1"));
     Ok(())
 }
+
+/// Polls `check` every 50 ms for up to 20 s.
+async fn eventually<F, Fut>(what: &str, mut check: F) -> Result
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool>>,
+{
+    let started = tokio::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(20) {
+        if check().await? {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(format!("not within 20 s: {what}").into())
+}
+
+#[tokio::test]
+async fn a_node_that_dies_with_frames_queued_reads_them_again_from_the_broker() -> Result {
+    use std::sync::Arc;
+
+    use rtc_node_load::Meter;
+    use rtc_relay::{Relay, Status};
+    use tokio::sync::watch;
+
+    let endpoints = Endpoints::from_env();
+    let redis = rtc_testkit::redis().await?;
+    let prefix = format!("{}.", unique_name("relay-crash"));
+    let bus = || {
+        KafkaBus::connect(
+            vec![endpoints.kafka_bootstrap.clone()],
+            prefix.clone(),
+            "relay-crash-test",
+            Duration::from_secs(10),
+            Duration::from_secs(5),
+        )
+    };
+    let relay =
+        |node: &str, boot: &str, bus: KafkaBus| -> Result<Arc<Relay<RedisStore, KafkaBus>>> {
+            Ok(Arc::new(Relay::new(
+                node.to_owned(),
+                boot.to_owned(),
+                store(&redis, node),
+                bus,
+                8,
+                Meter::new(10)?,
+            )))
+        };
+    let a = relay("a", "first", bus().await?)?;
+    let b = relay("b", "first", bus().await?)?;
+    let topic = a.bus().own_topic("a").await?;
+    let (mut rx, _kick) = a.attach("bob", 1);
+    a.claim("bob").await?;
+    let frames: Vec<String> = (0..3).map(|n| format!("{{\"n\":{n}}}")).collect();
+    for (n, f) in (0u64..).zip(&frames) {
+        assert_eq!(
+            b.route("bob", Arc::from(f.as_str()), n).await?,
+            Status::Relayed
+        );
+    }
+    let (_stop, stop_rx) = watch::channel(false);
+    let consumer = tokio::spawn(Arc::clone(&a).consume(
+        a.bus().open("a").await?,
+        Duration::from_millis(100),
+        stop_rx,
+    ));
+    eventually("the three records read", || async { Ok(a.position() == 3) }).await?;
+    // Queued, not written: the broker's committed offset stays before them.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(topic.committed().await?.unwrap_or(0), 0);
+    let first = rx.recv().await.ok_or("no frame queued")?;
+    assert_eq!(first.frame.as_ref(), frames[0]);
+    a.written(first);
+    eventually("the written frame committed", || async {
+        Ok(topic.committed().await? == Some(1))
+    })
+    .await?;
+
+    // The node dies: its queue is lost, no detach, no last commit.
+    consumer.abort();
+    let _ = consumer.await;
+    drop(rx);
+    drop(a);
+    let again = relay("a", "second", bus().await?)?;
+    let (stop, stop_rx) = watch::channel(false);
+    let consumer = tokio::spawn(Arc::clone(&again).consume(
+        again.bus().open("a").await?,
+        Duration::from_millis(100),
+        stop_rx,
+    ));
+    eventually("the two unwritten records read again", || async {
+        Ok(again.position() == 3)
+    })
+    .await?;
+    // Bob's presence still names the node, and he is not connected to its
+    // new life: the two wait in his buffer, taken on his next connect.
+    let (_rx, _kick) = again.attach("bob", 2);
+    assert_eq!(again.claim("bob").await?, frames[1..]);
+    stop.send(true)?;
+    assert!(consumer.await?);
+    assert_eq!(topic.committed().await?, Some(3));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_reconnect_to_the_same_node_gets_the_old_queue_and_a_full_queue_is_told_to_take_its_buffer()
+-> Result {
+    use std::sync::Arc;
+
+    use rtc_node_load::Meter;
+    use rtc_relay::{KickReason, Relay, Status};
+
+    let endpoints = Endpoints::from_env();
+    let redis = rtc_testkit::redis().await?;
+    let prefix = format!("{}.", unique_name("relay-reconnect"));
+    let bus = KafkaBus::connect(
+        vec![endpoints.kafka_bootstrap.clone()],
+        prefix,
+        "relay-reconnect-test",
+        Duration::from_secs(10),
+        Duration::from_secs(5),
+    )
+    .await?;
+    let a = Relay::new(
+        "a".to_owned(),
+        "boot".to_owned(),
+        store(&redis, "a"),
+        bus,
+        1,
+        Meter::new(10)?,
+    );
+    let (old_rx, _old) = a.attach("bob", 1);
+    a.claim("bob").await?;
+    assert_eq!(
+        a.route("bob", Arc::from("{\"n\":1}"), 1).await?,
+        Status::Delivered
+    );
+    // Bob reconnects here before the old connection wrote it.
+    let (mut new_rx, kick) = a.attach("bob", 2);
+    a.claim("bob").await?;
+    a.detach("bob", 1, old_rx).await;
+    assert_eq!(new_rx.try_recv().map(|o| o.sent_ms).ok(), Some(1));
+    assert_eq!(
+        a.refresh("bob").await?,
+        Some(Vec::new()),
+        "nothing buffered"
+    );
+
+    // The new queue (room for one) fills; the next frame finds it full:
+    // the real script buffers it (the presence names this very node) and
+    // the connection is told, both to take its buffer and to close.
+    assert_eq!(
+        a.route("bob", Arc::from("{\"n\":2}"), 2).await?,
+        Status::Delivered
+    );
+    assert_eq!(
+        a.route("bob", Arc::from("{\"n\":3}"), 3).await?,
+        Status::Buffered
+    );
+    assert!(kick.is_buffered_pending());
+    assert_eq!(kick.reason(), Some(KickReason::Slow));
+    assert_eq!(a.refresh("bob").await?, Some(vec!["{\"n\":3}".to_owned()]));
+    Ok(())
+}

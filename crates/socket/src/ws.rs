@@ -192,20 +192,15 @@ async fn serve(state: Public, mut socket: WebSocket, client: String, mut conn: C
         node: relay.node(),
     }
     .encode();
-    let mut open = socket.send(Message::Text(welcome.into())).await.is_ok();
-    for frame in pending {
-        if !open {
-            // Not written: back into the buffer.
-            let sent = protocol::frame_head(&frame).map_or(0, |h| h.sent_ms);
-            let _ = Box::pin(relay.route(&client, Arc::from(frame.as_str()), sent)).await;
-            continue;
-        }
-        let sent = protocol::frame_head(&frame).map_or(0, |h| h.sent_ms);
-        open = socket.send(Message::Text(frame.into())).await.is_ok();
-        if open {
-            relay.delivered(sent);
-        }
-    }
+    let welcomed = socket.send(Message::Text(welcome.into())).await.is_ok();
+    let open = Box::pin(write_buffered(
+        &relay,
+        &mut socket,
+        &client,
+        pending,
+        welcomed,
+    ))
+    .await;
 
     let origin = Instant::now();
     let now_ms = || u64::try_from(origin.elapsed().as_millis()).unwrap_or(u64::MAX);
@@ -233,6 +228,12 @@ async fn serve(state: Public, mut socket: WebSocket, client: String, mut conn: C
                     .await;
                 break;
             }
+            () = kick.buffered_for_me() => {
+                // A frame was buffered while this connection is open here.
+                if !Box::pin(take_buffer(&relay, &mut socket, &client)).await {
+                    break;
+                }
+            }
             reason = kick.wait() => {
                 let (code, text) = match reason {
                     KickReason::Slow => (close::TRY_AGAIN_LATER, "too slow to keep up: reconnect"),
@@ -245,36 +246,15 @@ async fn serve(state: Public, mut socket: WebSocket, client: String, mut conn: C
                 let Some(out) = out else { break };
                 let text = Utf8Bytes::from(out.frame.as_ref());
                 if socket.send(Message::Text(text)).await.is_err() {
-                    // Not written: hand it on with the rest at detach.
-                    let _ = Box::pin(relay.route(&client, out.frame, out.sent_ms)).await;
+                    // Not written: handed on like the rest at detach.
+                    Box::pin(relay.hand_back(&client, out)).await;
                     break;
                 }
-                relay.delivered(out.sent_ms);
+                relay.written(out);
             }
             _ = refresh.tick() => {
-                match Box::pin(relay.refresh(&client)).await {
-                    Ok(Some(frames)) => {
-                        // Buffered while the claim looked absent: written
-                        // now, or back into the buffer if the socket fails.
-                        let mut open = true;
-                        for frame in frames {
-                            let sent = protocol::frame_head(&frame).map_or(0, |h| h.sent_ms);
-                            if open && socket.send(Message::Text(frame.clone().into())).await.is_ok() {
-                                relay.delivered(sent);
-                                continue;
-                            }
-                            open = false;
-                            let _ = Box::pin(relay.route(&client, Arc::from(frame.as_str()), sent)).await;
-                        }
-                        if !open {
-                            break;
-                        }
-                    }
-                    Ok(None) => {
-                        let _ = socket.send(closing(close::SUPERSEDED, "connected on another node")).await;
-                        break;
-                    }
-                    Err(e) => tracing::warn!(error = %e, "renewing presence failed"),
+                if !Box::pin(take_buffer(&relay, &mut socket, &client)).await {
+                    break;
                 }
             }
             incoming = socket.recv() => {
@@ -311,6 +291,53 @@ async fn serve(state: Public, mut socket: WebSocket, client: String, mut conn: C
     drop(socket);
     Box::pin(relay.detach(&client, conn.id(), rx)).await;
     drop(conn);
+}
+
+/// Writes frames taken from the client's offline buffer, in order; those
+/// that cannot be written (the socket failed) are handed back, so they
+/// reach the client's next connection. Whether the socket is still open.
+async fn write_buffered(
+    relay: &NodeRelay,
+    socket: &mut WebSocket,
+    client: &str,
+    frames: Vec<String>,
+    mut open: bool,
+) -> bool {
+    for frame in frames {
+        let sent = protocol::frame_head(&frame).map_or(0, |h| h.sent_ms);
+        let frame: Arc<str> = Arc::from(frame);
+        if open {
+            let text = Utf8Bytes::from(frame.as_ref());
+            open = socket.send(Message::Text(text)).await.is_ok();
+            if open {
+                relay.delivered(sent);
+                continue;
+            }
+        }
+        relay
+            .hand_back(client, rtc_relay::Outbound::new(frame, sent))
+            .await;
+    }
+    open
+}
+
+/// Renews the client's presence and writes what was buffered for it
+/// meanwhile; `false` when the connection must close (the socket failed,
+/// or another node has taken the client over).
+async fn take_buffer(relay: &NodeRelay, socket: &mut WebSocket, client: &str) -> bool {
+    match relay.refresh(client).await {
+        Ok(Some(frames)) => write_buffered(relay, socket, client, frames, true).await,
+        Ok(None) => {
+            let _ = socket
+                .send(closing(close::SUPERSEDED, "connected on another node"))
+                .await;
+            false
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "renewing presence failed");
+            true
+        }
+    }
 }
 
 /// Handles one text frame; `false` when the connection must close.

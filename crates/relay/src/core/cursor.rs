@@ -6,7 +6,14 @@
 //! commit is tried again at the next one. A record is handled before the
 //! position passes it, so a reader that dies leaves at most the records
 //! since the last commit to be read again (at least once).
+//!
+//! A record handed to a connection's queue is handled, but it is still only
+//! in memory until the connection writes it. Such records are [`Held`],
+//! and the committed position never passes the first of them
+//! ([`commit_point`]): a node that dies with frames queued reads them again
+//! when it comes back, or its forwarder does.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// Fetch failures in a row after which a stopping reader gives up.
@@ -77,9 +84,9 @@ impl Cursor {
         }
     }
 
-    /// The position was committed.
-    pub fn committed(&mut self) {
-        self.committed = self.position;
+    /// `at` was committed (the position, or a held record before it).
+    pub fn committed(&mut self, at: i64) {
+        self.committed = at;
     }
 
     /// Whether everything up to `high_watermark` has been read.
@@ -88,10 +95,98 @@ impl Cursor {
     }
 }
 
+/// The offsets of one topic's records that are still only in memory,
+/// counted per offset (a record may be queued more than once after a
+/// reconnect).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Held(BTreeMap<i64, u32>);
+
+impl Held {
+    /// The record at `offset` is queued in memory.
+    pub fn hold(&mut self, offset: i64) {
+        *self.0.entry(offset).or_insert(0) += 1;
+    }
+
+    /// The record at `offset` was written, handed on or dropped.
+    pub fn release(&mut self, offset: i64) {
+        if let Some(n) = self.0.get_mut(&offset) {
+            *n -= 1;
+            if *n == 0 {
+                self.0.remove(&offset);
+            }
+        }
+    }
+
+    /// The first offset still held.
+    pub fn first(&self) -> Option<i64> {
+        self.0.keys().next().copied()
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// The position that may be committed: `position`, or the first record
+/// still held in memory when it is before it.
+pub fn commit_point(position: i64, first_held: Option<i64>) -> i64 {
+    first_held.map_or(position, |held| held.min(position))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn the_commit_stops_at_the_first_record_still_in_memory() {
+        let mut held = Held::default();
+        assert_eq!(commit_point(9, held.first()), 9);
+        held.hold(4);
+        held.hold(6);
+        held.hold(4);
+        assert_eq!(commit_point(9, held.first()), 4);
+        held.release(4);
+        assert_eq!(
+            commit_point(9, held.first()),
+            4,
+            "queued twice, released once"
+        );
+        held.release(4);
+        assert_eq!(commit_point(9, held.first()), 6);
+        held.release(6);
+        held.release(6);
+        assert!(held.is_empty());
+        assert_eq!(commit_point(3, Some(7)), 3, "never beyond the position");
+
+        let mut c = Cursor::new(0, 0);
+        c.handled(9);
+        c.committed(commit_point(c.position(), Some(4)));
+        assert!(c.uncommitted(), "the rest is committed once it is written");
+    }
+
+    proptest! {
+        #[test]
+        fn no_commit_passes_a_held_record(
+            ops in proptest::collection::vec((any::<bool>(), 0i64..20), 1..100),
+        ) {
+            let mut held = Held::default();
+            let mut model: Vec<i64> = Vec::new();
+            for (hold, offset) in ops {
+                if hold {
+                    held.hold(offset);
+                    model.push(offset);
+                } else if let Some(i) = model.iter().position(|o| *o == offset) {
+                    model.swap_remove(i);
+                    held.release(offset);
+                }
+                let point = commit_point(20, held.first());
+                prop_assert!(model.iter().all(|o| *o >= point));
+                prop_assert_eq!(point, model.iter().copied().min().unwrap_or(20));
+            }
+        }
+    }
 
     #[test]
     fn commits_wait_for_the_interval_and_for_movement() {
@@ -104,7 +199,7 @@ mod tests {
         // The commit failed: tried again only after another interval.
         assert!(!c.commit_due(5_500, second));
         assert!(c.commit_due(6_000, second));
-        c.committed();
+        c.committed(c.position());
         assert!(!c.uncommitted());
         assert!(c.caught_up(7) && !c.caught_up(8));
     }
@@ -136,7 +231,7 @@ mod tests {
                 if c.commit_due(now, interval) {
                     prop_assert!(now - last >= interval_ms);
                     last = now;
-                    c.committed();
+                    c.committed(c.position());
                 }
             }
         }
