@@ -27,6 +27,7 @@ use crate::ipam::PodIps;
 use crate::node::{self, HostInfo, NodeIdentity};
 use crate::pod::{self, Ending, NodeContext, PodUpdate};
 use crate::quantity::Quantity;
+use crate::token::ApiAccess;
 
 /// How often the Lease is renewed (the kubelet's default).
 const LEASE_RENEW: Duration = Duration::from_secs(10);
@@ -102,6 +103,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
     let client = client(&config.kubeconfig).await?;
+    let api = Kubeconfig::read_from(&config.kubeconfig)
+        .ok()
+        .as_ref()
+        .and_then(ApiAccess::of);
     let pods_dir = config.state_dir.join("pods");
     tokio::fs::create_dir_all(&pods_dir)
         .await
@@ -136,6 +141,7 @@ pub async fn run(
         node_memory: Quantity::parse(&config.memory).unwrap_or(Quantity::ZERO),
         epoch: Instant::now(),
         shutdown_grace: SHUTDOWN_GRACE,
+        api,
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -19,6 +19,9 @@
 //! - readiness, liveness and startup probes (HTTP GET, TCP, exec) with the
 //!   kubelet's thresholds ([`probe`], [`check`]);
 //! - restarts per `restartPolicy` with a short back-off ([`restart`]);
+//! - its service account's credentials, a token bound to the pod through
+//!   the TokenRequest API, as a kubeconfig named by `KUBECONFIG`
+//!   ([`token`]);
 //! - an honest status ([`status`]) and graceful deletion: preStop hooks,
 //!   SIGTERM, SIGKILL at the end of the grace period, then the pod object
 //!   deleted ([`pod`]).
@@ -50,6 +53,7 @@ pub mod process;
 pub mod quantity;
 pub mod restart;
 pub mod status;
+pub mod token;
 
 pub use agent::{AgentError, run};
 pub use config::{AgentArgs, AgentConfig, ConfigError};

@@ -30,6 +30,7 @@ use crate::process::{self, Exit, Launch, Process, Signal};
 use crate::quantity::Quantity;
 use crate::restart::{Backoff, RestartPolicy};
 use crate::status::{self, ContainerRecord, RunState, StatusInput, reason};
+use crate::token::{self, ApiAccess};
 
 /// The node's address, every pod's host IP.
 pub const HOST_IP: Ipv4Addr = Ipv4Addr::LOCALHOST;
@@ -72,6 +73,9 @@ pub struct NodeContext {
     /// How long processes get between SIGTERM and SIGKILL when the agent
     /// itself shuts down.
     pub shutdown_grace: Duration,
+    /// Where pods reach the API server, for their service-account
+    /// credentials ([`crate::token`]); `None`: pods get none.
+    pub api: Option<ApiAccess>,
 }
 
 impl std::fmt::Debug for NodeContext {
@@ -597,7 +601,16 @@ impl Worker {
             node_cpu: self.ctx.node_cpu,
             node_memory: self.ctx.node_memory,
         };
-        env::container_env(&ctx, &slot.spec).map_err(|e| e.to_string())
+        let mut vars = env::container_env(&ctx, &slot.spec).map_err(|e| e.to_string())?;
+        if let (Some(account), Some(access)) = (token::wants_token(&self.pod), &self.ctx.api) {
+            let mut credentials =
+                token::credentials(&self.ctx.client, access, &self.pod, account, &self.dir).await?;
+            // The container's own variables win, as over the kubelet's.
+            credentials.retain(|(key, _)| vars.iter().all(|(k, _)| k != key));
+            credentials.append(&mut vars);
+            vars = credentials;
+        }
+        Ok(vars)
     }
 
     /// Starts each due probe as a task that reports back.

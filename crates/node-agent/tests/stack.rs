@@ -203,14 +203,74 @@ async fn the_environment_comes_from_config_maps_field_refs_and_literals() {
         !env.keys().any(|k| k.starts_with("OPT_")),
         "a missing optional configmap adds nothing"
     );
-    assert!(
-        get("KUBECONFIG").is_none(),
-        "the agent's own environment does not leak"
+    assert_eq!(
+        get("KUBECONFIG"),
+        Some(dir.join("serviceaccount/kubeconfig").display().to_string()),
+        "the agent's own environment does not leak: the pod's is its service account's"
     );
 
     let argv: Vec<String> = serde_json::from_str(&read(&dir.join("argv.json"))).expect("argv.json");
     assert_eq!(argv, ["8080", &format!("--bind={ip}"), "$(MISSING)"]);
 
+    agent.finish().await;
+    ns.cleanup().await.expect("cleanup");
+}
+
+/// Asks the API server who the pod is, with the credentials the agent gave
+/// it: the kubeconfig in `KUBECONFIG`, its CA and its token file.
+const WHOAMI: &str = r#"
+import base64, json, os, ssl, urllib.request
+k = json.load(open(os.environ["KUBECONFIG"]))
+cluster = k["clusters"][0]["cluster"]
+open("ca.pem", "wb").write(base64.b64decode(cluster["certificate-authority-data"]))
+token = open(k["users"][0]["user"]["tokenFile"]).read()
+review = b'{"apiVersion":"authentication.k8s.io/v1","kind":"SelfSubjectReview"}'
+request = urllib.request.Request(cluster["server"] + "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+    data=review, method="POST",
+    headers={"Authorization": "Bearer " + token, "Content-Type": "application/json"})
+answer = json.load(urllib.request.urlopen(request, context=ssl.create_default_context(cafile="ca.pem")))
+json.dump({"user": answer["status"]["userInfo"], "host": os.environ.get("KUBERNETES_SERVICE_HOST"),
+    "namespace": open(os.path.join(os.path.dirname(os.environ["KUBECONFIG"]), "namespace")).read()},
+    open("whoami.json", "w"))
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_reaches_the_api_server_as_its_service_account_bound_to_itself() {
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let ns = rtc_testkit::kubernetes().await.expect("stack");
+    let agent = Agent::start(&ns).await;
+    let account: ServiceAccount =
+        serde_json::from_value(json!({ "metadata": { "name": "reader" } })).expect("account");
+    ns.api::<ServiceAccount>()
+        .create(&PostParams::default(), &account)
+        .await
+        .expect("create service account");
+    let spec = |automount: bool| {
+        json!({
+            "restartPolicy": "Never",
+            "serviceAccountName": "reader",
+            "automountServiceAccountToken": automount,
+            "containers": [{ "name": "who", "image": "rtc/python", "command": ["-c", WHOAMI] }],
+        })
+    };
+    let created = create(&ns, &pod("who", &agent.node, spec(true))).await;
+    let done = wait_for(&ns, &agent, "who", "Succeeded", |p| phase(p) == "Succeeded").await;
+    let dir = agent.pod_dir(&created);
+    let whoami: serde_json::Value = serde_json::from_str(&read(&dir.join("whoami.json")))
+        .unwrap_or_else(|e| panic!("whoami.json: {e}; agent log:\n{}", agent.log_text()));
+    assert_eq!(
+        whoami["user"]["username"],
+        format!("system:serviceaccount:{}:reader", ns.name())
+    );
+    let bound = &whoami["user"]["extra"]["authentication.kubernetes.io/pod-name"];
+    assert_eq!(bound, &json!(["who"]), "the token is bound to the pod");
+    assert_eq!(whoami["host"], "127.0.0.1");
+    assert_eq!(whoami["namespace"], ns.name());
+    assert_eq!(container(&done).map(|c| c.restart_count), Some(0));
+
+    // Opting out gives no credentials: the same script fails.
+    create(&ns, &pod("anon", &agent.node, spec(false))).await;
+    wait_for(&ns, &agent, "anon", "Failed", |p| phase(p) == "Failed").await;
     agent.finish().await;
     ns.cleanup().await.expect("cleanup");
 }
