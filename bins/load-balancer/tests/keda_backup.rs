@@ -139,7 +139,7 @@ struct Backup {
 }
 
 fn k8s_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/k8s")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/k8s/base")
 }
 
 fn documents(file: &Path) -> Result<Vec<Value>> {

@@ -153,7 +153,7 @@ pub async fn create_ready_pod(pods: &Api<Pod>, pod: &Pod) -> Result<(), kube::Er
     Ok(())
 }
 
-/// The load-balancer's identity of deploy/k8s/01-rbac.yaml (its
+/// The load-balancer's identity of deploy/k8s/base/01-rbac.yaml (its
 /// ServiceAccount, Role and RoleBinding) created in the test's namespace,
 /// so a client of [`TestNamespace::service_account_client`] for
 /// `load-balancer` has exactly the permissions it has in a cluster.

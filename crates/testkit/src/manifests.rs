@@ -12,14 +12,14 @@ use serde_json::Value;
 
 use crate::{Endpoints, Error};
 
-/// Where `deploy/k8s/<file>` is.
+/// Where `deploy/k8s/base/<file>` is.
 pub(crate) fn path_of(file: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../deploy/k8s")
+        .join("../../deploy/k8s/base")
         .join(file)
 }
 
-/// The documents of `deploy/k8s/<file>`, empty documents left out.
+/// The documents of `deploy/k8s/base/<file>`, empty documents left out.
 ///
 /// # Errors
 ///
@@ -35,7 +35,7 @@ pub fn documents(file: &str) -> Result<Vec<Value>, Error> {
     Ok(docs.into_iter().filter(|d| !d.is_null()).collect())
 }
 
-/// The one document of `kind` in `deploy/k8s/<file>`.
+/// The one document of `kind` in `deploy/k8s/base/<file>`.
 ///
 /// # Errors
 ///
@@ -50,7 +50,7 @@ pub fn document(file: &str, kind: &str) -> Result<Value, Error> {
         })
 }
 
-/// The shared ConfigMap of deploy/k8s/02-config.yaml in `namespace`, pointed
+/// The shared ConfigMap of deploy/k8s/base/02-config.yaml in `namespace`, pointed
 /// at the stack's Redis and broker, with key prefixes and delivery topics
 /// under `prefix`, plain logs, 1 s heartbeats and a 5 s drain: 2 s for the
 /// endpoints to drop the pod, then the clients are told to reconnect in
@@ -82,7 +82,7 @@ pub fn socket_config(
     })
 }
 
-/// The socket Deployment of deploy/k8s/04-socket.yaml in `namespace` with
+/// The socket Deployment of deploy/k8s/base/04-socket.yaml in `namespace` with
 /// `replicas`, and a grace period that fits [`socket_config`]'s drain; as
 /// JSON, so a test can also turn its template into a StatefulSet.
 ///

@@ -50,7 +50,7 @@ pub enum ScaleError {
     /// RBAC forbids a request; never retried.
     #[error(
         "forbidden: the load balancer's service account lacks {operation} in namespace \
-         {namespace:?} (see deploy/k8s/01-rbac.yaml); the server said: {message}"
+         {namespace:?} (see deploy/k8s/base/01-rbac.yaml); the server said: {message}"
     )]
     Forbidden {
         /// The request, naming the missing verb, resource and API group.

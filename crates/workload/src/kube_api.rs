@@ -19,7 +19,7 @@ const FIELD_MANAGER: &str = "rtc-load-balancer";
 ///
 /// Requests: `get` deployments and statefulsets, `update`
 /// deployments/scale and statefulsets/scale, `list` and `patch` pods; the
-/// rules in `deploy/k8s/01-rbac.yaml` grant exactly these.
+/// rules in `deploy/k8s/base/01-rbac.yaml` grant exactly these.
 #[derive(Clone)]
 pub struct KubeWorkloadApi {
     namespace: String,

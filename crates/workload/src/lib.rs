@@ -30,7 +30,7 @@
 //! [`KubeWorkloadApi`] sends them with a kube client, and `FakeWorkloadApi`
 //! (feature `test-util`) keeps objects in memory and injects faults.
 //! `docs/workload-scaling.md` explains the Kubernetes behaviour behind all of
-//! this, and `deploy/k8s/01-rbac.yaml` grants exactly the requests made.
+//! this, and `deploy/k8s/base/01-rbac.yaml` grants exactly the requests made.
 //!
 //! # Example
 //!

@@ -2,7 +2,7 @@
 //! real pods on the stack's node agents, and on scale-in the real
 //! ReplicaSet and StatefulSet controllers remove the pod the scaler chose,
 //! after its preStop `/drain`, while the scaler acts as the load-balancer's
-//! own service account under the RBAC of deploy/k8s/01-rbac.yaml.
+//! own service account under the RBAC of deploy/k8s/base/01-rbac.yaml.
 //!
 //! Timings are printed (`--nocapture`) for the figures in
 //! docs/local-cluster.md, never asserted.
@@ -48,7 +48,7 @@ fn socket_stateful_set(namespace: &str, replicas: i32) -> Result<StatefulSet> {
     Ok(serde_json::from_value(doc)?)
 }
 
-/// The load-balancer's identity of deploy/k8s/01-rbac.yaml in the test's
+/// The load-balancer's identity of deploy/k8s/base/01-rbac.yaml in the test's
 /// namespace, and a client that acts as it.
 async fn load_balancer_client(ns: &TestNamespace) -> Result<Client> {
     rtc_testkit::fixtures::grant_load_balancer(ns).await?;

@@ -1,4 +1,4 @@
-//! `deploy/k8s/01-rbac.yaml` grants exactly the requests the scaler makes
+//! `deploy/k8s/base/01-rbac.yaml` grants exactly the requests the scaler makes
 //! (plus the leader election's leases), its objects are accepted by the
 //! local stack's API server, and its service account is refused (403)
 //! everything else by the server's real RBAC authorizer.
@@ -14,7 +14,7 @@ use rtc_workload::{Operation, WorkloadKind};
 
 type Result<T = (), E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
 
-const MANIFEST: &str = "../../deploy/k8s/01-rbac.yaml";
+const MANIFEST: &str = "../../deploy/k8s/base/01-rbac.yaml";
 
 /// The Role's rules. They are written one per entry, each key on one line
 /// with a flow sequence (a JSON array), so no YAML parser is needed.

@@ -10,7 +10,7 @@
 # the admin kubeconfig $RTC_STACK_RUN/kubeconfig (context rtc-local, client
 # certificate in group system:masters) and the kubeconfigs of the other
 # components under $RTC_STACK_RUN/kubeconfigs. The service-account kubeconfigs
-# of deploy/k8s/01-rbac.yaml are written by accounts.sh once the controllers
+# of deploy/k8s/base/01-rbac.yaml are written by accounts.sh once the controllers
 # run. stop stops the API server only; etcd has its own script.
 # Writes named in deploy/local/audit-policy.yaml (/scale, workload and pod
 # patches, Leases) are recorded in the audit log $RTC_STACK_RUN/audit.log
@@ -45,12 +45,12 @@ kubeconfigs() {
 # kubeconfig per service account (a bound token of 24 h), so a test or a
 # person can act exactly as the load-balancer would in a cluster.
 accounts() {
-  local k8s="$RTC_REPO_ROOT/deploy/k8s" sa ns token file
+  local k8s="$RTC_REPO_ROOT/deploy/k8s/base" sa ns token file
   command -v kubectl >/dev/null 2>&1 \
     || die "apiserver: kubectl is not on PATH; install kubectl 1.32 or newer and run 'deploy/local/stack up' again"
   KUBECONFIG="$KUBECONFIG_FILE" kubectl apply --server-side --force-conflicts --field-manager rtc-stack \
     -f "$k8s/00-namespace.yaml" -f "$k8s/01-rbac.yaml" >/dev/null \
-    || die "apiserver: could not apply deploy/k8s/00-namespace.yaml and 01-rbac.yaml; see the error above"
+    || die "apiserver: could not apply deploy/k8s/base/00-namespace.yaml and 01-rbac.yaml; see the error above"
   # The KEDA CRDs, so the ScaledObject of deploy/k8s is accepted (there is
   # no KEDA operator: nothing acts on it).
   "$RTC_LOCAL_DIR/build.sh" keda-crds
