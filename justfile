@@ -8,8 +8,22 @@ trace := "crates/decision/examples/spike-then-calm.jsonl"
 default:
     @just --list
 
-# The main job: replay the bundled sample trace (a spike, then calm) through the decision core and print the timeline.
-demo:
+# The main job: the whole scaling flow live on the local stack, about five minutes (docs/demo.md; `just demo --help`).
+demo *ARGS:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    deploy/local/stack up
+    eval "$(deploy/local/stack env)"
+    # The chart's labels need a font; the demo says so when there is none.
+    if [[ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]] && command -v apt-get >/dev/null; then
+        echo "[demo] installing the Debian package fonts-dejavu-core for the chart's labels" >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends fonts-dejavu-core >/dev/null 2>&1 || true
+    fi
+    cargo build --quiet --locked -p rtc-demo
+    exec target/debug/demo {{ARGS}}
+
+# Replay the bundled sample trace (a spike, then calm) through the decision core and print the timeline.
+replay:
     cargo run --quiet --release -p rtc-load-balancer -- decide --format timeline {{trace}}
 
 # Replay JSON lines through the decision core (see `load-balancer decide --help`).

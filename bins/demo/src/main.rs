@@ -1,0 +1,132 @@
+//! The demo binary: flags, then [`rtc_demo::run`]. `./dev demo` starts the
+//! stack and runs it.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use rtc_demo::{DemoConfig, report};
+use rtc_loadgen::Profile;
+use rtc_time::{SystemClock, WallClock};
+
+/// The whole scaling flow live on the local stack: a socket fleet and two
+/// load-balancers as pods, a spike of WebSocket load then calm, the
+/// load-balancer scaling the fleet through Kubernetes, drains, and what it
+/// all cost in lost messages (none).
+#[derive(Debug, Parser)]
+#[command(name = "demo", version, about, long_about = None)]
+struct Cli {
+    /// Run the socket workload as a StatefulSet instead of a Deployment.
+    #[arg(long)]
+    statefulset: bool,
+    /// The load profile (JSON, see docs/loadgen.md).
+    #[arg(long, default_value = "bins/demo/profiles/spike-then-calm.json")]
+    profile: PathBuf,
+    /// The kustomize overlay to install.
+    #[arg(long, default_value = "deploy/k8s/overlays/local")]
+    overlay: PathBuf,
+    /// The overlay's namespace.
+    #[arg(long, default_value = "rtc")]
+    namespace: String,
+    /// Where the run record, chart and summary go (default:
+    /// target/demo/<time>-<workload kind>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Plain progress lines even on a terminal.
+    #[arg(long)]
+    plain: bool,
+    /// Leave the fleet running at the end.
+    #[arg(long)]
+    keep: bool,
+    /// Delete the leading load-balancer pod this long after the load starts
+    /// (e.g. 60s), to show the other replica taking over.
+    #[arg(long, value_parser = rtc_loadgen::duration::parse_duration)]
+    kill_leader_at: Option<std::time::Duration>,
+    /// The stack's Redis (`deploy/local/stack env`).
+    #[arg(long, env = "RTC_REDIS_URL")]
+    redis_url: Option<String>,
+    /// The stack's broker.
+    #[arg(long, env = "RTC_KAFKA_BOOTSTRAP")]
+    kafka_bootstrap: Option<String>,
+    /// The API server's audit log.
+    #[arg(long, env = "RTC_AUDIT_LOG")]
+    audit_log: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("demo: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Stack of the runtime's threads.
+const STACK: usize = 32 << 20;
+
+fn needed<T>(value: Option<T>, name: &str) -> anyhow::Result<T> {
+    value.with_context(|| {
+        format!(
+            "{name} is not set: run `eval \"$(deploy/local/stack env)\"` first, or use `./dev demo`"
+        )
+    })
+}
+
+fn run(cli: Cli) -> anyhow::Result<bool> {
+    let text = std::fs::read_to_string(&cli.profile)
+        .with_context(|| format!("reading the profile {}", cli.profile.display()))?;
+    let profile = Profile::from_json(&text)
+        .with_context(|| format!("the profile {}", cli.profile.display()))?;
+    let kind = if cli.statefulset {
+        "statefulset"
+    } else {
+        "deployment"
+    };
+    let out = cli.out.clone().unwrap_or_else(|| {
+        PathBuf::from("target/demo").join(format!("{}-{kind}", SystemClock.now_ms() / 1000))
+    });
+    let config = DemoConfig {
+        overlay: cli.overlay.clone(),
+        namespace: cli.namespace.clone(),
+        statefulset: cli.statefulset,
+        profile,
+        out_dir: out,
+        plain: cli.plain,
+        redis_url: needed(cli.redis_url, "RTC_REDIS_URL")?,
+        kafka_bootstrap: needed(cli.kafka_bootstrap, "RTC_KAFKA_BOOTSTRAP")?,
+        audit_log: needed(cli.audit_log, "RTC_AUDIT_LOG")?,
+        keep: cli.keep,
+        kill_leader_at: cli.kill_leader_at,
+        nodes_dir: std::env::var_os("KUBECONFIG")
+            .map(PathBuf::from)
+            .and_then(|k| k.parent().map(|d| d.join("nodes"))),
+    };
+    if !config.overlay.join("kustomization.yaml").exists() {
+        anyhow::bail!(
+            "{} has no kustomization.yaml: pass --overlay with a kustomize overlay of deploy/k8s",
+            config.overlay.display()
+        );
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(STACK)
+        .build()
+        .context("starting the async runtime")?;
+    // The run's future is deep (the load generator, the watcher, kubectl);
+    // it runs as a task on a worker with room for it.
+    let outcome = runtime.block_on(async {
+        let interrupted = async {
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::spawn(rtc_demo::run(config, interrupted)).await
+    })??;
+    println!("{}", report(&outcome));
+    Ok(outcome.load.all_received())
+}
