@@ -42,14 +42,17 @@ pub mod config;
 pub mod env;
 pub mod image;
 pub mod ipam;
+pub mod kubelet_server;
 pub mod limits;
 pub mod node;
 pub mod pod;
 pub mod probe;
 pub mod process;
 pub mod quantity;
+pub mod resource_metrics;
 pub mod restart;
 pub mod status;
+pub mod usage;
 
 pub use agent::{AgentError, run};
 pub use config::{AgentArgs, AgentConfig, ConfigError};
