@@ -23,6 +23,11 @@
 //!   SIGTERM, SIGKILL at the end of the grace period, then the pod object
 //!   deleted ([`pod`]).
 //!
+//! With a kubelet port, the node serves the kubelet's resource metrics
+//! (`/metrics/resource`, [`kubelet_server`]) from the real CPU and memory
+//! use of its pods ([`usage`], rendered by [`resource_metrics`]), which
+//! metrics-server scrapes for `kubectl top` and the HorizontalPodAutoscaler.
+//!
 //! The one visible difference from a real kubelet: pods share the machine's
 //! network namespace, so each `0.0.0.0` in a container's environment values
 //! and arguments is rewritten to the pod's own address (for a pod with one

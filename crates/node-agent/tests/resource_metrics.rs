@@ -388,3 +388,130 @@ fn samples_are_found_by_name_and_labels() {
     assert_eq!(sample(text, "b", ""), Some((1e6, None)));
     assert_eq!(sample(text, "a", ""), None);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_hpa_on_cpu_utilization_scales_out_a_busy_deployment() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+    use kube::api::PostParams;
+
+    let ns = rtc_testkit::kubernetes().await.expect("stack");
+    let port = free_port();
+    let agent = agent_with_kubelet_port(&ns, port).await;
+
+    // Each pod is held to 200m by its cgroup and asks for 50m, so one busy
+    // pod is at about 400 % of its request, far above the 50 % target.
+    let deployment: Deployment = serde_json::from_value(json!({
+        "metadata": { "name": "burn" },
+        "spec": {
+            "replicas": 1,
+            "selector": { "matchLabels": { "app": "burn" } },
+            "template": {
+                "metadata": { "labels": { "app": "burn" } },
+                "spec": {
+                    "nodeSelector": { "kubernetes.io/hostname": agent.node },
+                    "tolerations": [{ "key": common::TAINT_KEY, "operator": "Exists" }],
+                    "terminationGracePeriodSeconds": 2,
+                    "containers": [{
+                        "name": "burn",
+                        "image": "rtc/python",
+                        "args": ["-c", "while True:\n    pass"],
+                        "resources": {
+                            "requests": { "cpu": "50m", "memory": "32Mi" },
+                            "limits": { "cpu": "200m", "memory": "128Mi" },
+                        },
+                    }],
+                },
+            },
+        },
+    }))
+    .expect("deployment");
+    let deployments = ns.api::<Deployment>();
+    deployments
+        .create(&PostParams::default(), &deployment)
+        .await
+        .expect("create deployment");
+    let hpa: HorizontalPodAutoscaler = serde_json::from_value(json!({
+        "metadata": { "name": "burn" },
+        "spec": {
+            "scaleTargetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": "burn" },
+            "minReplicas": 1,
+            "maxReplicas": 3,
+            "metrics": [{
+                "type": "Resource",
+                "resource": {
+                    "name": "cpu",
+                    "target": { "type": "Utilization", "averageUtilization": 50 },
+                },
+            }],
+        },
+    }))
+    .expect("hpa");
+    let hpas = ns.api::<HorizontalPodAutoscaler>();
+    hpas.create(&PostParams::default(), &hpa)
+        .await
+        .expect("create hpa");
+
+    // Two metrics-server scrapes (15 s apart), then the controller's next
+    // sync (5 s in the stack): the default behavior scales up at once.
+    let wait = Duration::from_secs(150);
+    let deadline = Instant::now() + wait;
+    loop {
+        let replicas = deployments
+            .get("burn")
+            .await
+            .ok()
+            .and_then(|d| d.spec)
+            .and_then(|s| s.replicas);
+        let status = hpas.get("burn").await.ok().and_then(|h| h.status);
+        if replicas == Some(3) {
+            let utilization = status
+                .as_ref()
+                .and_then(|s| s.current_metrics.as_ref())
+                .and_then(|m| m.first())
+                .and_then(|m| m.resource.as_ref())
+                .and_then(|r| r.current.average_utilization);
+            let desired = status.as_ref().map(|s| s.desired_replicas);
+            assert_eq!(desired, Some(3), "{status:?}");
+            assert!(
+                utilization.is_some_and(|u| u > 50),
+                "scaled out at a utilization of {utilization:?} %: {status:?}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the HPA did not scale burn to 3 within {wait:?}; last replicas {replicas:?}, HPA status {status:?}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+
+    // The agent runs the new pods.
+    loop {
+        let ready = deployments
+            .get("burn")
+            .await
+            .ok()
+            .and_then(|d| d.status)
+            .and_then(|s| s.ready_replicas);
+        if ready == Some(3) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "burn scaled to 3 but has {ready:?} ready replicas after {wait:?}; agent log:\n{}",
+            agent.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    hpas.delete("burn", &kube::api::DeleteParams::default())
+        .await
+        .expect("delete hpa");
+    deployments
+        .delete("burn", &kube::api::DeleteParams::default())
+        .await
+        .expect("delete deployment");
+    agent.finish().await;
+    ns.cleanup().await.expect("cleanup");
+}
