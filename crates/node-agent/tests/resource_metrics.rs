@@ -367,6 +367,12 @@ async fn metrics_server_serves_a_busy_pods_usage_through_the_api_server() {
         .unwrap_or_else(|| panic!("node cpu of {:?}", node.data));
     assert!(node_cpu > 0.05, "node cpu {node_cpu}: {:?}", node.data);
 
+    // Gone before its node is, so the namespace can go too.
+    ns.api::<k8s_openapi::api::core::v1::Pod>()
+        .delete("burn", &kube::api::DeleteParams::default())
+        .await
+        .expect("delete");
+    common::wait_gone(&ns, &agent, "burn").await;
     agent.finish().await;
     ns.cleanup().await.expect("cleanup");
 }
@@ -512,6 +518,24 @@ async fn an_hpa_on_cpu_utilization_scales_out_a_busy_deployment() {
         .delete("burn", &kube::api::DeleteParams::default())
         .await
         .expect("delete deployment");
+    // The pods go before their node does, so the namespace can go too.
+    let pods = ns.api::<k8s_openapi::api::core::v1::Pod>();
+    loop {
+        let left = pods
+            .list(&Default::default())
+            .await
+            .map(|l| l.items.len())
+            .unwrap_or(usize::MAX);
+        if left == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline + Duration::from_secs(60),
+            "{left} pods of burn left after its deletion; agent log:\n{}",
+            agent.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     agent.finish().await;
     ns.cleanup().await.expect("cleanup");
 }
