@@ -116,6 +116,10 @@ pub async fn collect(running: &Running, node_dirs: &UsageDirs) -> ResourceStats 
                 UsageDirs::None => tree.usage_of(c.pid).await,
                 dirs => read_dirs(dirs).await,
             };
+            if usage.is_none() && !process_exists(c.pid).await {
+                // It exited after its worker last looked: no longer running.
+                continue;
+            }
             if usage.is_none() {
                 error = true;
                 tracing::debug!(pod = %format!("{}/{}", pod.namespace, pod.name), container = %c.name, "container usage could not be read");
@@ -157,6 +161,10 @@ pub async fn collect(running: &Running, node_dirs: &UsageDirs) -> ResourceStats 
         pods: out,
         error,
     }
+}
+
+async fn process_exists(pid: u32) -> bool {
+    tokio::fs::metadata(format!("/proc/{pid}")).await.is_ok()
 }
 
 fn add(a: Option<Usage>, b: Option<Usage>) -> Option<Usage> {
@@ -447,6 +455,96 @@ mod tests {
         assert_eq!(usage.cpu_ns, 2_500_000_000);
         assert_eq!(usage.memory_working_set_bytes, 10_485_760 - 1_048_576);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn write_v2(dir: &Path, usage_usec: u64, current: u64) {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("cpu.stat"), format!("usage_usec {usage_usec}\n")).unwrap();
+        std::fs::write(dir.join("memory.current"), format!("{current}\n")).unwrap();
+        std::fs::write(dir.join("memory.stat"), "inactive_file 0\n").unwrap();
+    }
+
+    /// The whole scrape over a v2 layout on plain files: the container's and
+    /// the pod's own figures, the node's cgroup plus the agent, and a
+    /// process-tree container whose process is gone left out without an
+    /// error.
+    #[tokio::test]
+    async fn a_scrape_reads_each_container_its_pod_and_the_node() {
+        let root = std::env::temp_dir().join(format!("rtc-usage-scrape-{}", std::process::id()));
+        let node = root.join("node");
+        let pod = node.join("podu1");
+        write_v2(&node, 9_000_000, 900 << 20);
+        write_v2(&pod, 3_000_000, 300 << 20);
+        write_v2(&pod.join("web"), 2_000_000, 200 << 20);
+        let running = Running::default();
+        running
+            .set(
+                "u1",
+                RunningPod {
+                    namespace: "ns".to_owned(),
+                    name: "p".to_owned(),
+                    dirs: UsageDirs::V2(pod.clone()),
+                    containers: vec![RunningContainer {
+                        name: "web".to_owned(),
+                        pid: std::process::id(),
+                        started_ms: 1_700_000_000_500,
+                        dirs: UsageDirs::V2(pod.join("web")),
+                    }],
+                },
+            )
+            .await;
+        running
+            .set(
+                "u2",
+                RunningPod {
+                    namespace: "ns".to_owned(),
+                    name: "gone".to_owned(),
+                    dirs: UsageDirs::None,
+                    containers: vec![RunningContainer {
+                        name: "c".to_owned(),
+                        // Above the kernel's pid_max: no such process.
+                        pid: 4_194_305,
+                        started_ms: 1_700_000_000_000,
+                        dirs: UsageDirs::None,
+                    }],
+                },
+            )
+            .await;
+        let stats = collect(&running, &UsageDirs::V2(node.clone())).await;
+        assert!(!stats.error, "{stats:?}");
+        let web = &stats.pods[0];
+        assert_eq!((web.namespace.as_str(), web.name.as_str()), ("ns", "p"));
+        let pod_usage = web.usage.expect("pod usage");
+        assert_eq!(pod_usage.cpu_ns, 3_000_000_000);
+        assert_eq!(pod_usage.memory_working_set_bytes, 300 << 20);
+        let c = &web.containers[0];
+        assert_eq!(c.start_time_s, 1_700_000_000.5);
+        assert_eq!(c.usage.expect("container usage").cpu_ns, 2_000_000_000);
+        assert!(stats.pods[1].containers.is_empty(), "{:?}", stats.pods[1]);
+        let node_usage = stats.node.expect("node usage");
+        assert!(node_usage.cpu_ns >= 9_000_000_000);
+        assert!(
+            node_usage.memory_working_set_bytes > 900 << 20,
+            "the agent's own memory counts"
+        );
+
+        running.remove("u1").await;
+        running
+            .set(
+                "u2",
+                RunningPod {
+                    namespace: "ns".to_owned(),
+                    name: "gone".to_owned(),
+                    dirs: UsageDirs::None,
+                    containers: Vec::new(),
+                },
+            )
+            .await;
+        assert!(
+            running.snapshot().await.is_empty(),
+            "a pod running nothing is dropped"
+        );
+        let _ = std::fs::remove_dir_all(&root);
     }
 
     #[tokio::test]
