@@ -8,6 +8,8 @@
 #                            the KEDA module), for the ScaledObject of deploy/k8s
 #   build.sh toxiproxy       toxiproxy's server (toxiproxy/go.mod), for the
 #                            fault tests
+#   build.sh metrics-server  metrics-server (metrics-server/go.mod), the
+#                            metrics.k8s.io API of the nodes' resource metrics
 #   build.sh all             all of them (the default)
 #   build.sh path NAME       print where NAME's binary is (no build)
 #
@@ -27,6 +29,7 @@ KUBE_VERSION="v1.37.2"
 ETCD_VERSION="v3.6.16"
 KEDA_VERSION="v2.21.0"
 TOXIPROXY_VERSION="v2.5.0"
+METRICS_SERVER_VERSION="v0.8.0"
 
 : "${GOMODCACHE:=$RTC_STACK_CACHE/go/mod}"
 : "${GOCACHE:=${XDG_CACHE_HOME:-$HOME/.cache}/go-build}"
@@ -54,6 +57,7 @@ out_dir() {
     etcd) echo "$RTC_STACK_CACHE/etcd-$ETCD_VERSION-$(key etcd)" ;;
     keda-crds) echo "$RTC_STACK_CACHE/keda-crds-$KEDA_VERSION" ;;
     toxiproxy) echo "$RTC_STACK_CACHE/toxiproxy-$TOXIPROXY_VERSION-$(key toxiproxy)" ;;
+    metrics-server) echo "$RTC_STACK_CACHE/metrics-server-$METRICS_SERVER_VERSION-$(key metrics-server)" ;;
   esac
 }
 
@@ -108,6 +112,16 @@ build_toxiproxy() {
   mkdir -p "$out" && mv "$out.bin/server" "$out/toxiproxy-server" && rm -rf "$out.bin"
 }
 
+# metrics-server's release is stamped where its Makefile stamps it (client-go's
+# version package), so its logs and /version name the pinned release.
+build_metrics_server() {
+  local out; out="$(out_dir metrics-server)"
+  [[ -x "$out/metrics-server" ]] && return 0
+  EXTRA_LDFLAGS="-X k8s.io/client-go/pkg/version.gitVersion=$METRICS_SERVER_VERSION" COLD_BUILD="6 to 11 minutes" \
+    go_build metrics-server metrics-server "$out.bin" sigs.k8s.io/metrics-server/cmd/metrics-server
+  mkdir -p "$out" && mv "$out.bin/metrics-server" "$out/metrics-server" && rm -rf "$out.bin"
+}
+
 # The CRDs come from the KEDA module's own source zip, so the stack accepts
 # exactly the ScaledObject schema of that release.
 build_keda_crds() {
@@ -131,15 +145,17 @@ case "${1:-all}" in
   etcd) build_etcd ;;
   keda-crds) build_keda_crds ;;
   toxiproxy) build_toxiproxy ;;
-  all) build_etcd && build_control_plane && build_keda_crds && build_toxiproxy ;;
+  metrics-server) build_metrics_server ;;
+  all) build_etcd && build_control_plane && build_keda_crds && build_toxiproxy && build_metrics_server ;;
   path)
     case "${2:-}" in
       etcd) echo "$(out_dir etcd)/etcd" ;;
       kube-apiserver | kube-controller-manager | kube-scheduler) echo "$(out_dir control-plane)/$2" ;;
       keda-crds) out_dir keda-crds ;;
       toxiproxy-server) echo "$(out_dir toxiproxy)/toxiproxy-server" ;;
-      *) die "usage: build.sh path etcd|kube-apiserver|kube-controller-manager|kube-scheduler|keda-crds|toxiproxy-server" ;;
+      metrics-server) echo "$(out_dir metrics-server)/metrics-server" ;;
+      *) die "usage: build.sh path etcd|kube-apiserver|kube-controller-manager|kube-scheduler|keda-crds|toxiproxy-server|metrics-server" ;;
     esac
     ;;
-  *) die "usage: build.sh [control-plane|etcd|keda-crds|toxiproxy|all|path NAME]" ;;
+  *) die "usage: build.sh [control-plane|etcd|keda-crds|toxiproxy|metrics-server|all|path NAME]" ;;
 esac

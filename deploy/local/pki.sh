@@ -8,6 +8,8 @@
 #   pki.sh token-kubeconfig USER TOKEN FILE NAMESPACE
 #                               write FILE for a bearer token of USER
 #   pki.sh nodes N              make sure node certificates 0..N-1 exist
+#                               (client and kubelet-port serving ones)
+#   pki.sh metrics-server       make sure metrics-server's certificates exist
 #
 # What it makes, all signed for 365 days:
 #   ca                   the cluster CA (client and serving certificates)
@@ -18,6 +20,13 @@
 #   scheduler            CN system:kube-scheduler
 #   node-rtc-node-I      CN system:node:rtc-node-I, O system:nodes (the
 #                        Node authorizer and NodeRestriction see a kubelet)
+#   kubelet-rtc-node-I   the serving certificate of node I's kubelet port
+#                        (127.0.0.1, localhost, rtc-node-I)
+#   metrics-server       CN metrics-server, its client certificate (to the
+#                        API server and to the kubelet ports)
+#   metrics-server-serving  its serving certificate (127.0.0.1, localhost and
+#                        metrics-server.kube-system.svc, the name the API
+#                        server's aggregation layer checks)
 #   sa.key, sa.pub       the service-account token signing key pair
 #   front-proxy-ca       the aggregation layer's request-header CA, and
 #   front-proxy-client   the client certificate the API server proxies with
@@ -75,6 +84,11 @@ verify() {
 }
 
 node_cert() { new_cert ca "node-rtc-node-$1" "/O=system:nodes/CN=system:node:rtc-node-$1" clientAuth; }
+
+kubelet_cert() {
+  new_cert ca "kubelet-rtc-node-$1" "/O=system:nodes/CN=system:node:rtc-node-$1" serverAuth \
+    "IP:127.0.0.1,DNS:localhost,DNS:rtc-node-$1"
+}
 
 ensure() {
   need_openssl
@@ -153,9 +167,20 @@ nodes() {
   local i
   (
     umask 077
-    for ((i = 0; i < $1; i++)); do node_cert "$i"; done
+    for ((i = 0; i < $1; i++)); do node_cert "$i" && kubelet_cert "$i"; done
   )
-  for ((i = 0; i < $1; i++)); do verify ca "node-rtc-node-$i"; done
+  for ((i = 0; i < $1; i++)); do verify ca "node-rtc-node-$i" && verify ca "kubelet-rtc-node-$i"; done
+}
+
+metrics_server() {
+  (
+    umask 077
+    new_cert ca metrics-server "/CN=metrics-server" clientAuth
+    new_cert ca metrics-server-serving "/CN=metrics-server" serverAuth \
+      "IP:127.0.0.1,DNS:localhost,DNS:metrics-server.kube-system.svc"
+  )
+  verify ca metrics-server
+  verify ca metrics-server-serving
 }
 
 case "${1:-}" in
@@ -163,5 +188,6 @@ case "${1:-}" in
   kubeconfig) kubeconfig "$2" "$3" "${4:-default}" ;;
   token-kubeconfig) token_kubeconfig "$2" "$3" "$4" "$5" ;;
   nodes) nodes "$2" ;;
-  *) die "usage: pki.sh ensure | kubeconfig NAME FILE [NAMESPACE] | token-kubeconfig USER TOKEN FILE NAMESPACE | nodes N" ;;
+  metrics-server) metrics_server ;;
+  *) die "usage: pki.sh ensure | kubeconfig NAME FILE [NAMESPACE] | token-kubeconfig USER TOKEN FILE NAMESPACE | nodes N | metrics-server" ;;
 esac

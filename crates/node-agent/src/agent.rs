@@ -24,10 +24,12 @@ use crate::cgroup::Cgroups;
 use crate::clock;
 use crate::config::AgentConfig;
 use crate::ipam::PodIps;
+use crate::kubelet_server::{KubeletServer, ServeError};
 use crate::node::{self, HostInfo, NodeIdentity};
 use crate::pod::{self, Ending, NodeContext, PodUpdate};
 use crate::quantity::Quantity;
 use crate::token::ApiAccess;
+use crate::usage::Running;
 
 /// How often the Lease is renewed (the kubelet's default).
 const LEASE_RENEW: Duration = Duration::from_secs(10);
@@ -54,6 +56,9 @@ pub enum AgentError {
         /// What went wrong.
         message: String,
     },
+    /// The kubelet port could not be served.
+    #[error(transparent)]
+    KubeletPort(#[from] ServeError),
     /// The state directory could not be created.
     #[error("creating state directory {path}: {source}")]
     StateDir {
@@ -70,6 +75,7 @@ impl AgentError {
         match self {
             Self::Kubeconfig { .. } => "kubeconfig",
             Self::StateDir { .. } => "state_dir",
+            Self::KubeletPort(e) => e.label(),
         }
     }
 }
@@ -118,6 +124,14 @@ pub async fn run(
     tracing::info!(node = %config.node_name, cgroups = cgroups.mode_name(), images = %config.images, "node agent starting");
     cgroups.remove_leftovers().await;
 
+    let running = Running::default();
+    // Bound before the Node is registered, so its status carries the port.
+    let kubelet = match &config.kubelet {
+        Some((port, files)) => Some(
+            KubeletServer::bind(*port, files, running.clone(), cgroups.node_usage_dirs()).await?,
+        ),
+        None => None,
+    };
     let identity = NodeIdentity {
         name: config.node_name.clone(),
         cpu: config.cpu.clone(),
@@ -125,6 +139,7 @@ pub async fn run(
         max_pods: config.max_pods,
         taints: config.taints.clone(),
         host: host_info().await,
+        kubelet_port: kubelet.as_ref().map_or(0, KubeletServer::port),
     };
     let base_env = ["PATH", "HOME"]
         .into_iter()
@@ -142,6 +157,7 @@ pub async fn run(
         epoch: Instant::now(),
         shutdown_grace: SHUTDOWN_GRACE,
         api,
+        running,
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -155,6 +171,12 @@ pub async fn run(
             return Ok(());
         }
     };
+    let kubelet = kubelet.map(|server| {
+        let mut stop = stop_rx.clone();
+        tokio::spawn(server.serve(async move {
+            let _ = stop.wait_for(|stopped| *stopped).await;
+        }))
+    });
     let heartbeat = tokio::spawn(heartbeat(
         client.clone(),
         identity.clone(),
@@ -208,6 +230,9 @@ pub async fn run(
         pods.tasks.abort_all();
     }
     let _ = heartbeat.await;
+    if let Some(kubelet) = kubelet {
+        let _ = kubelet.await;
+    }
     cgroups.remove_node_dirs().await;
     tracing::info!("node agent stopped");
     Ok(())

@@ -242,6 +242,12 @@ impl Cgroups {
         }
     }
 
+    /// Where the node's figures are read: its directory, which holds every
+    /// pod of the node.
+    pub fn node_usage_dirs(&self) -> UsageDirs {
+        UsageDirs::of(&self.mode, &self.base)
+    }
+
     /// The node's directory in each hierarchy.
     fn node_dirs(&self) -> Vec<PathBuf> {
         match &self.mode {
@@ -326,6 +332,7 @@ impl Cgroups {
         let cgroup = PodCgroup {
             mode: self.mode.clone(),
             pod_dirs,
+            usage: UsageDirs::of(&self.mode, &self.base.join(format!("pod{uid}"))),
         };
         match &self.mode {
             Mode::Disabled => {}
@@ -357,11 +364,54 @@ impl Cgroups {
     }
 }
 
+/// Where a cgroup's CPU and memory figures are read ([`crate::usage`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UsageDirs {
+    /// No cgroup: the figures come from the process tree.
+    None,
+    /// cgroup v1: the directory in the cpuacct and in the memory hierarchy.
+    V1 {
+        /// In the `cpuacct` hierarchy (`cpuacct.usage`).
+        cpuacct: PathBuf,
+        /// In the `memory` hierarchy (`memory.usage_in_bytes`, `memory.stat`).
+        memory: PathBuf,
+    },
+    /// cgroup v2: the directory (`cpu.stat`, `memory.current`, `memory.stat`).
+    V2(PathBuf),
+}
+
+impl UsageDirs {
+    /// `rel` (relative to each mount point) in the hierarchies of `mode`.
+    fn of(mode: &Mode, rel: &Path) -> Self {
+        match mode {
+            Mode::Disabled => Self::None,
+            Mode::V1(v1) => Self::V1 {
+                cpuacct: v1.cpuacct.join(rel),
+                memory: v1.memory.join(rel),
+            },
+            Mode::V2(root) => Self::V2(root.join(rel)),
+        }
+    }
+
+    /// The same place one level down (`child` of each directory).
+    fn join(&self, child: &str) -> Self {
+        match self {
+            Self::None => Self::None,
+            Self::V1 { cpuacct, memory } => Self::V1 {
+                cpuacct: cpuacct.join(child),
+                memory: memory.join(child),
+            },
+            Self::V2(dir) => Self::V2(dir.join(child)),
+        }
+    }
+}
+
 /// A pod's cgroups.
 #[derive(Debug, Clone)]
 pub struct PodCgroup {
     mode: Mode,
     pod_dirs: Vec<PathBuf>,
+    usage: UsageDirs,
 }
 
 impl PodCgroup {
@@ -370,7 +420,18 @@ impl PodCgroup {
         Self {
             mode: Mode::Disabled,
             pod_dirs: Vec::new(),
+            usage: UsageDirs::None,
         }
+    }
+
+    /// Where the whole pod's figures are read.
+    pub fn usage_dirs(&self) -> UsageDirs {
+        self.usage.clone()
+    }
+
+    /// Where `container`'s figures are read.
+    pub fn container_usage_dirs(&self, container: &str) -> UsageDirs {
+        self.usage.join(container)
     }
 
     /// The `cgroup.procs` files a process of `container` joins.
@@ -684,6 +745,7 @@ mod tests {
                 .iter()
                 .map(|m| m.join("rtc-node-agent/n1/podu1"))
                 .collect(),
+            usage: UsageDirs::of(&Mode::V1(v1.clone()), Path::new("rtc-node-agent/n1/podu1")),
             mode: Mode::V1(v1),
         };
         assert_eq!(
@@ -695,5 +757,16 @@ mod tests {
             ]
         );
         assert!(PodCgroup::none().procs_files("web").is_empty());
+        assert_eq!(
+            cgroup.container_usage_dirs("web"),
+            UsageDirs::V1 {
+                cpuacct: PathBuf::from("/sys/fs/cgroup/cpuacct/rtc-node-agent/n1/podu1/web"),
+                memory: PathBuf::from("/sys/fs/cgroup/memory/rtc-node-agent/n1/podu1/web"),
+            }
+        );
+        assert_eq!(
+            PodCgroup::none().container_usage_dirs("web"),
+            UsageDirs::None
+        );
     }
 }

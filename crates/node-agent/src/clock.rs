@@ -24,3 +24,13 @@ pub fn micro_now() -> MicroTime {
     let now = Timestamp::now();
     MicroTime(Timestamp::from_microsecond(now.as_microsecond()).unwrap_or(now))
 }
+
+/// Now, in milliseconds since the Unix epoch, for the timestamps of the
+/// resource-metrics samples.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "this is the one place the wall clock is read"
+)]
+pub fn unix_ms() -> i64 {
+    Timestamp::now().as_millisecond()
+}

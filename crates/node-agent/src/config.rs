@@ -8,6 +8,7 @@ use rtc_telemetry::LogFormat;
 
 use crate::image::{ImageError, ImageMap};
 use crate::ipam::{PodIps, PrefixError};
+use crate::kubelet_server::TlsFiles;
 use crate::node::{TaintError, parse_taint};
 use crate::quantity::{QuantityError, parse_non_negative};
 
@@ -44,6 +45,16 @@ pub enum ConfigError {
     /// The pod limit is zero.
     #[error("--max-pods must be at least 1")]
     MaxPods,
+    /// The kubelet port is asked for without its certificates.
+    #[error(
+        "--kubelet-port {port} needs {missing}: the port serves HTTPS with client certificates (or use --kubelet-port 0 to serve nothing)"
+    )]
+    KubeletTls {
+        /// The port asked for.
+        port: u16,
+        /// The flags missing, comma-separated.
+        missing: String,
+    },
 }
 
 impl ConfigError {
@@ -57,6 +68,7 @@ impl ConfigError {
             Self::CgroupParent(_) => "cgroup_parent",
             Self::Taint(_) => "taint",
             Self::MaxPods => "max_pods",
+            Self::KubeletTls { .. } => "kubelet_tls",
         }
     }
 }
@@ -116,6 +128,23 @@ pub struct AgentArgs {
     )]
     pub taints: Vec<String>,
 
+    /// Port of the kubelet API on 127.0.0.1 (HTTPS, `/metrics/resource`),
+    /// advertised in the Node's status; 0 serves nothing and advertises 0.
+    #[arg(long, env = "KUBELET_PORT", default_value_t = 0)]
+    pub kubelet_port: u16,
+
+    /// Serving certificate of the kubelet port (PEM).
+    #[arg(long, env = "TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// Private key of the serving certificate (PEM).
+    #[arg(long, env = "TLS_PRIVATE_KEY_FILE")]
+    pub tls_private_key_file: Option<PathBuf>,
+
+    /// CA whose client certificates the kubelet port accepts (PEM).
+    #[arg(long, env = "CLIENT_CA_FILE")]
+    pub client_ca_file: Option<PathBuf>,
+
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
     pub log_format: LogFormat,
@@ -144,6 +173,8 @@ pub struct AgentConfig {
     pub max_pods: u32,
     /// Taints to register with.
     pub taints: Vec<k8s_openapi::api::core::v1::Taint>,
+    /// The kubelet port and its certificates, when it is served.
+    pub kubelet: Option<(u16, TlsFiles)>,
 }
 
 impl AgentArgs {
@@ -177,6 +208,7 @@ impl AgentArgs {
                 source,
             }
         })?;
+        let kubelet = self.kubelet()?;
         Ok(AgentConfig {
             kubeconfig: self.kubeconfig.clone(),
             node_name: self.node_name.clone(),
@@ -193,7 +225,42 @@ impl AgentArgs {
                 .filter(|t| !t.trim().is_empty())
                 .map(|t| parse_taint(t.trim()))
                 .collect::<Result<_, _>>()?,
+            kubelet,
         })
+    }
+
+    fn kubelet(&self) -> Result<Option<(u16, TlsFiles)>, ConfigError> {
+        if self.kubelet_port == 0 {
+            return Ok(None);
+        }
+        let named = [
+            ("--tls-cert-file", &self.tls_cert_file),
+            ("--tls-private-key-file", &self.tls_private_key_file),
+            ("--client-ca-file", &self.client_ca_file),
+        ];
+        let missing: Vec<&str> = named
+            .iter()
+            .filter(|(_, v)| v.is_none())
+            .map(|(flag, _)| *flag)
+            .collect();
+        match (
+            &self.tls_cert_file,
+            &self.tls_private_key_file,
+            &self.client_ca_file,
+        ) {
+            (Some(cert), Some(key), Some(client_ca)) => Ok(Some((
+                self.kubelet_port,
+                TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    client_ca: client_ca.clone(),
+                },
+            ))),
+            _ => Err(ConfigError::KubeletTls {
+                port: self.kubelet_port,
+                missing: missing.join(", "),
+            }),
+        }
     }
 }
 
@@ -265,6 +332,43 @@ mod tests {
         assert_eq!(config.max_pods, 110);
         assert_eq!((config.cpu.as_str(), config.memory.as_str()), ("2", "8Gi"));
         assert!(config.taints.is_empty());
+        assert_eq!(config.kubelet, None);
+    }
+
+    #[test]
+    fn the_kubelet_port_comes_with_its_certificates() {
+        let mut args = REQUIRED.to_vec();
+        args.extend([
+            "--kubelet-port",
+            "17250",
+            "--tls-cert-file",
+            "/pki/kubelet.crt",
+            "--tls-private-key-file",
+            "/pki/kubelet.key",
+            "--client-ca-file",
+            "/pki/ca.crt",
+        ]);
+        let (port, files) = parse(&args)
+            .config()
+            .expect("valid")
+            .kubelet
+            .expect("served");
+        assert_eq!(port, 17250);
+        assert_eq!(files.client_ca, PathBuf::from("/pki/ca.crt"));
+
+        let mut args = REQUIRED.to_vec();
+        args.extend([
+            "--kubelet-port",
+            "17250",
+            "--tls-cert-file",
+            "/pki/kubelet.crt",
+        ]);
+        let err = parse(&args).config().expect_err("no key, no CA");
+        assert_eq!(err.label(), "kubelet_tls");
+        assert_eq!(
+            err.to_string(),
+            "--kubelet-port 17250 needs --tls-private-key-file, --client-ca-file: the port serves HTTPS with client certificates (or use --kubelet-port 0 to serve nothing)"
+        );
     }
 
     #[test]

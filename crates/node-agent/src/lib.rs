@@ -26,6 +26,11 @@
 //!   SIGTERM, SIGKILL at the end of the grace period, then the pod object
 //!   deleted ([`pod`]).
 //!
+//! With a kubelet port, the node serves the kubelet's resource metrics
+//! (`/metrics/resource`, [`kubelet_server`]) from the real CPU and memory
+//! use of its pods ([`usage`], rendered by [`resource_metrics`]), which
+//! metrics-server scrapes for `kubectl top` and the HorizontalPodAutoscaler.
+//!
 //! The one visible difference from a real kubelet: pods share the machine's
 //! network namespace, so each `0.0.0.0` in a container's environment values
 //! and arguments is rewritten to the pod's own address (for a pod with one
@@ -45,15 +50,18 @@ pub mod config;
 pub mod env;
 pub mod image;
 pub mod ipam;
+pub mod kubelet_server;
 pub mod limits;
 pub mod node;
 pub mod pod;
 pub mod probe;
 pub mod process;
 pub mod quantity;
+pub mod resource_metrics;
 pub mod restart;
 pub mod status;
 pub mod token;
+pub mod usage;
 
 pub use agent::{AgentError, run};
 pub use config::{AgentArgs, AgentConfig, ConfigError};

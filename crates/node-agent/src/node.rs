@@ -36,6 +36,9 @@ pub struct NodeIdentity {
     pub taints: Vec<Taint>,
     /// Facts about this machine.
     pub host: HostInfo,
+    /// The kubelet port served on the `InternalIP`, advertised as
+    /// `status.daemonEndpoints.kubeletEndpoint.Port` (0: none).
+    pub kubelet_port: u16,
 }
 
 /// A taint that cannot be read.
@@ -208,7 +211,9 @@ pub fn status(identity: &NodeIdentity, now: &Time, ready_since: &Time) -> NodeSt
             ),
         ]),
         daemon_endpoints: Some(NodeDaemonEndpoints {
-            kubelet_endpoint: Some(DaemonEndpoint { port: 0 }),
+            kubelet_endpoint: Some(DaemonEndpoint {
+                port: i32::from(identity.kubelet_port),
+            }),
         }),
         node_info: Some(NodeSystemInfo {
             machine_id: host.machine_id.clone(),
@@ -268,6 +273,7 @@ mod tests {
                 architecture: "amd64".into(),
                 ..HostInfo::default()
             },
+            kubelet_port: 17250,
         }
     }
 
@@ -295,6 +301,11 @@ mod tests {
             (info.operating_system.as_str(), info.architecture.as_str()),
             ("linux", "amd64")
         );
+        let port = status
+            .daemon_endpoints
+            .and_then(|d| d.kubelet_endpoint)
+            .map(|e| e.port);
+        assert_eq!(port, Some(17250), "metrics-server reads the port here");
         let addresses = status.addresses.expect("addresses");
         assert_eq!(addresses[0].type_, "InternalIP");
         assert_eq!(addresses[0].address, "127.0.0.1");

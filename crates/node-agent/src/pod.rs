@@ -31,6 +31,7 @@ use crate::quantity::Quantity;
 use crate::restart::{Backoff, RestartPolicy};
 use crate::status::{self, ContainerRecord, RunState, StatusInput, reason};
 use crate::token::{self, ApiAccess};
+use crate::usage::{Running, RunningContainer, RunningPod};
 
 /// The node's address, every pod's host IP.
 pub const HOST_IP: Ipv4Addr = Ipv4Addr::LOCALHOST;
@@ -76,6 +77,9 @@ pub struct NodeContext {
     /// Where pods reach the API server, for their service-account
     /// credentials ([`crate::token`]); `None`: pods get none.
     pub api: Option<ApiAccess>,
+    /// What runs, for the resource-metrics endpoint: each worker keeps its
+    /// pod's entry.
+    pub running: Running,
 }
 
 impl std::fmt::Debug for NodeContext {
@@ -166,6 +170,8 @@ struct Slot {
     /// Runs so far; the next start after the first is a restart.
     runs: u32,
     started_mono: Duration,
+    /// When the running process started, in milliseconds since the epoch.
+    started_ms: i64,
     probes: Vec<ProbeSlot>,
     backoff: Backoff,
     /// When to start (again); `None` means not until something changes.
@@ -188,6 +194,7 @@ pub async fn run(
 ) -> Ending {
     let mut worker = Worker::new(ctx, pod, ip, updates, shutdown).await;
     let ending = worker.run().await;
+    worker.ctx.running.remove(&worker.uid).await;
     worker.cgroup.remove().await;
     ending
 }
@@ -259,6 +266,7 @@ impl Worker {
                     generation: 0,
                     runs,
                     started_mono: Duration::ZERO,
+                    started_ms: 0,
                     probes: Vec::new(),
                     backoff: Backoff::default(),
                     next_start: Some(Duration::ZERO),
@@ -372,6 +380,7 @@ impl Worker {
             if !self.finished {
                 self.step(now).await;
                 self.report().await;
+                self.publish().await;
             }
             let wake = self.ctx.instant(self.next_wake(now));
             tokio::select! {
@@ -535,6 +544,7 @@ impl Worker {
                     .start(clock::now(), format!("rtc://{pid}"), slot.runs > 0);
                 slot.runs = slot.runs.saturating_add(1);
                 slot.started_mono = now;
+                slot.started_ms = clock::unix_ms();
                 slot.record.image_id = format!("file://{}", program.display());
                 slot.probes = probes_of(&slot.spec, &self.ip.to_string(), now, &key);
                 slot.next_start = None;
@@ -751,6 +761,30 @@ impl Worker {
                 refresh_ready(slot);
             }
         }
+    }
+
+    /// Records the running containers for the resource-metrics endpoint.
+    async fn publish(&self) {
+        let containers = self
+            .slots
+            .iter()
+            .filter_map(|slot| {
+                let process = slot.process.as_ref()?;
+                Some(RunningContainer {
+                    name: slot.spec.name.clone(),
+                    pid: process.pid(),
+                    started_ms: slot.started_ms,
+                    dirs: self.cgroup.container_usage_dirs(&slot.spec.name),
+                })
+            })
+            .collect();
+        let pod = RunningPod {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            dirs: self.cgroup.usage_dirs(),
+            containers,
+        };
+        self.ctx.running.set(&self.uid, pod).await;
     }
 
     /// Sends the pod's status when it changed since the last one sent.

@@ -12,6 +12,10 @@
 # $RTC_POD_IP_BASE.I.2 and up (default 127.10.I.2); pod logs are under
 # $RTC_STACK_RUN/nodes/<node>/pods. Pod cgroups are under a parent named
 # after this stack's run directory, so two stacks never touch each other's.
+# Node I serves its kubelet port, /metrics/resource for metrics-server, on
+# https://127.0.0.1:$((RTC_KUBELET_PORT + I)) with the serving certificate
+# kubelet-rtc-node-I and client certificates of the cluster CA; its Node
+# advertises that port in status.daemonEndpoints.
 # Images the agents run: rtc/socket-node and rtc/load-balancer (this
 # workspace's binaries) and rtc/python (python3, for tests).
 # status exits 0 when every agent runs and its Node is Ready, 3 otherwise.
@@ -59,11 +63,13 @@ start() {
   [[ -f "$ADMIN" ]] || die "nodes: $ADMIN is missing, so the API server was not started; start it first: deploy/local/stack up apiserver"
   build
   bash "$RTC_LOCAL_DIR/pki.sh" nodes "$RTC_NODES"
-  local i name kc map
+  local i name kc map port
   read -ra map <<<"$(images | tr '\n' ' ')"
   for ((i = 0; i < RTC_NODES; i++)); do
     name="$(node_name "$i")"
     if is_running "$name"; then continue; fi
+    port=$((RTC_KUBELET_PORT + i))
+    port_free "$name" "$port" RTC_KUBELET_PORT
     kc="$RTC_STACK_RUN/kubeconfigs/node-$name.kubeconfig"
     bash "$RTC_LOCAL_DIR/pki.sh" kubeconfig "node-$name" "$kc"
     mkdir -p "$RTC_STACK_RUN/nodes/$name"
@@ -73,6 +79,10 @@ start() {
       --pod-ip-prefix "$RTC_POD_IP_BASE.$i" \
       --cgroup-parent "$CGROUP_PARENT" \
       --state-dir "$RTC_STACK_RUN/nodes/$name" \
+      --kubelet-port "$port" \
+      --tls-cert-file "$RTC_STACK_RUN/pki/kubelet-$name.crt" \
+      --tls-private-key-file "$RTC_STACK_RUN/pki/kubelet-$name.key" \
+      --client-ca-file "$RTC_STACK_RUN/pki/ca.crt" \
       "${map[@]}"
   done
   for ((i = 0; i < RTC_NODES; i++)); do

@@ -71,6 +71,11 @@ impl Agent {
 
     /// [`Agent::start`] with a given Node name.
     pub async fn start_named(ns: &TestNamespace, node: String) -> Self {
+        Self::start_with(ns, node, &[]).await
+    }
+
+    /// [`Agent::start_named`] with more flags.
+    pub async fn start_with(ns: &TestNamespace, node: String, extra: &[String]) -> Self {
         let endpoints = Endpoints::from_env();
         // A /24 of loopback no other agent of this run uses: the stack's
         // nodes use 127.10.x, tests 127.77 to 127.79.
@@ -94,9 +99,11 @@ impl Agent {
                 &format!("{TAINT_KEY}={node}:NoSchedule"),
             ])
             .args(["--cpu", "2", "--memory", "4Gi", "--max-pods", "20"])
+            .args(extra)
             .env("RUST_LOG", "info,kube=warn")
             .env_remove("IMAGE_MAP")
             .env_remove("REGISTER_WITH_TAINTS")
+            .env_remove("KUBELET_PORT")
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("log"))
             .stderr(log_file)
