@@ -21,7 +21,7 @@ trace:
     cargo run --quiet -p rtc-decision --example simulate > {{trace}}
 
 # The whole test suite: starts the local stack, runs every test, stops the stack whatever the outcome.
-test: check-decision-deps check-relay-core
+test: check-decision-deps check-relay-core check-dashboard
     #!/usr/bin/env bash
     set -euo pipefail
     trap 'deploy/local/stack down' EXIT
@@ -60,6 +60,10 @@ check-relay-core:
         exit 1
     fi
     echo "the relay core is pure"
+
+# Type-check the Grafana dashboard JSON against Grafana's published dashboard schema (@grafana/schema from npm; Grafana itself is not run).
+check-dashboard:
+    cd deploy/grafana/check && npm ci --silent --no-audit --no-fund && node check.mjs
 
 # Formatting check.
 fmt-check:
