@@ -20,12 +20,14 @@ decide *ARGS:
 trace:
     cargo run --quiet -p rtc-decision --example simulate > {{trace}}
 
-# The whole test suite: starts the local stack, runs every test, stops the stack whatever the outcome.
+# The whole test suite: starts the local stack (with Prometheus and kafka-exporter), runs every test, stops the stack whatever the outcome.
 test: check-decision-deps check-relay-core check-dashboard
     #!/usr/bin/env bash
     set -euo pipefail
     trap 'deploy/local/stack down' EXIT
     deploy/local/stack up
+    # The monitoring check (bins/loadgen/tests/monitoring.rs) needs these.
+    deploy/local/stack up prometheus kafka-exporter
     eval "$(deploy/local/stack env)"
     cargo test --workspace --locked
 
