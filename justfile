@@ -115,6 +115,14 @@ bench-loadgen:
     eval "$(deploy/local/stack env)"
     cargo bench -p rtc-loadgen --bench ceiling
 
+# Build the container images rtc/load-balancer and rtc/socket-node (OCI, with buildah; no Docker daemon, no registry; docs/images.md).
+images:
+    deploy/images/build.sh
+
+# Start each built image once and ask its /healthz (needs the stack's redis, kafka and apiserver).
+images-smoke:
+    deploy/images/smoke.sh
+
 # Start the local stack (Redis, a Kafka-protocol broker, toxiproxy, etcd, the Kubernetes control plane and node agents).
 stack-up *SERVICES:
     deploy/local/stack up {{SERVICES}}
