@@ -31,12 +31,13 @@ test: check-decision-deps check-relay-core check-dashboard
     eval "$(deploy/local/stack env)"
     cargo test --workspace --locked
 
-# Unit, property and doc tests, and the offline manifest checks (no servers needed).
+# Unit, property and doc tests, and the offline manifest and overlay checks (no servers needed; kubectl for the overlays).
 test-offline:
     cargo test --workspace --locked --lib --bins
     cargo test --workspace --locked --doc
     cargo test --locked -p rtc-decision --tests
     cargo test --locked -p rtc-load-balancer --test keda_backup
+    cargo test --locked -p rtc-load-balancer --test manifests -- every_configured_key every_key_an_overlay the_local_overlay
 
 # Fail if the decision core has any async, networking or Kubernetes crate under it.
 check-decision-deps:

@@ -19,7 +19,13 @@ source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 NAME=kafka-exporter
 URL="http://127.0.0.1:$RTC_KAFKA_EXPORTER_PORT"
 
-ready() { curl -fsS --max-time 5 "$URL/metrics" 2>/dev/null | grep -q '^kafka_brokers '; }
+# The whole answer first: with `grep -q` on a pipe, curl could be cut off
+# and the pipeline fail (pipefail).
+ready() {
+  local metrics
+  metrics="$(curl -fsS --max-time 5 "$URL/metrics" 2>/dev/null)" || return 1
+  grep -q '^kafka_brokers ' <<<"$metrics"
+}
 
 where() {
   log "$NAME: listening on $URL/metrics (pid $(cat "$(pidfile "$NAME")")), broker 127.0.0.1:$RTC_KAFKA_PORT; log $(logfile "$NAME")"
