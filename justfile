@@ -34,21 +34,24 @@ decide *ARGS:
 trace:
     cargo run --quiet -p rtc-decision --example simulate > {{trace}}
 
-# The whole test suite: starts the local stack, runs every test, stops the stack whatever the outcome.
-test: check-decision-deps check-relay-core
+# The whole test suite: starts the local stack (with Prometheus and kafka-exporter), runs every test, stops the stack whatever the outcome.
+test: check-decision-deps check-relay-core check-dashboard
     #!/usr/bin/env bash
     set -euo pipefail
     trap 'deploy/local/stack down' EXIT
     deploy/local/stack up
+    # The monitoring check (bins/loadgen/tests/monitoring.rs) needs these.
+    deploy/local/stack up prometheus kafka-exporter
     eval "$(deploy/local/stack env)"
     cargo test --workspace --locked
 
-# Unit, property and doc tests, and the offline manifest checks (no servers needed).
+# Unit, property and doc tests, and the offline manifest and overlay checks (no servers needed; kubectl for the overlays).
 test-offline:
     cargo test --workspace --locked --lib --bins
     cargo test --workspace --locked --doc
     cargo test --locked -p rtc-decision --tests
     cargo test --locked -p rtc-load-balancer --test keda_backup
+    cargo test --locked -p rtc-load-balancer --test manifests -- every_configured_key every_key_an_overlay the_local_overlay
 
 # Fail if the decision core has any async, networking or Kubernetes crate under it.
 check-decision-deps:
@@ -74,6 +77,10 @@ check-relay-core:
         exit 1
     fi
     echo "the relay core is pure"
+
+# Type-check the Grafana dashboard JSON against Grafana's published dashboard schema (@grafana/schema from npm; Grafana itself is not run).
+check-dashboard:
+    cd deploy/grafana/check && npm ci --silent --no-audit --no-fund && node check.mjs
 
 # Formatting check.
 fmt-check:
@@ -122,6 +129,14 @@ bench-loadgen:
     deploy/local/stack up
     eval "$(deploy/local/stack env)"
     cargo bench -p rtc-loadgen --bench ceiling
+
+# Build the container images rtc/load-balancer and rtc/socket-node (OCI, with buildah; no Docker daemon, no registry; docs/images.md).
+images:
+    deploy/images/build.sh
+
+# Start each built image once and ask its /healthz (needs the stack's redis, kafka and apiserver).
+images-smoke:
+    deploy/images/smoke.sh
 
 # Start the local stack (Redis, a Kafka-protocol broker, toxiproxy, etcd, the Kubernetes control plane and node agents).
 stack-up *SERVICES:

@@ -10,7 +10,12 @@
 #                            fault tests
 #   build.sh metrics-server  metrics-server (metrics-server/go.mod), the
 #                            metrics.k8s.io API of the nodes' resource metrics
-#   build.sh all             all of them (the default)
+#   build.sh prometheus      Prometheus (prometheus/go.mod), for the
+#                            monitoring checks; not part of `all`
+#   build.sh kafka-exporter  the stack's kafka-exporter (kafka-exporter/, a
+#                            small program of this repository over sarama);
+#                            not part of `all`
+#   build.sh all             all of the above but prometheus and kafka-exporter (the default)
 #   build.sh path NAME       print where NAME's binary is (no build)
 #
 # Each component is a small Go module beside this script whose go.mod pins
@@ -30,6 +35,10 @@ ETCD_VERSION="v3.6.16"
 KEDA_VERSION="v2.21.0"
 TOXIPROXY_VERSION="v2.5.0"
 METRICS_SERVER_VERSION="v0.8.0"
+# The module version of Prometheus 3.16.0 (its Go module is numbered v0.3MM.P
+# for release 3.MM.P).
+PROMETHEUS_VERSION="v0.316.0"
+PROMETHEUS_RELEASE="3.16.0"
 
 : "${GOMODCACHE:=$RTC_STACK_CACHE/go/mod}"
 : "${GOCACHE:=${XDG_CACHE_HOME:-$HOME/.cache}/go-build}"
@@ -58,13 +67,16 @@ out_dir() {
     keda-crds) echo "$RTC_STACK_CACHE/keda-crds-$KEDA_VERSION" ;;
     toxiproxy) echo "$RTC_STACK_CACHE/toxiproxy-$TOXIPROXY_VERSION-$(key toxiproxy)" ;;
     metrics-server) echo "$RTC_STACK_CACHE/metrics-server-$METRICS_SERVER_VERSION-$(key metrics-server)" ;;
+    prometheus) echo "$RTC_STACK_CACHE/prometheus-$PROMETHEUS_VERSION-$(key prometheus)" ;;
+    kafka-exporter) echo "$RTC_STACK_CACHE/kafka-exporter-$(cat "$HERE/kafka-exporter/main.go" "$HERE/kafka-exporter/go.mod" "$HERE/kafka-exporter/go.sum" | sha256sum | cut -c1-12)" ;;
   esac
 }
 
 # go_build COMPONENT MODULE_DIR OUT PKG...: go build inside the wrapper module,
 # with the cause of a failure turned into one line. EXTRA_LDFLAGS, when set,
-# is added to the linker flags (e.g. -X to stamp a version); COLD_BUILD says
-# how long a cold build takes (default: several minutes).
+# is added to the linker flags (e.g. -X to stamp a version); GO_TAGS, when
+# set, are the build tags; COLD_BUILD says how long a cold build takes
+# (default: several minutes).
 go_build() {
   local component="$1" dir="$2" out="$3"
   shift 3
@@ -72,7 +84,7 @@ go_build() {
   local log="$RTC_STACK_CACHE/build-$component.log" start=$SECONDS
   mkdir -p "$out.tmp"
   log "$component: building $* (once; a cold build takes ${COLD_BUILD:-several minutes}; log $log)"
-  if ! (cd "$HERE/$dir" && go build -trimpath -ldflags="-s -w${EXTRA_LDFLAGS:+ $EXTRA_LDFLAGS}" -o "$out.tmp/" "$@") >"$log" 2>&1; then
+  if ! (cd "$HERE/$dir" && go build -trimpath ${GO_TAGS:+-tags="$GO_TAGS"} -ldflags="-s -w${EXTRA_LDFLAGS:+ $EXTRA_LDFLAGS}" -o "$out.tmp/" "$@") >"$log" 2>&1; then
     tail -n 20 "$log" >&2
     if grep -qE 'reading https?://[^ ]*: (403|404|410)|not available|not found: |unknown revision|no matching versions' "$log"; then
       die "$component: a module is not served by $GOPROXY ($(grep -oE '[a-zA-Z0-9./_-]+@v[0-9][^: ]*' "$log" | head -n1)); fix the pin in deploy/local/$dir/go.mod"
@@ -122,6 +134,30 @@ build_metrics_server() {
   mkdir -p "$out" && mv "$out.bin/metrics-server" "$out/metrics-server" && rm -rf "$out.bin"
 }
 
+# Prometheus with only the service discoveries the stack uses: Kubernetes
+# (the scrape configuration of deploy/k8s) and the built-in file and static
+# ones (remove_all_sd drops the cloud providers' SDKs, about half the
+# build). Without the builtinassets tag there is no web UI, only the HTTP
+# API, which is all the stack asks of it. The release is stamped in as its
+# own builds do, so /api/v1/status/buildinfo answers it.
+build_prometheus() {
+  local out; out="$(out_dir prometheus)"
+  [[ -x "$out/prometheus" ]] && return 0
+  GO_TAGS="remove_all_sd,enable_kubernetes_sd" COLD_BUILD="about five minutes" \
+    EXTRA_LDFLAGS="-X github.com/prometheus/common/version.Version=$PROMETHEUS_RELEASE -X github.com/prometheus/common/version.Branch=release -X github.com/prometheus/common/version.Revision=$PROMETHEUS_VERSION" \
+    go_build prometheus prometheus "$out.bin" github.com/prometheus/prometheus/cmd/prometheus
+  mkdir -p "$out" && mv "$out.bin/prometheus" "$out/prometheus" && rm -rf "$out.bin"
+}
+
+# kafka-exporter: its own source is part of the key, so a change to it
+# builds anew.
+build_kafka_exporter() {
+  local out; out="$(out_dir kafka-exporter)"
+  [[ -x "$out/kafka-exporter" ]] && return 0
+  COLD_BUILD="about a minute" go_build kafka-exporter kafka-exporter "$out.bin" .
+  mkdir -p "$out" && mv "$out.bin/local-kafka-exporter" "$out/kafka-exporter" && rm -rf "$out.bin"
+}
+
 # The CRDs come from the KEDA module's own source zip, so the stack accepts
 # exactly the ScaledObject schema of that release.
 build_keda_crds() {
@@ -146,6 +182,8 @@ case "${1:-all}" in
   keda-crds) build_keda_crds ;;
   toxiproxy) build_toxiproxy ;;
   metrics-server) build_metrics_server ;;
+  prometheus) build_prometheus ;;
+  kafka-exporter) build_kafka_exporter ;;
   all) build_etcd && build_control_plane && build_keda_crds && build_toxiproxy && build_metrics_server ;;
   path)
     case "${2:-}" in
@@ -154,8 +192,10 @@ case "${1:-all}" in
       keda-crds) out_dir keda-crds ;;
       toxiproxy-server) echo "$(out_dir toxiproxy)/toxiproxy-server" ;;
       metrics-server) echo "$(out_dir metrics-server)/metrics-server" ;;
-      *) die "usage: build.sh path etcd|kube-apiserver|kube-controller-manager|kube-scheduler|keda-crds|toxiproxy-server|metrics-server" ;;
+      prometheus) echo "$(out_dir prometheus)/prometheus" ;;
+      kafka-exporter) echo "$(out_dir kafka-exporter)/kafka-exporter" ;;
+      *) die "usage: build.sh path etcd|kube-apiserver|kube-controller-manager|kube-scheduler|keda-crds|toxiproxy-server|metrics-server|prometheus|kafka-exporter" ;;
     esac
     ;;
-  *) die "usage: build.sh [control-plane|etcd|keda-crds|toxiproxy|metrics-server|all|path NAME]" ;;
+  *) die "usage: build.sh [control-plane|etcd|keda-crds|toxiproxy|metrics-server|prometheus|kafka-exporter|all|path NAME]" ;;
 esac

@@ -28,6 +28,10 @@ RTC_LOCAL_DIR="$RTC_REPO_ROOT/deploy/local"
 : "${RTC_SCHEDULER_PORT:=16259}"
 # toxiproxy's HTTP API (the proxies tests create listen on ports of their own).
 : "${RTC_TOXIPROXY_PORT:=18474}"
+# Monitoring, on demand (stack up prometheus kafka-exporter): Prometheus's
+# HTTP API and kafka-exporter's /metrics.
+: "${RTC_PROMETHEUS_PORT:=19090}"
+: "${RTC_KAFKA_EXPORTER_PORT:=19308}"
 # Node agents (crates/node-agent): how many Nodes the stack registers.
 : "${RTC_NODES:=2}"
 # Pods of node I get addresses RTC_POD_IP_BASE.I.2 and up (all of 127/8 is loopback).
@@ -40,7 +44,7 @@ RTC_LOCAL_DIR="$RTC_REPO_ROOT/deploy/local"
 export RTC_STACK_CACHE RTC_STACK_RUN RTC_REDIS_PORT RTC_KAFKA_PORT \
   RTC_ETCD_PORT RTC_ETCD_PEER_PORT RTC_APISERVER_PORT \
   RTC_CONTROLLER_MANAGER_PORT RTC_SCHEDULER_PORT RTC_TOXIPROXY_PORT RTC_NODES \
-  RTC_POD_IP_BASE RTC_KUBELET_PORT RTC_METRICS_SERVER_PORT
+  RTC_POD_IP_BASE RTC_KUBELET_PORT RTC_METRICS_SERVER_PORT RTC_PROMETHEUS_PORT RTC_KAFKA_EXPORTER_PORT
 
 mkdir -p "$RTC_STACK_CACHE" "$RTC_STACK_RUN"
 
