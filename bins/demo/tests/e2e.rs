@@ -74,6 +74,8 @@ fn run(statefulset: bool, kill_leader_at: Option<Duration>) -> Result<(Outcome, 
         let _serial = SERIAL.lock().await;
         tokio::spawn(rtc_demo::run(config, std::future::pending())).await
     })??;
+    // The figures of the run, for the test log.
+    println!("{}", rtc_demo::report(&outcome));
     let text = std::fs::read_to_string(&outcome.record)?;
     let entries = text
         .lines()
