@@ -35,7 +35,7 @@ trace:
     cargo run --quiet -p rtc-decision --example simulate > {{trace}}
 
 # The whole test suite: starts the local stack (with Prometheus and kafka-exporter), runs every test, stops the stack whatever the outcome.
-test: check-decision-deps check-relay-core check-dashboard
+test: check-decision-deps check-decision-publish check-relay-core check-dashboard
     #!/usr/bin/env bash
     set -euo pipefail
     trap 'deploy/local/stack down' EXIT
@@ -65,6 +65,12 @@ check-decision-deps:
         exit 1
     fi
     echo "rtc-decision dependencies are pure: $(tr '\n' ' ' <<<"$deps")"
+
+# The decision crate as other teams get it: it packages and builds from its
+# package alone (`cargo publish --dry-run`), and its docs build without a warning.
+check-decision-publish:
+    cargo publish --dry-run --locked --allow-dirty --quiet -p rtc-decision
+    RUSTDOCFLAGS="-D warnings" cargo doc --locked --quiet -p rtc-decision --no-deps
 
 # Fail if the relay's sans-I/O core (a module of rtc-relay, so `cargo tree` cannot see it) uses async, networking or a clock.
 check-relay-core:
