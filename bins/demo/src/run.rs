@@ -288,10 +288,14 @@ pub async fn run(config: DemoConfig, stop: impl Future<Output = ()>) -> Result<O
     let load_start = Instant::now();
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     let mut killed = false;
+    let mut stopping = false;
     let summary = loop {
         tokio::select! {
             result = &mut load => break result,
-            () = &mut stop => {
+            () = &mut stop, if !stopping => {
+                // The load ends early; the grace period, the removal and the
+                // summary follow as usual.
+                stopping = true;
                 let _ = stopped_tx.send(true);
             }
             _ = ticker.tick() => {
