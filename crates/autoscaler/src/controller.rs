@@ -337,7 +337,9 @@ impl<A: WorkloadApi, R: StateRepo> Controller<A, R> {
 
         let mut plan = None;
         let outcome = match decision.action {
-            Action::Hold => None,
+            // The core's plan is recorded with the decision; the load-balancer
+            // does not yet ask the nodes to shed (see docs/decision-policy.md).
+            Action::Hold | Action::Rebalance => None,
             Action::ScaleOut => {
                 let why = format!(
                     "{} (urgency={}, adding {} nodes)",
@@ -439,5 +441,6 @@ fn direction(a: Action) -> &'static str {
         Action::ScaleOut => "out",
         Action::ScaleIn => "in",
         Action::Hold => "hold",
+        Action::Rebalance => "rebalance",
     }
 }

@@ -139,7 +139,8 @@ pub fn trace() -> Result<Vec<ReplayInput>, PolicyError> {
                     p.draining = true;
                 }
             }
-            Action::Hold => {}
+            // The simulator's pods have no clients to move.
+            Action::Hold | Action::Rebalance => {}
         }
         replicas = decision.to;
         now += TICK_MS;

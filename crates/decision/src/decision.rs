@@ -14,6 +14,9 @@ pub enum Action {
     ScaleIn,
     /// Change nothing.
     Hold,
+    /// Keep the replicas; the nodes named in `rebalance` shed connections
+    /// to the others.
+    Rebalance,
 }
 
 impl Action {
@@ -23,6 +26,7 @@ impl Action {
             Action::ScaleOut => "scale_out",
             Action::ScaleIn => "scale_in",
             Action::Hold => "hold",
+            Action::Rebalance => "rebalance",
         }
     }
 }
@@ -105,6 +109,8 @@ pub enum Reason {
     Stabilizing,
     /// Hold: neither under pressure nor under-loaded.
     Balanced,
+    /// Rebalance: the connections of the fresh nodes spread too far apart.
+    ConnectionSpread,
 }
 
 impl Reason {
@@ -127,6 +133,7 @@ impl Reason {
             Reason::Stabilizing => "stabilizing",
             Reason::Balanced => "balanced",
             Reason::BelowMin => "below-min",
+            Reason::ConnectionSpread => "connection-spread",
         }
     }
 
@@ -227,6 +234,29 @@ pub struct Decision {
     /// this tick because it was last seen low longer ago than the policy's
     /// `max_observation_gap_ms`: how long ago that was.
     pub observation_gap_ms: Option<u64>,
+    /// On rebalance, who sheds how many connections.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebalance: Option<Rebalance>,
+}
+
+/// A rebalance: the nodes above the mean and the connections each sheds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rebalance {
+    /// Mean connections of the fresh nodes.
+    pub mean_conn: f64,
+    /// Most minus fewest connections among them, before the move.
+    pub spread: f64,
+    /// Who sheds how many, most first.
+    pub sheds: Vec<Shed>,
+}
+
+/// One node's part of a rebalance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shed {
+    /// The node.
+    pub node: String,
+    /// Connections it moves to other nodes.
+    pub connections: u64,
 }
 
 impl Decision {
@@ -235,9 +265,9 @@ impl Decision {
         i64::from(self.to) - i64::from(self.from)
     }
 
-    /// Whether this decision asks for a change.
+    /// Whether this decision changes the replicas.
     pub fn is_scaling(&self) -> bool {
-        self.action != Action::Hold
+        matches!(self.action, Action::ScaleOut | Action::ScaleIn)
     }
 
     /// Human-readable lines explaining the decision, most important last:
@@ -374,6 +404,16 @@ impl fmt::Display for Line<'_> {
                 write!(f, "step={}", s.step)
             }
             Line::Outcome(d) => match d.action {
+                Action::Rebalance => {
+                    write!(f, "REBALANCE nodes={}", d.from)?;
+                    if let Some(r) = &d.rebalance {
+                        write!(f, " spread={:.0} mean={:.1}:", r.spread, r.mean_conn)?;
+                        for s in &r.sheds {
+                            write!(f, " {} sheds {}", s.node, s.connections)?;
+                        }
+                    }
+                    Ok(())
+                }
                 Action::ScaleOut => {
                     write!(f, "SCALE_OUT nodes={}->{} (+{})", d.from, d.to, d.delta())
                 }

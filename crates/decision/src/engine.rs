@@ -1,6 +1,6 @@
 //! The state machine: `(policy, state, observation) -> (decision, state)`.
 
-use crate::decision::{Action, Decision, Indicators, Reason, StepDetail, Urgency};
+use crate::decision::{Action, Decision, Indicators, Reason, Rebalance, Shed, StepDetail, Urgency};
 use crate::observation::{Aggregates, Excluded, NodeSample, Observation};
 use crate::policy::{Policy, PolicyError};
 use serde::{Deserialize, Serialize};
@@ -40,6 +40,10 @@ pub struct State {
     /// of being scaled again on top. `None` in a state stored before the
     /// field existed.
     pub replicas_seen: Option<u32>,
+    /// When the last rebalance was decided, if ever (absent while the rule
+    /// is off, so states stay as they were).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_rebalance_ms: Option<u64>,
 }
 
 impl Default for State {
@@ -52,6 +56,7 @@ impl Default for State {
             low_since_ms: None,
             low_seen_ms: None,
             replicas_seen: None,
+            last_rebalance_ms: None,
         }
     }
 }
@@ -159,7 +164,96 @@ impl Engine {
         if d.action != Action::Hold {
             next.replicas_seen = Some(d.to);
         }
-        self.below_min(state, obs, d, next)
+        let (d, next) = self.below_min(state, obs, d, next);
+        self.rebalance(state, obs, &scan, d, next)
+    }
+
+    /// The rebalance rule, on a hold: see [`RebalancePolicy`](crate::policy::RebalancePolicy).
+    fn rebalance(
+        &self,
+        state: &State,
+        obs: &Observation<'_>,
+        scan: &Scan<'_>,
+        d: Decision,
+        next: State,
+    ) -> (Decision, State) {
+        let r = &self.policy.rebalance;
+        let holding = d.action == Action::Hold
+            && matches!(
+                d.reason,
+                Reason::Balanced
+                    | Reason::AtMax
+                    | Reason::AtMin
+                    | Reason::Cooldown
+                    | Reason::Stabilizing
+            );
+        let a = &scan.aggregates;
+        let complete = a.n > 0 && a.n == obs.replicas && scan.excluded.total() == 0;
+        let since = |at: Option<u64>| at.map(|t| obs.now_ms.saturating_sub(t));
+        let within = |at: Option<u64>, window: i64| {
+            since(at).is_some_and(|s| i128::from(s) < i128::from(window))
+        };
+        let settling = within(state.last_scale_out.map(|s| s.at_ms), self.policy.settle_ms);
+        let recent_move = within(state.last_rebalance_ms, r.window_ms)
+            || within(state.last_scale_in_ms, r.window_ms);
+        if !r.enabled || !holding || !complete || settling || recent_move {
+            return (d, next);
+        }
+        let Some(plan) = self.plan_rebalance(obs.nodes, a.avg_conn) else {
+            return (d, next);
+        };
+        let d = Decision {
+            action: Action::Rebalance,
+            reason: Reason::ConnectionSpread,
+            rebalance: Some(plan),
+            ..d
+        };
+        let next = State {
+            last_rebalance_ms: Some(obs.now_ms),
+            ..next
+        };
+        (d, next)
+    }
+
+    /// Who sheds how many connections, when the spread is over the bounds:
+    /// each node above `mean` its excess, all scaled down together so that
+    /// at most `max_share` of the connections move.
+    fn plan_rebalance(&self, nodes: &[NodeSample], mean: f64) -> Option<Rebalance> {
+        let r = &self.policy.rebalance;
+        let stale_after = u64::try_from(self.policy.stale_after_ms).unwrap_or(0);
+        let fresh: Vec<&NodeSample> = nodes
+            .iter()
+            .filter(|n| n.age_ms <= stale_after && !n.draining && self.is_valid(n))
+            .collect();
+        let most = fresh.iter().map(|n| n.conn).fold(f64::MIN, f64::max);
+        let fewest = fresh.iter().map(|n| n.conn).fold(f64::MAX, f64::min);
+        let spread = most - fewest;
+        if fresh.is_empty() || spread <= (r.max_spread * mean).max(r.min_spread_conns) {
+            return None;
+        }
+        let total: f64 = fresh.iter().map(|n| n.conn).sum();
+        let excess: f64 = fresh.iter().map(|n| (n.conn - mean).max(0.0)).sum();
+        let scale = if excess > 0.0 {
+            (r.max_share * total / excess).min(1.0)
+        } else {
+            0.0
+        };
+        let mut sheds: Vec<Shed> = fresh
+            .iter()
+            .filter(|n| n.conn > mean)
+            .map(|n| Shed {
+                node: n.id.clone(),
+                // Truncated, so the sum stays within the share.
+                connections: ((n.conn - mean) * scale).floor() as u64,
+            })
+            .filter(|s| s.connections > 0)
+            .collect();
+        sheds.sort_by(|a, b| b.connections.cmp(&a.connections).then(a.node.cmp(&b.node)));
+        (!sheds.is_empty()).then_some(Rebalance {
+            mean_conn: mean,
+            spread,
+            sheds,
+        })
     }
 
     /// `state` with the scale-out it does not know of recorded at `now`,
@@ -237,6 +331,7 @@ impl Engine {
             step: None,
             low_for_ms: None,
             observation_gap_ms: None,
+            rebalance: None,
         };
         if scan.aggregates.n == 0 {
             next.low_since_ms = None;

@@ -73,10 +73,14 @@ mod observation;
 mod policy;
 pub mod replay;
 
-pub use decision::{Action, Decision, Indicators, Line, Reason, StepDetail, Urgency};
+pub use decision::{
+    Action, Decision, Indicators, Line, Reason, Rebalance, Shed, StepDetail, Urgency,
+};
 pub use engine::{Engine, STATE_VERSION, ScaleOutRecord, Snapshot, State};
 pub use observation::{Aggregates, Excluded, NodeSample, Observation};
-pub use policy::{Policy, PolicyError, ScaleInThresholds, StepPolicy, UrgencyThresholds};
+pub use policy::{
+    Policy, PolicyError, RebalancePolicy, ScaleInThresholds, StepPolicy, UrgencyThresholds,
+};
 
 /// The README's example, compiled and run as a doc test.
 #[doc = include_str!("../README.md")]

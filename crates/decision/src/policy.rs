@@ -53,6 +53,9 @@ pub struct Policy {
     pub scale_in: ScaleInThresholds,
     /// Sizes of scale-out steps.
     pub step: StepPolicy,
+    /// Moving connections off hot nodes once the fleet has settled; off by
+    /// default.
+    pub rebalance: RebalancePolicy,
 }
 
 impl Default for Policy {
@@ -73,6 +76,42 @@ impl Default for Policy {
             urgency: UrgencyThresholds::default(),
             scale_in: ScaleInThresholds::default(),
             step: StepPolicy::default(),
+            rebalance: RebalancePolicy::default(),
+        }
+    }
+}
+
+/// The rebalance rule (see the crate docs): when the fleet holds with every
+/// replica reporting, nothing draining and no scaling settling, and the
+/// connections of its nodes spread too far apart, the nodes above the mean
+/// shed part of their excess.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RebalancePolicy {
+    /// Whether the rule runs at all. Off, no decision differs from a core
+    /// without it.
+    pub enabled: bool,
+    /// The spread (most minus fewest connections among fresh nodes) must be
+    /// above this share of the mean...
+    pub max_spread: f64,
+    /// ...and above this many connections.
+    pub min_spread_conns: f64,
+    /// At most this share of the fleet's connections moves in one
+    /// rebalance.
+    pub max_share: f64,
+    /// No rebalance within this long of the last one or of a scale-in, so
+    /// no client is moved twice within it.
+    pub window_ms: i64,
+}
+
+impl Default for RebalancePolicy {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            max_spread: 0.5,
+            min_spread_conns: 50.0,
+            max_share: 0.25,
+            window_ms: 60_000,
         }
     }
 }
@@ -302,6 +341,18 @@ impl Policy {
                 "a finite number more than 0",
             ));
         }
+
+        let r = &self.rebalance;
+        non_negative("rebalance.max_spread", r.max_spread)?;
+        non_negative("rebalance.min_spread_conns", r.min_spread_conns)?;
+        if !r.max_share.is_finite() || r.max_share <= 0.0 || r.max_share > 1.0 {
+            return Err(PolicyError::new(
+                "rebalance.max_share",
+                r.max_share,
+                "a share of the connections, more than 0 and at most 1",
+            ));
+        }
+        positive_duration("rebalance.window_ms", r.window_ms)?;
 
         let u = &self.urgency;
         for (field, v) in [

@@ -3,7 +3,7 @@
 //! stepping; reading and writing JSON is left to the caller, so the crate
 //! itself needs no JSON library.
 
-use crate::decision::{Action, Decision, Reason, Urgency};
+use crate::decision::{Action, Decision, Reason, Rebalance, Urgency};
 use crate::engine::{Engine, State};
 use crate::observation::{NodeSample, Observation};
 use serde::{Deserialize, Serialize};
@@ -25,7 +25,7 @@ pub struct ReplayInput {
 /// `{"action":"scale_out","delta":3,"from":5,"to":8,"urgency":"critical","reason":"resource-overload","victim":null}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReplayOutput {
-    /// `scale_out`, `scale_in` or `hold`.
+    /// `scale_out`, `scale_in`, `hold` or `rebalance`.
     pub action: Action,
     /// `to - from`; 0 on hold.
     pub delta: i64,
@@ -39,6 +39,9 @@ pub struct ReplayOutput {
     pub reason: Reason,
     /// The node id to remove on scale-in, else null.
     pub victim: Option<String>,
+    /// On rebalance, who sheds how many connections; absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebalance: Option<Rebalance>,
 }
 
 impl From<&Decision> for ReplayOutput {
@@ -51,6 +54,7 @@ impl From<&Decision> for ReplayOutput {
             urgency: d.urgency,
             reason: d.reason,
             victim: d.victim.clone(),
+            rebalance: d.rebalance.clone(),
         }
     }
 }

@@ -210,6 +210,10 @@ proptest! {
                 prop_assert_eq!(d.to, d.from);
                 prop_assert!(d.victim.is_none());
             }
+            Action::Rebalance => {
+                prop_assert!(policy.rebalance.enabled, "a rebalance with the rule off");
+                prop_assert_eq!(d.to, d.from);
+            }
             Action::ScaleOut if d.reason == rtc_decision::Reason::BelowMin => {
                 // Back to the minimum, whatever the load; history untouched.
                 prop_assert!(replicas < min);

@@ -48,7 +48,7 @@ impl Sim {
             Action::ScaleIn => {
                 self.ready_at.pop();
             }
-            Action::Hold => {}
+            Action::Hold | Action::Rebalance => {}
         }
         self.replicas = d.to;
         self.now += TICK;

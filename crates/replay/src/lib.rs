@@ -59,6 +59,8 @@ pub struct Summary {
     pub scale_outs: u64,
     /// Scale-in decisions.
     pub scale_ins: u64,
+    /// Rebalance decisions (only with the rule switched on).
+    pub rebalances: u64,
 }
 
 /// Why a replay stopped.
@@ -155,6 +157,7 @@ pub fn replay(
         match decision.action {
             Action::ScaleOut => summary.scale_outs += 1,
             Action::ScaleIn => summary.scale_ins += 1,
+            Action::Rebalance => summary.rebalances += 1,
             Action::Hold => {}
         }
         match format {
@@ -204,9 +207,14 @@ impl Timeline {
     }
 
     fn finish(&self, out: &mut impl Write, s: &Summary) -> std::io::Result<()> {
+        let rebalances = if s.rebalances > 0 {
+            format!(", {} rebalances", s.rebalances)
+        } else {
+            String::new()
+        };
         writeln!(
             out,
-            "{} ticks replayed, {} scale-outs, {} scale-ins, replicas {} -> {} (peak {}), {} lines skipped",
+            "{} ticks replayed, {} scale-outs, {} scale-ins{rebalances}, replicas {} -> {} (peak {}), {} lines skipped",
             s.decided,
             s.scale_outs,
             s.scale_ins,
