@@ -25,6 +25,7 @@ fn state(at_ms: u64) -> State {
         low_since_ms: None,
         low_seen_ms: None,
         replicas_seen: None,
+        last_rebalance_ms: Some(at_ms + 7),
     }
 }
 
