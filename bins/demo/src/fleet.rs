@@ -118,7 +118,8 @@ pub async fn render(overlay: &Path) -> Result<Vec<Value>, FleetError> {
     Ok(docs.into_iter().filter(|d| !d.is_null()).collect())
 }
 
-fn is(doc: &Value, kind: &str, name: &str) -> bool {
+/// Whether `doc` is the object `kind`/`name`.
+pub fn is(doc: &Value, kind: &str, name: &str) -> bool {
     doc["kind"] == kind && doc["metadata"]["name"] == name
 }
 

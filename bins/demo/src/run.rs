@@ -181,7 +181,7 @@ pub fn overload_of(docs: &[serde_json::Value]) -> Overload {
     let urgency = rtc_decision::Policy::default().urgency;
     let data = docs
         .iter()
-        .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == "rtc-config")
+        .find(|d| fleet::is(d, "ConfigMap", "rtc-config"))
         .map(|d| d["data"].clone())
         .unwrap_or_default();
     let per_pod = |key: &str| {
@@ -299,6 +299,7 @@ pub async fn run(config: DemoConfig, stop: impl Future<Output = ()>) -> Result<O
                 let _ = stopped_tx.send(true);
             }
             _ = ticker.tick() => {
+                let mut seen = Vec::new();
                 if let Some(at) = config.kill_leader_at
                     && !killed
                     && load_start.elapsed() >= at
@@ -307,17 +308,15 @@ pub async fn run(config: DemoConfig, stop: impl Future<Output = ()>) -> Result<O
                     killed = true;
                     let pods: Api<Pod> = Api::namespaced(client.clone(), &config.namespace);
                     if pods.delete(&leader, &Default::default()).await.is_ok() {
-                        let entry = Entry::LeaderDeleted(record::LeaderDeleted {
+                        seen.push(Entry::LeaderDeleted(record::LeaderDeleted {
                             at_ms: SystemClock.now_ms(),
                             pod: leader,
-                        });
-                        let line = serde_json::to_string(&entry).unwrap_or_default();
-                        writeln!(record, "{line}").map_err(write_failed(&record_path))?;
-                        entries.push(entry);
+                        }));
                     }
                 }
                 let snapshot = progress_rx.borrow().clone();
-                for entry in observer.tick(SystemClock.now_ms(), load_of(&snapshot)).await {
+                seen.extend(observer.tick(SystemClock.now_ms(), load_of(&snapshot)).await);
+                for entry in seen {
                     let line = serde_json::to_string(&entry).unwrap_or_default();
                     writeln!(record, "{line}").map_err(write_failed(&record_path))?;
                     entries.push(entry);
