@@ -25,6 +25,9 @@
 //! - **One drain.** A second `start` returns a [`DrainWait`] on the same
 //!   drain; every waiter gets the same [`Summary`], and the finishing step is
 //!   run once, only after the node is empty (or the deadline passed).
+//! - **Partial moves.** [`Drain::shed`] asks some of the newest connections
+//!   to reconnect elsewhere, spread the same way, while the node stays ready
+//!   and keeps accepting (a rebalance); a drain that starts takes over.
 //!
 //! Time is tokio's, so tests run with paused time.
 //!
@@ -56,6 +59,7 @@
 //! ```
 
 pub mod schedule;
+mod shed;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -68,6 +72,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 pub use schedule::{Batch, SplitMix64, SpreadConfig};
+pub use shed::{MAX_SHED_WINDOW, ShedHandle, ShedOrder, ShedRefused, ShedStarted, ShedSummary};
 
 /// How a drain unfolds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,6 +185,12 @@ pub enum Instruction {
     },
     /// The deadline passed: close now.
     Close,
+    /// A rebalance moves this connection (see [`Drain::shed`]): like
+    /// `Reconnect`, while the node keeps serving.
+    Shed {
+        /// The jittered wait the client is told.
+        retry_after: Duration,
+    },
 }
 
 /// [`register`](Drain::register) was refused because the node is draining.
@@ -237,6 +248,10 @@ pub enum Phase {
 
 struct Registry {
     draining: bool,
+    /// The connections the shed under way moves, if one is.
+    shedding: Option<usize>,
+    /// Sheds started, to vary each one's jitter.
+    sheds: u64,
     next_id: u64,
     connections: BTreeMap<u64, watch::Sender<Option<Instruction>>>,
 }
@@ -295,6 +310,8 @@ impl Drain {
                 config,
                 registry: std::sync::Mutex::new(Registry {
                     draining: false,
+                    shedding: None,
+                    sheds: 0,
                     next_id: 0,
                     connections: BTreeMap::new(),
                 }),
@@ -557,3 +574,6 @@ where
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod shed_tests;

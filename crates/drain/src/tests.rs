@@ -66,6 +66,7 @@ async fn batches_wait_for_the_endpoint_delay_and_spread_over_the_window() {
                 assert!(*retry_after <= Duration::from_secs(1));
             }
             Instruction::Close => panic!("nobody should be forced"),
+            Instruction::Shed { .. } => panic!("a drain does not shed"),
         }
     }
     assert_eq!(summary.duration_ms, 55_000);
