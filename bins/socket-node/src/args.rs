@@ -24,6 +24,11 @@ pub(crate) struct NodeArgs {
     #[arg(long, env = "ADMIN_ADDR", default_value = "0.0.0.0:8080")]
     pub(crate) admin_addr: String,
 
+    /// Bearer token that `POST /shed` (a rebalance) must carry; unset, sheds
+    /// are refused. Give the load-balancer the same one (SOCKET_ADMIN_TOKEN).
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    pub(crate) admin_token: Option<String>,
+
     /// Redis for presence, offline buffers and heartbeats.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub(crate) redis_url: String,
@@ -148,6 +153,7 @@ impl NodeArgs {
             node_id: self.node_id.clone(),
             public_addr: self.public_addr.clone(),
             admin_addr: self.admin_addr.clone(),
+            admin_token: self.admin_token.clone(),
             redis_url: self.redis_url.clone(),
             kafka_bootstrap: self.kafka_bootstrap.clone(),
             relay_prefix: self.relay_prefix.clone(),
@@ -259,6 +265,11 @@ mod tests {
             (vec!["--heartbeat-interval", "soon"], "HEARTBEAT_INTERVAL"),
             (vec!["--stale-after-ms", "1000"], "STALE_AFTER_MS"),
             (vec!["--admin-addr", "nowhere"], "ADMIN_ADDR"),
+            (vec!["--admin-token", "too-short"], "ADMIN_TOKEN"),
+            (
+                vec!["--admin-token", "sixteen chars or more"],
+                "ADMIN_TOKEN",
+            ),
             (vec!["--public-addr", "1.2.3.4"], "PUBLIC_ADDR"),
             (vec!["--kafka-bootstrap", "broker"], "KAFKA_BOOTSTRAP"),
             (vec!["--kafka-bootstrap", ""], "KAFKA_BOOTSTRAP"),

@@ -42,6 +42,9 @@ pub struct Settings {
     pub public_addr: SocketAddr,
     /// The admin port.
     pub admin_addr: SocketAddr,
+    /// ADMIN_TOKEN: the bearer token `POST /shed` must carry; `None`
+    /// refuses every shed.
+    pub admin_token: Option<String>,
     /// Redis URL.
     pub redis_url: String,
     /// Kafka bootstrap servers.
@@ -91,8 +94,10 @@ pub struct RawSettings {
     pub node_id: Option<String>,
     /// Address of the public WebSocket port.
     pub public_addr: String,
-    /// Address of the admin port (/drain, /healthz, /readyz, /metrics).
+    /// Address of the admin port (/drain, /shed, /healthz, /readyz, /metrics).
     pub admin_addr: String,
+    /// Bearer token `POST /shed` must carry; `None` or blank: sheds are refused.
+    pub admin_token: Option<String>,
     /// Redis for presence, offline buffers and heartbeats.
     pub redis_url: String,
     /// Kafka bootstrap servers, comma-separated.
@@ -183,6 +188,25 @@ fn at_least(
         ));
     }
     Ok(d)
+}
+
+/// ADMIN_TOKEN: blank means unset; otherwise 16 to 256 visible ASCII
+/// characters, so it fits an `Authorization` header and is not guessable
+/// by its length alone.
+fn admin_token(value: Option<&str>) -> Result<Option<String>, ConfigError> {
+    let Some(token) = value.map(str::trim).filter(|t| !t.is_empty()) else {
+        return Ok(None);
+    };
+    if !(16..=256).contains(&token.len()) || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ConfigError::new(
+            "ADMIN_TOKEN",
+            format!(
+                "bad setting ADMIN_TOKEN: a value of {} characters is not allowed; allowed: 16 to 256 visible ASCII characters (no spaces), or unset to refuse sheds",
+                token.chars().count()
+            ),
+        ));
+    }
+    Ok(Some(token.to_owned()))
 }
 
 const MS: Bare = Bare::Millis;
@@ -367,11 +391,13 @@ impl RawSettings {
                 ),
             ));
         }
+        let admin_token = admin_token(self.admin_token.as_deref())?;
         Ok(Settings {
             node_id,
             boot_id: self.boot_id.clone(),
             public_addr: addr("PUBLIC_ADDR", &self.public_addr)?,
             admin_addr: addr("ADMIN_ADDR", &self.admin_addr)?,
+            admin_token,
             redis_url: self.redis_url.clone(),
             kafka_bootstrap: kafka,
             relay_prefix: self.relay_prefix.clone(),

@@ -308,6 +308,7 @@ pub async fn start(
             Arc::new(move || core.drain_now())
         },
         prometheus,
+        admin_token: settings.admin_token.as_deref().map(Arc::from),
     });
     let admin_task = tokio::spawn({
         let shutdown = stopped(stop_rx.clone());

@@ -220,12 +220,18 @@ async fn serve(state: Public, mut socket: WebSocket, client: String, mut conn: C
                     Instruction::Reconnect { retry_after } => Control::Reconnect {
                         retry_after_ms: u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX),
                     },
+                    Instruction::Shed { retry_after } => Control::Reconnect {
+                        retry_after_ms: u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX),
+                    },
                     Instruction::Close => Control::Reconnect { retry_after_ms: 0 },
                 };
+                let why = if matches!(instruction, Instruction::Shed { .. }) {
+                    "node rebalancing: reconnect to another node"
+                } else {
+                    "node draining: reconnect to another node"
+                };
                 let _ = socket.send(Message::Text(frame.encode().into())).await;
-                let _ = socket
-                    .send(closing(close::SERVICE_RESTART, "node draining: reconnect to another node"))
-                    .await;
+                let _ = socket.send(closing(close::SERVICE_RESTART, why)).await;
                 break;
             }
             () = kick.buffered_for_me() => {

@@ -51,7 +51,7 @@ pub mod toxiproxy;
 pub use drop_cleanup::run_to_end;
 pub use endpoints::Endpoints;
 pub use error::{Error, Service};
-pub use http::http;
+pub use http::{http, http_with};
 pub use kafka::TestKafka;
 pub use kubernetes::TestNamespace;
 pub use names::unique_name;

@@ -46,6 +46,7 @@ impl Cluster {
             boot_id: "b1".to_owned(),
             public_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             admin_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin_token: None,
             redis_url: self.endpoints.redis_url.clone(),
             kafka_bootstrap: vec![self.endpoints.kafka_bootstrap.clone()],
             relay_prefix: self.relay_prefix.clone(),
