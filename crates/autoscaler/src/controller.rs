@@ -1,5 +1,6 @@
 //! One tick of the leader's scaling loop.
 
+use crate::shed::{NoShedding, ShedSink, connection_spread};
 use crate::signal::{ScaleSignal, SignalSink};
 use crate::state::StateRepo;
 use rtc_decision::{Action, Decision, Engine, NodeSample, Observation, Reason, State, Urgency};
@@ -100,6 +101,11 @@ pub struct Controller<A, R> {
     history: VecDeque<DecisionRecord>,
     history_len: usize,
     history_tx: watch::Sender<Arc<Vec<DecisionRecord>>>,
+    shed: Arc<dyn ShedSink>,
+    /// How long after a rebalance its spread is measured again.
+    shed_window_ms: u64,
+    /// The last rebalance not yet measured again: when, and its spread.
+    pending_rebalance: Option<(u64, f64)>,
 }
 
 impl<A, R> std::fmt::Debug for Controller<A, R> {
@@ -134,7 +140,20 @@ impl<A: WorkloadApi, R: StateRepo> Controller<A, R> {
             history: VecDeque::new(),
             history_len: history_len.max(1),
             history_tx,
+            shed: Arc::new(NoShedding),
+            shed_window_ms: 0,
+            pending_rebalance: None,
         }
+    }
+
+    /// Hands every rebalance the engine decides to `sink`, whose nodes
+    /// spread their moves over `window`; the spread is measured again that
+    /// long after each one. Without this, rebalances are only recorded.
+    #[must_use]
+    pub fn with_shedding(mut self, sink: Arc<dyn ShedSink>, window: std::time::Duration) -> Self {
+        self.shed = sink;
+        self.shed_window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+        self
     }
 
     /// The last decisions, newest last, as they change.
@@ -235,9 +254,13 @@ impl<A: WorkloadApi, R: StateRepo> Controller<A, R> {
             outcome,
             plan,
         } = attempt;
+        self.measure_rebalance(now_ms, samples);
         let outcome = match outcome {
             None => {
                 self.state = next;
+                if let Some(r) = &decision.rebalance {
+                    self.send_rebalance(now_ms, r);
+                }
                 None
             }
             Some(Ok(o)) => {
@@ -337,8 +360,8 @@ impl<A: WorkloadApi, R: StateRepo> Controller<A, R> {
 
         let mut plan = None;
         let outcome = match decision.action {
-            // The core's plan is recorded with the decision; the load-balancer
-            // does not yet ask the nodes to shed (see docs/decision-policy.md).
+            // A rebalance changes no replica; its sheds are sent after the
+            // state is advanced (`send_rebalance`).
             Action::Hold | Action::Rebalance => None,
             Action::ScaleOut => {
                 let why = format!(
@@ -385,6 +408,55 @@ impl<A: WorkloadApi, R: StateRepo> Controller<A, R> {
             outcome,
             plan,
         })
+    }
+
+    /// Hands a decided rebalance to the shed sink, with its log line and
+    /// metrics.
+    fn send_rebalance(&mut self, now_ms: u64, r: &rtc_decision::Rebalance) {
+        let asked: u64 = r.sheds.iter().map(|s| s.connections).sum();
+        let sent = self.shed.offer(r);
+        let label = if sent { "sent" } else { "dropped" };
+        metrics::counter!("rtc_lb_rebalances_total", "result" => label).increment(1);
+        metrics::gauge!("rtc_lb_connection_spread", "when" => "before").set(r.spread);
+        if sent {
+            metrics::counter!("rtc_lb_rebalance_connections_total").increment(asked);
+            self.pending_rebalance = Some((now_ms, r.spread));
+        }
+        let nodes: Vec<String> = r
+            .sheds
+            .iter()
+            .map(|s| format!("{}:{}", s.node, s.connections))
+            .collect();
+        info!(
+            nodes = %nodes.join(","),
+            asked,
+            spread = r.spread,
+            mean = r.mean_conn,
+            sent,
+            "rebalance: hot nodes asked to shed connections"
+        );
+    }
+
+    /// One shed window (plus a tick) after a rebalance, logs the spread
+    /// it left.
+    fn measure_rebalance(&mut self, now_ms: u64, samples: &[NodeSample]) {
+        let Some((at, before)) = self.pending_rebalance else {
+            return;
+        };
+        if now_ms.saturating_sub(at) < self.shed_window_ms {
+            return;
+        }
+        self.pending_rebalance = None;
+        let stale = u64::try_from(self.engine.policy().stale_after_ms).unwrap_or(0);
+        if let Some(after) = connection_spread(samples, stale) {
+            metrics::gauge!("rtc_lb_connection_spread", "when" => "after").set(after);
+            info!(
+                before,
+                after,
+                after_ms = now_ms.saturating_sub(at),
+                "rebalance: connection spread measured again"
+            );
+        }
     }
 
     fn log(&mut self, d: &Decision) {

@@ -35,11 +35,15 @@
 
 mod autoscaler;
 mod controller;
+mod shed;
 mod signal;
 mod state;
 
 pub use autoscaler::{Autoscaler, ConfigError, LeaseFence, LoopConfig};
 pub use controller::{Controller, DecisionRecord, TickError, TickReport};
+#[cfg(any(test, feature = "test-util"))]
+pub use shed::RecordingShedSink;
+pub use shed::{NoShedding, ShedSink, connection_spread};
 #[cfg(any(test, feature = "test-util"))]
 pub use signal::RecordingSink;
 pub use signal::{NoSignals, ScaleSignal, SignalSink};
@@ -57,6 +61,18 @@ pub fn describe_metrics() {
     metrics::describe_gauge!(
         "rtc_lb_desired_replicas",
         "Replicas the last decision asked for."
+    );
+    metrics::describe_counter!(
+        "rtc_lb_rebalances_total",
+        "Rebalances decided, by whether they were handed to the nodes (sent) or only recorded (dropped)."
+    );
+    metrics::describe_counter!(
+        "rtc_lb_rebalance_connections_total",
+        "Connections the hot nodes were asked to shed."
+    );
+    metrics::describe_gauge!(
+        "rtc_lb_connection_spread",
+        "Most minus fewest connections over fresh, non-draining nodes: at the last rebalance (when=before) and one shed window later (when=after)."
     );
     metrics::describe_histogram!(
         "rtc_lb_decision_seconds",

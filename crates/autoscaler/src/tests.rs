@@ -289,3 +289,94 @@ async fn a_new_leader_resumes_and_does_not_repeat_the_step() {
         .expect_err("fenced");
     assert_eq!(err.label(), "fenced");
 }
+
+#[tokio::test]
+async fn a_rebalance_is_handed_to_the_shed_sink_once_per_window_and_scales_nothing() {
+    let mut policy = Policy::default();
+    policy.rebalance.enabled = true;
+    let window_ms = u64::try_from(policy.rebalance.window_ms).expect("positive");
+    let mut s = setup(WorkloadKind::Deployment, 5, policy);
+    let shed = Arc::new(RecordingShedSink::default());
+    s.controller = s
+        .controller
+        .with_shedding(shed.clone(), std::time::Duration::from_secs(20));
+    let conns = [300.0, 300.0, 0.0, 0.0, 0.0];
+    let nodes: Vec<NodeSample> = conns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| node(&format!("socket-{i}"), 0.5, *c))
+        .collect();
+    let report = s
+        .controller
+        .tick(1_000, &nodes, &FixedToken(3))
+        .await
+        .expect("tick");
+    assert_eq!(report.decision.action, Action::Rebalance, "{report:?}");
+    assert!(report.outcome.is_none());
+    assert_eq!(replicas(&s, WorkloadKind::Deployment), 5);
+    let offered = shed.offered();
+    assert_eq!(offered.len(), 1);
+    let sheds: Vec<(&str, u64)> = offered[0]
+        .sheds
+        .iter()
+        .map(|x| (x.node.as_str(), x.connections))
+        .collect();
+    assert_eq!(sheds, [("socket-0", 75), ("socket-1", 75)]);
+    assert!(
+        s.sink.signals().is_empty(),
+        "a rebalance is not a scaling signal"
+    );
+    assert_eq!(
+        s.repo.stored().expect("saved").state.last_rebalance_ms,
+        Some(1_000)
+    );
+
+    // Within the window: nothing more is sent, even though the spread stays.
+    for t in [6_000, 1_000 + window_ms - 1] {
+        let report = s
+            .controller
+            .tick(t, &nodes, &FixedToken(3))
+            .await
+            .expect("tick");
+        assert_ne!(report.decision.action, Action::Rebalance, "at {t}");
+    }
+    assert_eq!(shed.offered().len(), 1);
+    // After it, the next rebalance goes out.
+    s.controller
+        .tick(1_000 + window_ms, &nodes, &FixedToken(3))
+        .await
+        .expect("tick");
+    assert_eq!(shed.offered().len(), 2);
+}
+
+#[tokio::test]
+async fn without_a_shed_sink_a_rebalance_is_recorded_only() {
+    let mut policy = Policy::default();
+    policy.rebalance.enabled = true;
+    let mut s = setup(WorkloadKind::Deployment, 3, policy);
+    let nodes = [
+        node("socket-0", 0.5, 200.0),
+        node("socket-1", 0.5, 0.0),
+        node("socket-2", 0.5, 0.0),
+    ];
+    let report = s
+        .controller
+        .tick(1_000, &nodes, &FixedToken(3))
+        .await
+        .expect("tick");
+    assert_eq!(report.decision.action, Action::Rebalance);
+    let history = s.controller.decisions().borrow().clone();
+    assert_eq!(history.last().map(|r| r.outcome.as_str()), Some("none"));
+    assert_eq!(replicas(&s, WorkloadKind::Deployment), 3);
+}
+
+#[test]
+fn the_spread_counts_fresh_nodes_that_are_not_draining() {
+    let mut draining = node("d", 0.5, 900.0);
+    draining.draining = true;
+    let mut stale = node("s", 0.5, 0.0);
+    stale.age_ms = 10_000;
+    let nodes = [node("a", 0.5, 120.0), node("b", 0.5, 20.0), draining, stale];
+    assert_eq!(connection_spread(&nodes, 5_000), Some(100.0));
+    assert_eq!(connection_spread(&nodes[..1], 5_000), None);
+}
