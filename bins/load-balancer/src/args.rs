@@ -171,6 +171,33 @@ pub(crate) struct RunArgs {
     )]
     pub(crate) shutdown_timeout_ms: String,
 
+    /// The socket pods' admin port, where rebalances send their sheds.
+    #[arg(
+        long,
+        env = "SOCKET_ADMIN_PORT",
+        default_value_t = 8080,
+        value_name = "PORT"
+    )]
+    pub(crate) socket_admin_port: u16,
+
+    /// The socket nodes' ADMIN_TOKEN, sent with each shed; needed when rebalancing is on.
+    #[arg(
+        long,
+        env = "SOCKET_ADMIN_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub(crate) socket_admin_token: Option<String>,
+
+    /// The time each hot node spreads a rebalance's moves over, ms (or with a unit: 20s).
+    #[arg(
+        long,
+        env = "REBALANCE_SHED_WINDOW_MS",
+        default_value = "20000",
+        value_name = "MS"
+    )]
+    pub(crate) shed_window_ms: String,
+
     #[command(flatten)]
     pub(crate) policy: PolicyArgs,
 }
@@ -258,6 +285,15 @@ pub(crate) struct PolicyArgs {
         allow_negative_numbers = true
     )]
     pub(crate) mps_per_pod: Option<f64>,
+
+    /// Moves clients from hot nodes to the others after a scale-out (true or false) [default: false].
+    #[arg(
+        long,
+        env = "REBALANCE",
+        value_name = "BOOL",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub(crate) rebalance: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -305,6 +341,9 @@ impl RunArgs {
             shutdown_timeout: self.shutdown_timeout_ms.clone(),
             admin_addr: self.admin_addr.clone(),
             decision_history: self.decision_history,
+            socket_admin_port: self.socket_admin_port,
+            socket_admin_token: self.socket_admin_token.clone(),
+            shed_window: self.shed_window_ms.clone(),
             policy: self.policy.input(),
         }
     }
@@ -325,6 +364,7 @@ impl PolicyArgs {
             stale_after: self.stale_after_ms.clone(),
             conn_per_pod: self.conn_per_pod,
             mps_per_pod: self.mps_per_pod,
+            rebalance: self.rebalance,
         }
     }
 }

@@ -17,6 +17,8 @@
 
 mod serve;
 mod settings;
+mod shed;
 
 pub use serve::{StartError, run};
 pub use settings::{PolicyInput, RawSettings, SettingError, Settings};
+pub use shed::ShedSettings;

@@ -102,7 +102,7 @@ pub async fn run(
     };
     let scaler = WorkloadScaler::new(KubeWorkloadApi::new(kube.clone(), &s.namespace), s.scaler);
     let state = StateStore::new(redis.clone(), s.state_key.clone());
-    let controller = Controller::new(
+    let mut controller = Controller::new(
         s.engine,
         scaler,
         state,
@@ -110,6 +110,12 @@ pub async fn run(
         s.identity,
         s.decision_history,
     );
+    if let Some(shed) = s.shed {
+        info!(port = shed.port, window = ?shed.window, "rebalancing on: hot nodes are asked to shed through their admin port");
+        let window = shed.window;
+        let shedder = crate::shed::HttpShedder::new(kube.clone(), &s.namespace, shed);
+        controller = controller.with_shedding(Arc::new(shedder), window);
+    }
     let autoscaler = Autoscaler::new(s.looping, controller, guard.clone(), ingest.snapshots())
         .map_err(|e| config("autoscaler")(e.to_string()))?;
 

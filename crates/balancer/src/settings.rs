@@ -3,6 +3,7 @@
 //! configurations the crates take. A bad value is refused with a message
 //! naming the key, the value and what is allowed.
 
+use crate::shed::ShedSettings;
 use rtc_autoscaler::LoopConfig;
 use rtc_decision::{Engine, Policy};
 use rtc_heartbeat::IngestorConfig;
@@ -72,6 +73,13 @@ pub struct RawSettings {
     pub admin_addr: String,
     /// DECISION_HISTORY: decisions kept for /decisions.
     pub decision_history: usize,
+    /// SOCKET_ADMIN_PORT: the socket pods' admin port, where sheds go.
+    pub socket_admin_port: u16,
+    /// SOCKET_ADMIN_TOKEN: the socket nodes' ADMIN_TOKEN; needed when
+    /// rebalancing is on.
+    pub socket_admin_token: Option<String>,
+    /// REBALANCE_SHED_WINDOW_MS: the time each hot node spreads its moves over.
+    pub shed_window: String,
     /// The decision policy's settings.
     pub policy: PolicyInput,
 }
@@ -102,6 +110,8 @@ pub struct PolicyInput {
     pub conn_per_pod: Option<f64>,
     /// MPS_PER_POD.
     pub mps_per_pod: Option<f64>,
+    /// REBALANCE: switches the rebalance rule on or off.
+    pub rebalance: Option<bool>,
 }
 
 /// Everything validated, before anything connects.
@@ -137,6 +147,8 @@ pub struct Settings {
     pub ingest: IngestorConfig,
     /// The leader's loop.
     pub looping: LoopConfig,
+    /// Where rebalances' sheds go; `None` while the rule is off.
+    pub shed: Option<ShedSettings>,
 }
 
 fn duration(key: &'static str, text: &str) -> Result<Duration, SettingError> {
@@ -243,6 +255,7 @@ impl RawSettings {
                 ),
             ));
         }
+        let shed = self.shed(&policy)?;
         let engine = Engine::new(policy).map_err(|e| SettingError::new("policy", e.to_string()))?;
         Ok(Settings {
             identity,
@@ -260,7 +273,51 @@ impl RawSettings {
             engine,
             ingest,
             looping,
+            shed,
         })
+    }
+
+    /// The shed settings, when the rebalance rule is on.
+    fn shed(&self, policy: &Policy) -> Result<Option<ShedSettings>, SettingError> {
+        if !policy.rebalance.enabled {
+            return Ok(None);
+        }
+        let token = self
+            .socket_admin_token
+            .as_deref()
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                SettingError::new(
+                    "SOCKET_ADMIN_TOKEN",
+                    "bad setting SOCKET_ADMIN_TOKEN: it is unset, but rebalancing is on (REBALANCE or the policy's rebalance.enabled); allowed: the ADMIN_TOKEN the socket nodes are started with, or rebalancing off".to_owned(),
+                )
+            })?;
+        let window = duration("REBALANCE_SHED_WINDOW_MS", &self.shed_window)?;
+        let rule_window =
+            Duration::from_millis(u64::try_from(policy.rebalance.window_ms).unwrap_or(0));
+        if window > rule_window {
+            return Err(SettingError::new(
+                "REBALANCE_SHED_WINDOW_MS",
+                format!(
+                    "bad setting REBALANCE_SHED_WINDOW_MS: value {:?} is not allowed; allowed: at most the policy's rebalance.window_ms ({}), so that no client moves twice within it",
+                    self.shed_window,
+                    format_duration(rule_window)
+                ),
+            ));
+        }
+        if self.socket_admin_port == 0 {
+            return Err(SettingError::new(
+                "SOCKET_ADMIN_PORT",
+                "bad setting SOCKET_ADMIN_PORT: value 0 is not allowed; allowed: 1 to 65535"
+                    .to_owned(),
+            ));
+        }
+        Ok(Some(ShedSettings {
+            port: self.socket_admin_port,
+            token: token.into(),
+            window,
+        }))
     }
 }
 
@@ -276,6 +333,7 @@ const SOURCES: &[(&str, &str)] = &[
     ("stale_after_ms", "STALE_AFTER_MS"),
     ("conn_capacity", "CONN_PER_POD"),
     ("mps_capacity", "MPS_PER_POD"),
+    ("rebalance.enabled", "REBALANCE"),
 ];
 
 /// A policy window in milliseconds, as the policy stores it.
@@ -343,6 +401,7 @@ impl PolicyInput {
         }
         p.conn_capacity = self.conn_per_pod.or(p.conn_capacity);
         p.mps_capacity = self.mps_per_pod.or(p.mps_capacity);
+        p.rebalance.enabled = self.rebalance.unwrap_or(p.rebalance.enabled);
         p.validate().map_err(|e| {
             let source = SOURCES
                 .iter()
@@ -389,8 +448,42 @@ mod tests {
             shutdown_timeout: "10s".to_owned(),
             admin_addr: "127.0.0.1:0".to_owned(),
             decision_history: 10,
+            socket_admin_port: 8080,
+            socket_admin_token: None,
+            shed_window: "20s".to_owned(),
             policy: PolicyInput::default(),
         }
+    }
+
+    #[test]
+    fn rebalancing_needs_the_nodes_token_and_a_shed_window_within_the_rule_window() {
+        let s = raw().validate().expect("valid");
+        assert!(s.shed.is_none(), "off by default");
+        let mut r = raw();
+        r.policy.rebalance = Some(true);
+        let e = r.validate().expect_err("no token");
+        assert_eq!(e.key, "SOCKET_ADMIN_TOKEN");
+        assert!(e.message.contains("ADMIN_TOKEN the socket nodes"), "{e}");
+        r.socket_admin_token = Some("0123456789abcdef".to_owned());
+        let shed = r.validate().expect("valid").shed.expect("on");
+        assert_eq!((shed.port, shed.window), (8080, Duration::from_secs(20)));
+        assert_eq!(&*shed.token, "0123456789abcdef");
+        r.shed_window = "61s".to_owned();
+        let e = r.validate().expect_err("longer than the rule window");
+        assert_eq!(e.key, "REBALANCE_SHED_WINDOW_MS");
+        assert!(
+            e.message
+                .contains("at most the policy's rebalance.window_ms (1m)"),
+            "{e}"
+        );
+        r.shed_window = "soon".to_owned();
+        assert_eq!(
+            r.validate().expect_err("bad").key,
+            "REBALANCE_SHED_WINDOW_MS"
+        );
+        r.shed_window = "5s".to_owned();
+        r.socket_admin_port = 0;
+        assert_eq!(r.validate().expect_err("bad").key, "SOCKET_ADMIN_PORT");
     }
 
     #[test]
