@@ -294,6 +294,15 @@ pub(crate) struct PolicyArgs {
         value_parser = clap::builder::BoolishValueParser::new()
     )]
     pub(crate) rebalance: Option<bool>,
+
+    /// No rebalance within this long of the last one, so no client moves twice in it, ms or with a unit [default: 60000].
+    #[arg(
+        long,
+        env = "REBALANCE_WINDOW_MS",
+        value_name = "MS",
+        allow_negative_numbers = true
+    )]
+    pub(crate) rebalance_window_ms: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -365,6 +374,7 @@ impl PolicyArgs {
             conn_per_pod: self.conn_per_pod,
             mps_per_pod: self.mps_per_pod,
             rebalance: self.rebalance,
+            rebalance_window: self.rebalance_window_ms.clone(),
         }
     }
 }

@@ -112,6 +112,8 @@ pub struct PolicyInput {
     pub mps_per_pod: Option<f64>,
     /// REBALANCE: switches the rebalance rule on or off.
     pub rebalance: Option<bool>,
+    /// REBALANCE_WINDOW_MS: no rebalance within this long of the last one.
+    pub rebalance_window: Option<String>,
 }
 
 /// Everything validated, before anything connects.
@@ -334,6 +336,7 @@ const SOURCES: &[(&str, &str)] = &[
     ("conn_capacity", "CONN_PER_POD"),
     ("mps_capacity", "MPS_PER_POD"),
     ("rebalance.enabled", "REBALANCE"),
+    ("rebalance.window_ms", "REBALANCE_WINDOW_MS"),
 ];
 
 /// A policy window in milliseconds, as the policy stores it.
@@ -393,6 +396,11 @@ impl PolicyInput {
             ),
             ("SETTLE_MS", &self.settle, &mut p.settle_ms),
             ("STALE_AFTER_MS", &self.stale_after, &mut p.stale_after_ms),
+            (
+                "REBALANCE_WINDOW_MS",
+                &self.rebalance_window,
+                &mut p.rebalance.window_ms,
+            ),
         ];
         for (key, text, field) in windows {
             if let Some(ms) = window(key, text.as_ref())? {
@@ -468,6 +476,11 @@ mod tests {
         let shed = r.validate().expect("valid").shed.expect("on");
         assert_eq!((shed.port, shed.window), (8080, Duration::from_secs(20)));
         assert_eq!(&*shed.token, "0123456789abcdef");
+        r.policy.rebalance_window = Some("10s".to_owned());
+        r.shed_window = "11s".to_owned();
+        let e = r.validate().expect_err("longer than the rule window");
+        assert!(e.message.contains("(10s)"), "{e}");
+        r.policy.rebalance_window = None;
         r.shed_window = "61s".to_owned();
         let e = r.validate().expect_err("longer than the rule window");
         assert_eq!(e.key, "REBALANCE_SHED_WINDOW_MS");
