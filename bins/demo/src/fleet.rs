@@ -59,6 +59,8 @@ pub struct Target {
     pub prefix: String,
     /// Run the socket workload as a StatefulSet instead of a Deployment.
     pub statefulset: bool,
+    /// Keys of the ConfigMap rtc-config set over the overlay's.
+    pub settings: std::collections::BTreeMap<String, String>,
 }
 
 /// Runs kubectl with `args`, feeding it `input`; its standard output.
@@ -153,6 +155,9 @@ pub fn prepare(
             data["RELAY_PREFIX"] = format!("{}:relay:", target.prefix).into();
             data["DELIVERY_TOPIC_PREFIX"] = format!("{}.deliver.", target.prefix).into();
             data["DECISION_STATE_KEY"] = format!("{}:lb:state", target.prefix).into();
+            for (key, value) in &target.settings {
+                data[key.as_str()] = value.clone().into();
+            }
             config = true;
         }
         if is(&doc, "Deployment", "socket") {
@@ -266,6 +271,7 @@ mod tests {
             kafka_bootstrap: "127.0.0.1:2".into(),
             prefix: "demo-1".into(),
             statefulset,
+            settings: [("REBALANCE".to_owned(), "false".to_owned())].into(),
         }
     }
 
@@ -290,6 +296,10 @@ mod tests {
         assert_eq!(out[0]["data"]["REDIS_URL"], "redis://127.0.0.1:1");
         assert_eq!(out[0]["data"]["KAFKA_BOOTSTRAP"], "127.0.0.1:2");
         assert_eq!(out[0]["data"]["RELAY_PREFIX"], "demo-1:relay:");
+        assert_eq!(
+            out[0]["data"]["REBALANCE"], "false",
+            "--set overrides the overlay"
+        );
         assert_eq!(out[1]["kind"], "Deployment");
         Ok(())
     }

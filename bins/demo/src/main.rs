@@ -52,6 +52,27 @@ struct Cli {
     /// The API server's audit log.
     #[arg(long, env = "RTC_AUDIT_LOG")]
     audit_log: Option<PathBuf>,
+    /// A key of the fleet's ConfigMap rtc-config to set over the overlay's,
+    /// e.g. `--set REBALANCE=false`; repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = setting)]
+    settings: Vec<(String, String)>,
+}
+
+/// `KEY=VALUE`, with an upper-case key as the binaries' settings are.
+fn setting(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} has no `=`; allowed: KEY=VALUE, e.g. REBALANCE=false"))?;
+    let valid = !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+    if !valid {
+        return Err(format!(
+            "key {key:?} is not allowed; allowed: upper-case letters, digits and `_`, e.g. REBALANCE"
+        ));
+    }
+    Ok((key.to_owned(), value.to_owned()))
 }
 
 fn main() -> ExitCode {
@@ -102,6 +123,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         audit_log: needed(cli.audit_log, "RTC_AUDIT_LOG")?,
         keep: cli.keep,
         kill_leader_at: cli.kill_leader_at,
+        settings: cli.settings.into_iter().collect(),
         nodes_dir: std::env::var_os("KUBECONFIG")
             .map(PathBuf::from)
             .and_then(|k| k.parent().map(|d| d.join("nodes"))),
@@ -129,4 +151,32 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
     })??;
     println!("{}", report(&outcome));
     Ok(outcome.load.all_received())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::setting;
+
+    #[test]
+    fn settings_are_upper_case_keys_with_a_value() {
+        assert_eq!(
+            setting("REBALANCE=false"),
+            Ok(("REBALANCE".to_owned(), "false".to_owned()))
+        );
+        assert_eq!(
+            setting("DRAIN_TIMEOUT=1m=x"),
+            Ok(("DRAIN_TIMEOUT".to_owned(), "1m=x".to_owned()))
+        );
+        assert!(
+            setting("REBALANCE")
+                .expect_err("no =")
+                .contains("KEY=VALUE")
+        );
+        assert!(
+            setting("rebalance=true")
+                .expect_err("lower case")
+                .contains("upper-case")
+        );
+        assert!(setting("=true").is_err());
+    }
 }

@@ -384,6 +384,17 @@ fn decision_of(by: &str, r: &Value) -> Option<DecisionEntry> {
             consecutive: count(&d["step"]["consecutive"]),
             step: count(&d["step"]["step"]),
         }),
+        sheds: d["rebalance"]["sheds"]
+            .as_array()
+            .map(|sheds| {
+                sheds
+                    .iter()
+                    .filter_map(|s| {
+                        Some((s["node"].as_str()?.to_owned(), s["connections"].as_u64()?))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
     })
 }
 
@@ -415,8 +426,21 @@ mod tests {
                 victim: Some("socket-a".into()),
                 explanation: "SCALE_IN 4 -> 3".into(),
                 step: None,
+                sheds: Vec::new(),
             })
         );
         assert_eq!(decision_of("x", &serde_json::json!({})), None);
+        let rebalance = serde_json::json!({
+            "timestamp_ms": 20,
+            "decision": {"action": "rebalance", "from": 5, "to": 5, "reason": "connection-spread",
+                "rebalance": {"mean_conn": 120.0, "spread": 300.0,
+                    "sheds": [{"node": "socket-a", "connections": 75}, {"node": "socket-b", "connections": 74}]}},
+            "outcome": "none",
+        });
+        let d = decision_of("lb-1", &rebalance).expect("a decision");
+        assert_eq!(
+            d.sheds,
+            [("socket-a".to_owned(), 75), ("socket-b".to_owned(), 74)]
+        );
     }
 }

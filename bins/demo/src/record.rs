@@ -128,7 +128,7 @@ pub struct DecisionEntry {
     pub at_ms: u64,
     /// The load-balancer pod that made it.
     pub by: String,
-    /// `scale_out`, `scale_in` or `hold`.
+    /// `scale_out`, `scale_in`, `hold` or `rebalance`.
     pub action: String,
     /// Replicas before.
     pub from: u32,
@@ -148,6 +148,9 @@ pub struct DecisionEntry {
     /// How a scale-out step was sized: the base step of its urgency, the
     /// scale-outs in a row before it, and the step.
     pub step: Option<Step>,
+    /// On rebalance, the nodes asked to shed and how many connections each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sheds: Vec<(String, u64)>,
 }
 
 /// How a scale-out step was sized (the decision core's `StepDetail`).

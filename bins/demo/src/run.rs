@@ -49,6 +49,8 @@ pub struct DemoConfig {
     /// Delete the leading load-balancer pod this long after the load
     /// starts, to show the other replica taking over.
     pub kill_leader_at: Option<Duration>,
+    /// Keys of the ConfigMap rtc-config set over the overlay's.
+    pub settings: std::collections::BTreeMap<String, String>,
     /// The stack's `nodes/` directory, where the node agents keep each
     /// pod's logs: removed pods' drains are checked there.
     pub nodes_dir: Option<PathBuf>,
@@ -226,6 +228,7 @@ pub async fn run(config: DemoConfig, stop: impl Future<Output = ()>) -> Result<O
         kafka_bootstrap: config.kafka_bootstrap.clone(),
         prefix: format!("rtc-{run_id}"),
         statefulset: config.statefulset,
+        settings: config.settings.clone(),
     };
     println!(
         "[demo] removing what an earlier run left in namespace {}",

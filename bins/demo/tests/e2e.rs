@@ -63,6 +63,7 @@ fn run(statefulset: bool, kill_leader_at: Option<Duration>) -> Result<(Outcome, 
         audit_log: PathBuf::from(env("RTC_AUDIT_LOG")?),
         keep: false,
         kill_leader_at,
+        settings: Default::default(),
         nodes_dir: kubeconfig.parent().map(|d| d.join("nodes")),
     };
     // The run's future is deep: it runs on workers with room for it.
