@@ -254,6 +254,16 @@ pub struct Story {
     pub reaction_ms: Option<u64>,
     /// That write to the first new pod Ready after it, ms.
     pub write_to_ready_ms: Option<u64>,
+    /// The leader's rebalances, each as `pod:connections` it asked to shed.
+    pub rebalances: Vec<String>,
+    /// The pods that reported before the first scale-out for load (the ones
+    /// the spike's clients land on).
+    pub first_pods: Vec<String>,
+    /// Median of those pods' heartbeat p95 over the spike phase, ms.
+    pub first_pods_spike_p95_ms: Option<f64>,
+    /// Most minus fewest connections over the pods not draining, in the
+    /// last sample of the spike phase.
+    pub spike_end_spread: Option<u64>,
 }
 
 /// The story of `entries`: scale events, victims, drains, leaders and the
@@ -268,9 +278,30 @@ pub fn story(entries: &[Entry], overload: &Overload) -> Story {
     let mut ready = Vec::new();
     let mut seen_leaders = BTreeSet::new();
     let mut deleted_at = 0;
+    let mut scaled_out = false;
+    let mut first_pods = BTreeSet::new();
+    let mut spike_p95 = Vec::new();
     for e in entries {
         match e {
             Entry::Sample(sample) => {
+                if !scaled_out {
+                    first_pods.extend(sample.nodes.iter().map(|n| n.pod.clone()));
+                }
+                if sample.load.phase.as_deref() == Some("spike") {
+                    spike_p95.extend(
+                        sample
+                            .nodes
+                            .iter()
+                            .filter(|n| first_pods.contains(&n.pod))
+                            .map(|n| n.p95_ms),
+                    );
+                    let conns = sample.nodes.iter().filter(|n| !n.draining).map(|n| n.conn);
+                    s.spike_end_spread = conns
+                        .clone()
+                        .max()
+                        .zip(conns.min())
+                        .map(|(most, fewest)| most - fewest);
+                }
                 s.peak_replicas = s.peak_replicas.max(sample.wanted.unwrap_or(0));
                 if let Some(l) = &sample.leader
                     && seen_leaders.insert(l.clone())
@@ -289,10 +320,21 @@ pub fn story(entries: &[Entry], overload: &Overload) -> Story {
                     }
                 }
             }
+            Entry::Decision(d) if d.action == "rebalance" && !d.sheds.is_empty() => {
+                let sheds: Vec<String> = d
+                    .sheds
+                    .iter()
+                    .map(|(pod, n)| format!("{pod}:{n}"))
+                    .collect();
+                s.rebalances.push(sheds.join(" "));
+            }
             Entry::Decision(d) if d.outcome == "scaled" => {
                 let step = format!("{} -> {}", d.from, d.to);
                 match d.action.as_str() {
-                    "scale_out" => s.scale_outs.push(step),
+                    "scale_out" => {
+                        scaled_out |= d.reason != "below-min";
+                        s.scale_outs.push(step);
+                    }
                     "scale_in" => {
                         s.scale_ins.push(step);
                         if let Some(v) = &d.victim {
@@ -333,6 +375,9 @@ pub fn story(entries: &[Entry], overload: &Overload) -> Story {
             .map(|(_, at)| at - write)
             .min();
     }
+    s.first_pods = first_pods.into_iter().collect();
+    spike_p95.sort_by(f64::total_cmp);
+    s.first_pods_spike_p95_ms = spike_p95.get(spike_p95.len() / 2).copied();
     s
 }
 
@@ -387,6 +432,84 @@ mod tests {
         conn: Some(100.0),
         mps: None,
     };
+
+    fn spike(at_ms: u64, nodes: Vec<(&str, u64, f64)>) -> Entry {
+        Entry::Sample(Sample {
+            at_ms,
+            load: Load {
+                phase: Some("spike".into()),
+                ..Load::default()
+            },
+            nodes: nodes
+                .into_iter()
+                .map(|(pod, conn, p95_ms)| NodeFigures {
+                    pod: pod.into(),
+                    conn,
+                    p95_ms,
+                    ..NodeFigures::default()
+                })
+                .collect(),
+            ..Sample::default()
+        })
+    }
+
+    #[test]
+    fn the_story_follows_a_rebalance_on_the_pods_the_spike_landed_on() {
+        let entries = vec![
+            sample(
+                1_000,
+                2,
+                vec![node("a", 900, 300, 0.4), node("b", 900, 300, 0.4)],
+            ),
+            decision(1_100, "scale_out", 2, 4, "scaled"),
+            spike(
+                2_000,
+                vec![
+                    ("a", 300, 400.0),
+                    ("b", 300, 300.0),
+                    ("c", 0, 1.0),
+                    ("d", 0, 1.0),
+                ],
+            ),
+            Entry::Decision(DecisionEntry {
+                at_ms: 3_000,
+                action: "rebalance".into(),
+                from: 4,
+                to: 4,
+                outcome: "none".into(),
+                sheds: vec![("a".into(), 75), ("b".into(), 75)],
+                ..DecisionEntry::default()
+            }),
+            spike(
+                4_000,
+                vec![
+                    ("a", 225, 200.0),
+                    ("b", 225, 100.0),
+                    ("c", 75, 1.0),
+                    ("d", 75, 1.0),
+                ],
+            ),
+            sample(
+                5_000,
+                4,
+                vec![node("a", 4_900, 10, 0.1), node("c", 4_900, 500, 0.1)],
+            ),
+        ];
+        let s = story(&entries, &LIMITS);
+        assert_eq!(s.rebalances, ["a:75 b:75"]);
+        assert_eq!(
+            s.first_pods,
+            ["a", "b"],
+            "new pods c and d came after the scale-out"
+        );
+        // p95 of a and b over the spike: 100, 200, 300, 400.
+        assert_eq!(s.first_pods_spike_p95_ms, Some(300.0));
+        assert_eq!(
+            s.spike_end_spread,
+            Some(150),
+            "the last spike sample, not the calm after it"
+        );
+    }
 
     #[test]
     fn the_story_counts_what_was_written_and_times_the_reaction() {

@@ -433,6 +433,15 @@ pub fn report(o: &Outcome) -> String {
             ms(s.reaction_ms),
             ms(s.write_to_ready_ms)
         ),
+        format!(
+            "  rebalances: {}; pods before the spike's scale-out: {}, their median p95 over the spike {}; spread of connections at the spike's end {}",
+            list(&s.rebalances),
+            list(&s.first_pods),
+            s.first_pods_spike_p95_ms
+                .map_or("n/a".to_owned(), |v| format!("{v:.0} ms")),
+            s.spike_end_spread
+                .map_or("n/a".to_owned(), |v| v.to_string()),
+        ),
         format!("  record:  {}", o.record.display()),
     ];
     match (&o.chart, &o.chart_error) {
