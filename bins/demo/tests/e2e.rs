@@ -12,19 +12,16 @@
 //!   drain finished before the kubelet's SIGTERM.
 //! - The load generator counts every message: none lost.
 //!
-//! The two runs share the overlay's namespace, so they run one after the
+//! The runs share the overlay's namespace, so they run one after the
 //! other.
 
-use std::path::PathBuf;
+mod common;
+
 use std::time::Duration;
 
+use common::{Result, Run, check_nothing_lost, run};
+use rtc_demo::Outcome;
 use rtc_demo::record::{DecisionEntry, Entry, PodChange};
-use rtc_demo::{DemoConfig, Outcome};
-use rtc_loadgen::Profile;
-
-type Result<T = (), E = Box<dyn std::error::Error + Send + Sync>> = std::result::Result<T, E>;
-
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A spike after a short warm-up, then calm long enough for the first
 /// scale-in (30 s of low load, then a tick).
@@ -33,58 +30,6 @@ const PROFILE: &str = r#"{"phases": [
   {"name": "spike", "kind": "spike", "duration": "30s", "connections": 600, "messages_per_sec": 600},
   {"name": "calm", "kind": "calm", "duration": "55s", "connections": 60, "messages_per_sec": 10}
 ]}"#;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn env(key: &str) -> Result<String> {
-    std::env::var(key).map_err(|_| {
-        format!("{key} is not set: run under `eval \"$(deploy/local/stack env)\"`").into()
-    })
-}
-
-fn run(statefulset: bool, kill_leader_at: Option<Duration>) -> Result<(Outcome, Vec<Entry>)> {
-    let kubeconfig = PathBuf::from(env("KUBECONFIG")?);
-    let out_dir = std::env::temp_dir().join(format!(
-        "rtc-demo-e2e-{}-{}",
-        if statefulset { "sts" } else { "deploy" },
-        std::process::id()
-    ));
-    let config = DemoConfig {
-        overlay: repo().join("deploy/k8s/overlays/local"),
-        namespace: "rtc".into(),
-        statefulset,
-        profile: Profile::from_json(PROFILE)?,
-        out_dir: out_dir.clone(),
-        plain: true,
-        redis_url: env("RTC_REDIS_URL")?,
-        kafka_bootstrap: env("RTC_KAFKA_BOOTSTRAP")?,
-        audit_log: PathBuf::from(env("RTC_AUDIT_LOG")?),
-        keep: false,
-        kill_leader_at,
-        settings: Default::default(),
-        nodes_dir: kubeconfig.parent().map(|d| d.join("nodes")),
-    };
-    // The run's future is deep: it runs on workers with room for it.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_stack_size(32 << 20)
-        .build()?;
-    let outcome = runtime.block_on(async {
-        let _serial = SERIAL.lock().await;
-        tokio::spawn(rtc_demo::run(config, std::future::pending())).await
-    })??;
-    // The figures of the run, for the test log.
-    println!("{}", rtc_demo::report(&outcome));
-    let text = std::fs::read_to_string(&outcome.record)?;
-    let entries = text
-        .lines()
-        .map(serde_json::from_str::<Entry>)
-        .collect::<Result<Vec<_>, _>>()?;
-    let _ = std::fs::remove_dir_all(&out_dir);
-    Ok((outcome, entries))
-}
 
 fn scaled<'a>(entries: &'a [Entry], action: &'a str) -> impl Iterator<Item = &'a DecisionEntry> {
     entries.iter().filter_map(move |e| match e {
@@ -153,17 +98,14 @@ fn check_scale_in(outcome: &Outcome, entries: &[Entry]) -> Result<(DecisionEntry
     Ok((first, removed))
 }
 
-fn check_nothing_lost(outcome: &Outcome) {
-    let m = &outcome.load.messages;
-    assert!(m.sent > 10_000, "the spike ran: {m:?}");
-    assert_eq!(m.lost, 0, "lost: {:?}", outcome.load.never_received);
-    assert!(outcome.load.all_received(), "{m:?}");
-}
-
 #[test]
 fn a_deployment_scales_out_on_the_spike_survives_its_leader_and_scales_in_the_chosen_pod() -> Result
 {
-    let (outcome, entries) = run(false, Some(Duration::from_secs(28)))?;
+    let (outcome, entries) = run(Run {
+        profile: PROFILE,
+        kill_leader_at: Some(Duration::from_secs(28)),
+        ..Run::default()
+    })?;
     let out = check_scale_out(&entries)?;
     let (deleted_leader, took) = outcome
         .story
@@ -206,7 +148,11 @@ fn a_deployment_scales_out_on_the_spike_survives_its_leader_and_scales_in_the_ch
 
 #[test]
 fn a_statefulset_scales_out_on_the_spike_and_in_from_its_top_ordinal() -> Result {
-    let (outcome, entries) = run(true, None)?;
+    let (outcome, entries) = run(Run {
+        profile: PROFILE,
+        statefulset: true,
+        ..Run::default()
+    })?;
     let out = check_scale_out(&entries)?;
     let (scale_in, removed) = check_scale_in(&outcome, &entries)?;
     assert_eq!(scale_in.from, out.to);
