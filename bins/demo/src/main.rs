@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use rtc_demo::{DemoConfig, report};
+use rtc_demo::{DemoConfig, Outcome, report};
 use rtc_loadgen::Profile;
 use rtc_time::{SystemClock, WallClock};
 
@@ -56,6 +56,10 @@ struct Cli {
     /// e.g. `--set REBALANCE=false`; repeatable.
     #[arg(long = "set", value_name = "KEY=VALUE", value_parser = setting)]
     settings: Vec<(String, String)>,
+    /// Run the profile twice, with rebalancing on then off (REBALANCE), and
+    /// print the two side by side.
+    #[arg(long, conflicts_with = "kill_leader_at")]
+    compare_rebalance: bool,
 }
 
 /// `KEY=VALUE`, with an upper-case key as the binaries' settings are.
@@ -141,16 +145,56 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         .context("starting the async runtime")?;
     // The run's future is deep (the load generator, the watcher, kubectl);
     // it runs as a task on a worker with room for it.
-    let outcome = runtime.block_on(async {
-        let interrupted = async {
-            if tokio::signal::ctrl_c().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        };
-        tokio::spawn(rtc_demo::run(config, interrupted)).await
-    })??;
-    println!("{}", report(&outcome));
-    Ok(outcome.load.all_received())
+    let once = |config: DemoConfig| -> anyhow::Result<Outcome> {
+        let outcome = runtime.block_on(async {
+            let interrupted = async {
+                if tokio::signal::ctrl_c().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            };
+            tokio::spawn(rtc_demo::run(config, interrupted)).await
+        })??;
+        println!("{}", report(&outcome));
+        Ok(outcome)
+    };
+    if !cli.compare_rebalance {
+        return Ok(once(config)?.load.all_received());
+    }
+    let mut rows = Vec::new();
+    for (label, value) in [("on", "true"), ("off", "false")] {
+        let mut c = config.clone();
+        c.settings.insert("REBALANCE".into(), value.into());
+        c.out_dir = config.out_dir.join(format!("rebalance-{label}"));
+        println!("[demo] rebalancing {label}");
+        rows.push((label, once(c)?));
+    }
+    println!("{}", rebalance_table(&rows));
+    Ok(rows.iter().all(|(_, o)| o.load.all_received()))
+}
+
+/// The two runs of `--compare-rebalance`, as a markdown table.
+fn rebalance_table(rows: &[(&str, Outcome)]) -> String {
+    let mut out = vec![
+        "| rebalancing | peak replicas | rebalances | spread at the spike's end | p95 of the first pods over the spike (median of heartbeats) | messages lost | p99 of all messages |".to_owned(),
+        "|---|---|---|---|---|---|---|".to_owned(),
+    ];
+    for (label, o) in rows {
+        let s = &o.story;
+        let m = &o.load.messages;
+        out.push(format!(
+            "| {label} | {} | {} | {} | {} | {} of {} | {:.0} ms |",
+            s.peak_replicas,
+            s.rebalances.len(),
+            s.spike_end_spread
+                .map_or("n/a".to_owned(), |v| v.to_string()),
+            s.first_pods_spike_p95_ms
+                .map_or("n/a".to_owned(), |v| format!("{v:.0} ms")),
+            m.lost,
+            m.sent,
+            o.load.latency.p99_ms,
+        ));
+    }
+    out.join("\n")
 }
 
 #[cfg(test)]
