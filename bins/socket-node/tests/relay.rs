@@ -5,7 +5,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use common::{Client, Cluster, Result, Seen, close_code, http, raw};
+use common::{Client, Cluster, Result, Seen, assert_got_all, close_code, http, raw};
 use futures_util::{SinkExt, StreamExt};
 use rtc_heartbeat::{DecodeLimits, decode};
 use serde_json::json;
@@ -261,15 +261,7 @@ async fn a_drain_moves_every_client_to_the_other_node_and_loses_nothing() -> Res
         assert!(saw_reconnect, "{id} got no reconnect frame");
         assert_eq!(close, Some(1012), "{id}");
         assert_eq!(node, "node-new");
-        let expected = &acked[&id];
-        let missing: Vec<_> = expected.difference(&ids).collect();
-        assert!(
-            missing.is_empty(),
-            "{id} lost {} of {}: {missing:?}",
-            missing.len(),
-            expected.len()
-        );
-        total += expected.len();
+        total += assert_got_all(&id, &acked[&id], &ids);
     }
     assert!(total >= CLIENTS * 6, "{total}");
 

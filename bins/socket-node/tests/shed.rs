@@ -7,7 +7,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use common::{Client, Cluster, Result, Seen, http};
+use common::{Client, Cluster, Result, Seen, assert_got_all, http};
 use rtc_testkit::http_with;
 use serde_json::{Value, json};
 
@@ -152,15 +152,7 @@ async fn a_shed_moves_the_newest_clients_while_the_node_stays_ready_and_loses_no
             assert_eq!(moved, None, "{id} is older than the shed ones");
             assert_eq!(node, "node-hot", "{id}");
         }
-        let expected = &acked[&id];
-        let missing: Vec<_> = expected.difference(&ids).collect();
-        assert!(
-            missing.is_empty(),
-            "{id} lost {} of {}: {missing:?}",
-            missing.len(),
-            expected.len()
-        );
-        total += expected.len();
+        total += assert_got_all(&id, &acked[&id], &ids);
     }
     assert!(total >= CLIENTS * 5, "{total}");
     drop(late);

@@ -1,19 +1,8 @@
 //! Sheds with paused tokio time.
 
 use super::*;
+use crate::tests::config;
 use tokio::sync::Mutex;
-
-fn config() -> DrainConfig {
-    DrainConfig {
-        endpoint_delay: Duration::from_secs(5),
-        timeout: Duration::from_secs(65),
-        tail: Some(Duration::from_secs(10)),
-        min_batch_interval: Duration::from_secs(1),
-        max_retry_after: Duration::from_secs(10),
-        force_grace: Duration::from_secs(2),
-        seed: 7,
-    }
-}
 
 type Log = Arc<Mutex<Vec<(u64, Duration, Instruction)>>>;
 

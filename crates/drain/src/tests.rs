@@ -4,7 +4,7 @@ use super::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::Mutex;
 
-fn config() -> DrainConfig {
+pub(crate) fn config() -> DrainConfig {
     DrainConfig {
         endpoint_delay: Duration::from_secs(5),
         timeout: Duration::from_secs(65),

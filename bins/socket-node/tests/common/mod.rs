@@ -193,6 +193,23 @@ pub fn normal() -> CloseCode {
     CloseCode::Normal
 }
 
+/// Checks `received` holds every id in `acked` for client `id`; how many
+/// that was.
+pub fn assert_got_all(
+    id: &str,
+    acked: &std::collections::BTreeSet<String>,
+    received: &std::collections::BTreeSet<String>,
+) -> usize {
+    let missing: Vec<_> = acked.difference(received).collect();
+    assert!(
+        missing.is_empty(),
+        "{id} lost {} of {}: {missing:?}",
+        missing.len(),
+        acked.len()
+    );
+    acked.len()
+}
+
 /// A plain HTTP/1.1 request to the admin port; returns status and body.
 #[allow(unused_imports, reason = "each test binary uses a part")]
 pub use rtc_testkit::http;
