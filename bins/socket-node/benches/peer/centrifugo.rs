@@ -173,7 +173,7 @@ impl Centrifugo {
 }
 
 /// The reply to command `id` in a frame of newline-separated messages.
-fn reply<'a>(text: &'a str, id: u64) -> Option<&'a str> {
+fn reply(text: &str, id: u64) -> Option<&str> {
     let head = format!("{{\"id\":{id},");
     text.lines().find(|l| l.starts_with(&head))
 }
