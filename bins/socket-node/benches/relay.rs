@@ -16,6 +16,10 @@
 //!    `POST /drain` to its answer, and whether every client got a reconnect
 //!    frame and close 1012.
 //!
+//! Centrifugo v6 (`benches/peer/centrifugo.rs`, two nodes on the same Redis)
+//! is measured in the idle, local and cross-node phases too, and every relay
+//! step reads the CPU time its processes spent.
+//!
 //! Run with the stack up (Redis and the broker on loopback):
 //! `cargo bench -p rtc-socket-node --bench relay -- [flags]`; `--help` lists
 //! the flags. Only loopback addresses are used; every loop is bounded.
@@ -40,6 +44,9 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
+#[path = "peer/centrifugo.rs"]
+mod centrifugo;
+
 type Result<T = ()> = anyhow::Result<T>;
 type Ws = WebSocketStream<TcpStream>;
 type Sink = SplitSink<Ws, Message>;
@@ -61,7 +68,8 @@ relay bench: socket-node vs a Node.js `ws` relay, on loopback
                      delivery-topic consumer polls with up to 250 ms waits)
   --drain N          clients in the drain phase (default 10000)
   --drain-timeout D  DRAIN_TIMEOUT of the drained node (default 20s)
-  --skip LIST        phases to skip, comma-separated: idle,local,cross,drain
+  --skip LIST        phases to skip, comma-separated: idle,local,cross,drain;
+                     `centrifugo` leaves the Centrifugo peer out of every phase
 ";
 
 fn args() -> Vec<String> {
@@ -515,9 +523,24 @@ async fn ack_reader(mut stream: SplitStream<Ws>, shared: Arc<Shared>, stop: Arc<
     }
 }
 
-/// Sends at `rate` msgs/s for `length`, to `to`; returns the sink and the
+/// The relay's message frames of one sender in one step, to `to`.
+fn relay_frame(to: String, step: u64) -> impl FnMut() -> String + Send {
+    move || {
+        format!(
+            "{{\"to\":\"{to}\",\"body\":{{\"s\":{step},\"t\":{}}}}}",
+            now_us()
+        )
+    }
+}
+
+/// Sends `frame()` at `rate` msgs/s for `length`; returns the sink and the
 /// count sent.
-async fn sender(mut sink: Sink, to: String, step: u64, rate: f64, length: Duration) -> (Sink, u64) {
+async fn sender(
+    mut sink: Sink,
+    mut frame: impl FnMut() -> String,
+    rate: f64,
+    length: Duration,
+) -> (Sink, u64) {
     let started = Instant::now();
     let mut sent: u64 = 0;
     loop {
@@ -528,11 +551,7 @@ async fn sender(mut sink: Sink, to: String, step: u64, rate: f64, length: Durati
         let due = (elapsed.as_secs_f64() * rate) as u64;
         let mut batch = 0;
         while sent < due && batch < 256 {
-            let text = format!(
-                "{{\"to\":\"{to}\",\"body\":{{\"s\":{step},\"t\":{}}}}}",
-                now_us()
-            );
-            if sink.feed(Message::text(text)).await.is_err() {
+            if sink.feed(Message::text(frame())).await.is_err() {
                 return (sink, sent);
             }
             sent += 1;
@@ -557,9 +576,16 @@ struct Step {
     max_ms: f64,
     closed: u64,
     errors: u64,
+    /// CPU time of the processes under test over the step, ms.
+    cpu_ms: f64,
 }
 
 impl Step {
+    /// CPU ms per 1 000 messages delivered: the millicores a steady
+    /// 1 000 msgs/s costs.
+    fn cpu_per_k(&self) -> f64 {
+        self.cpu_ms / (self.delivered.max(1) as f64 / 1000.0)
+    }
     fn sent_rate(&self) -> f64 {
         self.sent as f64 / self.secs
     }
@@ -575,13 +601,14 @@ impl Step {
     }
     fn line(&self, p99_ms: f64) -> String {
         format!(
-            "offered {:>7}/s sent {:>9.0}/s delivered {:>9.0}/s p50 {:>8.2} ms p99 {:>8.2} ms max {:>8.1} ms{}",
+            "offered {:>7}/s sent {:>9.0}/s delivered {:>9.0}/s p50 {:>8.2} ms p99 {:>8.2} ms max {:>8.1} ms cpu {:>6.1} ms/k{}",
             self.offered,
             self.sent_rate(),
             self.delivered_rate(),
             self.p50_ms,
             self.p99_ms,
             self.max_ms,
+            self.cpu_per_k(),
             if self.sustainable(p99_ms) {
                 ""
             } else {
@@ -703,7 +730,8 @@ impl Load {
         let mut handles = Vec::new();
         for (sink, to) in self.sinks.drain(..) {
             handles.push(tokio::spawn(async move {
-                let (sink, sent) = sender(sink, to.clone(), step, per_sender, length).await;
+                let (sink, sent) =
+                    sender(sink, relay_frame(to.clone(), step), per_sender, length).await;
                 (sink, to, sent)
             }));
         }
@@ -732,6 +760,7 @@ impl Load {
             max_ms: ms(histogram.max()),
             closed: self.shared.closed.load(Ordering::Relaxed),
             errors: self.shared.errors.load(Ordering::Relaxed),
+            cpu_ms: 0.0,
         };
         // Anything still on its way is counted as late, not in the next step.
         self.shared.step.store(0, Ordering::Relaxed);
@@ -767,18 +796,82 @@ struct RampConfig {
     p99_ms: f64,
 }
 
-async fn ramp(name: &str, load: &mut Load, cfg: &RampConfig) -> Result<Ramp> {
+/// Pairs of clients the ramp can drive: the relay's, or Centrifugo's.
+trait Stepper {
+    async fn step(&mut self, rate: u64, length: Duration) -> Result<Step>;
+}
+
+impl Stepper for Load {
+    async fn step(&mut self, rate: u64, length: Duration) -> Result<Step> {
+        Load::step(self, rate, length).await
+    }
+}
+
+impl Stepper for centrifugo::Load {
+    async fn step(&mut self, rate: u64, length: Duration) -> Result<Step> {
+        centrifugo::Load::step(self, rate, length).await
+    }
+}
+
+/// Clock ticks per second of /proc/<pid>/stat's times.
+fn clock_ticks() -> f64 {
+    static TICKS: OnceLock<f64> = OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+/// User plus system CPU time of `pids` so far, ms (fields 14 and 15 of
+/// /proc/<pid>/stat, counted after the command name's closing parenthesis).
+fn cpu_ms(pids: &[u32]) -> f64 {
+    let ticks: u64 = pids
+        .iter()
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let rest = &stat[stat.rfind(')')? + 1..];
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let utime: u64 = fields.get(11)?.parse().ok()?;
+            let stime: u64 = fields.get(12)?.parse().ok()?;
+            Some(utime + stime)
+        })
+        .sum();
+    ticks as f64 * 1000.0 / clock_ticks()
+}
+
+/// One step, with the CPU time `pids` spent from just before the first
+/// send to the end of the step (its grace for stragglers and the pause
+/// after it included).
+async fn cpu_step(
+    load: &mut impl Stepper,
+    pids: &[u32],
+    rate: u64,
+    length: Duration,
+) -> Result<Step> {
+    let before = cpu_ms(pids);
+    let mut step = load.step(rate, length).await?;
+    step.cpu_ms = cpu_ms(pids) - before;
+    Ok(step)
+}
+
+/// The fixed step, then the ramp; `pids` are the processes whose CPU time
+/// each step reads.
+async fn ramp(name: &str, load: &mut impl Stepper, cfg: &RampConfig, pids: &[u32]) -> Result<Ramp> {
     eprintln!("  {name}: warm-up");
     load.step(cfg.fixed.min(1000), Duration::from_secs(2))
         .await?;
-    let fixed = load.step(cfg.fixed, cfg.length).await?;
+    let fixed = cpu_step(load, pids, cfg.fixed, cfg.length).await?;
     eprintln!("  {name}: fixed  {}", fixed.line(cfg.p99_ms));
     let mut steps = Vec::new();
     let mut best: Option<Step> = None;
     let mut bad: Option<u64> = None;
     let mut rate = cfg.start;
     while rate <= cfg.max {
-        let s = load.step(rate, cfg.length).await?;
+        let s = cpu_step(load, pids, rate, cfg.length).await?;
         eprintln!("  {name}: ramp   {}", s.line(cfg.p99_ms));
         let ok = s.sustainable(cfg.p99_ms);
         steps.push(s.clone());
@@ -798,7 +891,7 @@ async fn ramp(name: &str, load: &mut Load, cfg: &RampConfig) -> Result<Ramp> {
             if mid <= low || mid >= high {
                 break;
             }
-            let s = load.step(mid, cfg.length).await?;
+            let s = cpu_step(load, pids, mid, cfg.length).await?;
             eprintln!("  {name}: bisect {}", s.line(cfg.p99_ms));
             steps.push(s.clone());
             if s.sustainable(cfg.p99_ms) {
@@ -963,6 +1056,20 @@ async fn run() -> Result {
         );
     }
     let cluster = Cluster::new()?;
+    let cent = if skipped("centrifugo") {
+        None
+    } else {
+        match centrifugo::binary() {
+            Ok(bin) => {
+                eprintln!("  centrifugo: {}", centrifugo::version(&bin));
+                Some(centrifugo::Centrifugo::new(&cluster, bin))
+            }
+            Err(e) => {
+                eprintln!("  centrifugo left out: {e:#}");
+                None
+            }
+        }
+    };
 
     let mut idles = Vec::new();
     if !skipped("idle") {
@@ -973,6 +1080,11 @@ async fn run() -> Result {
         let p = peer().await?;
         idles.push(idle(&p, idle_n, sources).await);
         drop(p);
+        if let Some(cent) = &cent {
+            let c = cent.node("centrifugo").await?;
+            idles.push(centrifugo::idle(&c, idle_n, sources).await);
+            drop(c);
+        }
     }
 
     let mut ramps = Vec::new();
@@ -980,14 +1092,22 @@ async fn run() -> Result {
         eprintln!("phase 2a: local relay, {pairs} pairs");
         let node = cluster.node("bench-a", &[]).await?;
         let mut load = Load::connect(node.public, node.public, pairs, sources, "loc").await?;
-        ramps.push(ramp("socket-node local", &mut load, &cfg).await?);
+        ramps.push(ramp("socket-node local", &mut load, &cfg, &[node.pid()]).await?);
         load.close().await;
         drop(node);
         let p = peer().await?;
         let mut load = Load::connect(p.public, p.public, pairs, sources, "peer").await?;
-        ramps.push(ramp("ws peer", &mut load, &cfg).await?);
+        ramps.push(ramp("ws peer", &mut load, &cfg, &[p.pid()]).await?);
         load.close().await;
         drop(p);
+        if let Some(cent) = &cent {
+            let c = cent.node("centrifugo-a").await?;
+            let mut load =
+                centrifugo::Load::connect(c.public, c.public, pairs, sources, "cl").await?;
+            ramps.push(ramp("centrifugo local", &mut load, &cfg, &[c.pid()]).await?);
+            load.close().await;
+            drop(c);
+        }
     }
     if !skipped("cross") {
         eprintln!("phase 2b: cross-node relay through the broker, {pairs} pairs");
@@ -999,10 +1119,36 @@ async fn run() -> Result {
             p99_ms: num("--cross-p99-ms", 500) as f64,
             ..cfg
         };
-        ramps.push(ramp("socket-node cross-node", &mut load, &cross).await?);
+        ramps.push(
+            ramp(
+                "socket-node cross-node",
+                &mut load,
+                &cross,
+                &[a.pid(), b.pid()],
+            )
+            .await?,
+        );
         load.close().await;
         drop(a);
         drop(b);
+        if let Some(cent) = &cent {
+            let a = cent.node("centrifugo-x1").await?;
+            let b = cent.node("centrifugo-x2").await?;
+            let mut load =
+                centrifugo::Load::connect(a.public, b.public, pairs, sources, "cx").await?;
+            ramps.push(
+                ramp(
+                    "centrifugo cross-node",
+                    &mut load,
+                    &cross,
+                    &[a.pid(), b.pid()],
+                )
+                .await?,
+            );
+            load.close().await;
+            drop(a);
+            drop(b);
+        }
     }
 
     let mut drained = None;
@@ -1035,43 +1181,57 @@ async fn run() -> Result {
                 i.per_conn_kib()
             );
         }
-        if let [node, peer] = idles.as_slice() {
+        let kib = |n: &str| idles.iter().find(|i| i.target == n).map(Idle::per_conn_kib);
+        if let Some(node) = kib("bench-idle") {
+            let below = [kib("peer"), kib("centrifugo")]
+                .iter()
+                .flatten()
+                .all(|peer| node < *peer);
             println!(
-                "node/peer memory per connection: {:.2}x; node at 50 000: {:.0} MiB (goal < 8 KiB each: {})",
-                node.per_conn_kib() / peer.per_conn_kib().max(0.001),
-                node.per_conn_kib() * 50_000.0 / 1024.0,
-                if node.per_conn_kib() < 8.0 {
+                "node at 50 000: {:.0} MiB (goal < 4 KiB each and below every peer: {})",
+                node * 50_000.0 / 1024.0,
+                if node < 4.0 && below {
                     "met"
                 } else {
                     "NOT met"
                 }
             );
+            for peer in ["peer", "centrifugo"] {
+                if let Some(p) = kib(peer) {
+                    println!(
+                        "node/{peer} memory per connection: {:.2}x",
+                        node / p.max(0.001)
+                    );
+                }
+            }
         }
     }
     if !ramps.is_empty() {
         println!();
         println!(
-            "| relay ({pairs} pairs) | at {} msgs/s: delivered/s, p50, p99 | max sustained offered | delivered/s there | p50 / p99 there |",
+            "| relay ({pairs} pairs) | at {} msgs/s: delivered/s, p50, p99 | CPU ms per 1 000 delivered there | max sustained offered | delivered/s there | p50 / p99 there | CPU ms per 1 000 delivered there |",
             cfg.fixed
         );
-        println!("|---|---|---|---|---|");
+        println!("|---|---|---|---|---|---|---|");
         for r in &ramps {
-            let best = r.best.as_ref().map_or("none".to_owned(), |b| {
+            let best = r.best.as_ref().map_or("none | | | ".to_owned(), |b| {
                 format!(
-                    "{} | {:.0} | {:.2} / {:.2} ms",
+                    "{} | {:.0} | {:.2} / {:.2} ms | {:.1}",
                     b.offered,
                     b.delivered_rate(),
                     b.p50_ms,
-                    b.p99_ms
+                    b.p99_ms,
+                    b.cpu_per_k()
                 )
             });
             println!(
-                "| {} ({} steps) | {:.0}, {:.2} ms, {:.2} ms | {best} |",
+                "| {} ({} steps) | {:.0}, {:.2} ms, {:.2} ms | {:.1} | {best} |",
                 r.name,
                 r.steps.len(),
                 r.fixed.delivered_rate(),
                 r.fixed.p50_ms,
-                r.fixed.p99_ms
+                r.fixed.p99_ms,
+                r.fixed.cpu_per_k()
             );
         }
         let find = |n: &str| {
@@ -1092,6 +1252,35 @@ async fn run() -> Result {
                 "cross-node/peer sustained throughput: {:.2}x",
                 x.delivered_rate() / peer.delivered_rate().max(1.0)
             );
+        }
+        for (node, peer) in [
+            ("socket-node local", "centrifugo local"),
+            ("socket-node cross-node", "centrifugo cross-node"),
+        ] {
+            if let (Some(n), Some(c)) = (find(node), find(peer)) {
+                println!(
+                    "{node} / {peer} sustained throughput: {:.2}x",
+                    n.delivered_rate() / c.delivered_rate().max(1.0)
+                );
+            }
+        }
+        let fixed = |n: &str| {
+            ramps
+                .iter()
+                .find(|r| r.name == n)
+                .map(|r| r.fixed.cpu_per_k())
+        };
+        for (node, peer) in [
+            ("socket-node local", "ws peer"),
+            ("socket-node local", "centrifugo local"),
+            ("socket-node cross-node", "centrifugo cross-node"),
+        ] {
+            if let (Some(n), Some(c)) = (fixed(node), fixed(peer)) {
+                println!(
+                    "CPU per 1 000 msgs/s at the fixed rate, {node} / {peer}: {:.2}x",
+                    n / c.max(0.001)
+                );
+            }
         }
         println!(
             "(sustained: >= 97% of the offered rate sent, >= 99.9% delivered within 3 s, p99 <= {} ms locally, <= {} ms cross-node, no errors or closes)",

@@ -63,11 +63,12 @@ mod shed;
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, MutexGuard};
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -253,7 +254,44 @@ struct Registry {
     /// Sheds started, to vary each one's jitter.
     sheds: u64,
     next_id: u64,
-    connections: BTreeMap<u64, watch::Sender<Option<Instruction>>>,
+    connections: BTreeMap<u64, Arc<Signal>>,
+}
+
+/// One connection's instruction: set by the drain, read by the connection.
+/// A value and a wake-up, no more: it is held for every open connection
+/// (a watch channel would cost several times its size, in wakers it never
+/// needs, since one task reads it).
+#[derive(Debug, Default)]
+#[expect(
+    clippy::disallowed_types,
+    reason = "the instruction is locked only in sync code, never across an .await"
+)]
+struct Signal {
+    instruction: std::sync::Mutex<Option<Instruction>>,
+    changed: Notify,
+    /// The connection was dropped: nobody reads the instruction.
+    gone: AtomicBool,
+}
+
+impl Signal {
+    fn current(&self) -> Option<Instruction> {
+        *self
+            .instruction
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Sets the instruction (a later one replaces an earlier one); whether
+    /// the connection is still open to act on it.
+    fn send(&self, instruction: Instruction) -> bool {
+        *self
+            .instruction
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(instruction);
+        // One reader: a wake-up sent while it is not waiting is kept for it.
+        self.changed.notify_one();
+        !self.gone.load(Ordering::Acquire)
+    }
 }
 
 #[expect(
@@ -339,12 +377,12 @@ impl Drain {
         }
         let id = registry.next_id;
         registry.next_id += 1;
-        let (tx, rx) = watch::channel(None);
-        registry.connections.insert(id, tx);
+        let signal = Arc::new(Signal::default());
+        registry.connections.insert(id, Arc::clone(&signal));
         self.inner.active.send_replace(registry.connections.len());
         Ok(Connection {
             id,
-            instruction: rx,
+            signal,
             inner: Arc::clone(&self.inner),
         })
     }
@@ -438,7 +476,7 @@ impl DrainWait {
 /// A tracked connection. Counted until dropped.
 pub struct Connection {
     id: u64,
-    instruction: watch::Receiver<Option<Instruction>>,
+    signal: Arc<Signal>,
     inner: Arc<Inner>,
 }
 
@@ -460,24 +498,22 @@ impl Connection {
     /// stronger one ([`Instruction::Close`]) replaces it.
     pub async fn instruction(&mut self) -> Instruction {
         loop {
-            if let Some(instruction) = *self.instruction.borrow_and_update() {
+            if let Some(instruction) = self.signal.current() {
                 return instruction;
             }
-            if self.instruction.changed().await.is_err() {
-                // The drain forgot this connection: nothing will ever come.
-                std::future::pending::<()>().await;
-            }
+            self.signal.changed.notified().await;
         }
     }
 
     /// The instruction received so far, if any, without waiting.
     pub fn current(&self) -> Option<Instruction> {
-        *self.instruction.borrow()
+        self.signal.current()
     }
 }
 
 impl Drop for Connection {
     fn drop(&mut self) {
+        self.signal.gone.store(true, Ordering::Release);
         let mut registry = self.inner.registry();
         registry.connections.remove(&self.id);
         self.inner.active.send_replace(registry.connections.len());
@@ -502,11 +538,11 @@ where
     let emptied_early = wait_empty(&mut active, since + config.endpoint_delay).await;
     let start_batches = Instant::now().max(since + config.endpoint_delay);
 
-    let targets: Vec<(u64, watch::Sender<Option<Instruction>>)> = inner
+    let targets: Vec<(u64, Arc<Signal>)> = inner
         .registry()
         .connections
         .iter()
-        .map(|(id, tx)| (*id, tx.clone()))
+        .map(|(id, signal)| (*id, Arc::clone(signal)))
         .collect();
     let connections_at_start = targets.len();
     let spread = SpreadConfig {
@@ -531,12 +567,9 @@ where
             break;
         }
         for (index, retry_after) in batch.members {
-            if let Some((_, tx)) = targets.get(index) {
-                // A connection that has gone has no receiver; that is fine.
-                if tx
-                    .send(Some(Instruction::Reconnect { retry_after }))
-                    .is_ok()
-                {
+            if let Some((_, signal)) = targets.get(index) {
+                // A connection that has gone is not told; that is fine.
+                if signal.send(Instruction::Reconnect { retry_after }) {
                     told += 1;
                 }
             }
@@ -546,12 +579,11 @@ where
 
     let mut forced = 0;
     if !wait_empty(&mut active, deadline).await {
-        let remaining: Vec<watch::Sender<Option<Instruction>>> =
-            inner.registry().connections.values().cloned().collect();
+        let remaining: Vec<Arc<Signal>> = inner.registry().connections.values().cloned().collect();
         forced = remaining.len();
         tracing::warn!(forced, "drain deadline passed: closing what is left");
-        for tx in remaining {
-            let _ = tx.send(Some(Instruction::Close));
+        for signal in remaining {
+            signal.send(Instruction::Close);
         }
         wait_empty(&mut active, deadline + config.force_grace).await;
     }

@@ -156,6 +156,35 @@ async fn the_deadline_forces_stubborn_connections_and_then_gives_up() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_instruction_waits_for_a_connection_that_was_busy_and_stays_until_replaced() {
+    let drain = Drain::new(config());
+    let mut conn = drain.register().expect("not draining");
+    assert_eq!(conn.current(), None);
+    // Nobody waits on the instruction while the drain sends it.
+    let wait = drain.start(async { FinishReport::default() });
+    let t0 = Instant::now();
+    while conn.current().is_none() && t0.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let first = conn.current().expect("told while not waiting");
+    assert!(matches!(first, Instruction::Reconnect { .. }), "{first:?}");
+    // Returned again until acted on, at once.
+    let again = tokio::time::timeout(Duration::from_millis(1), conn.instruction()).await;
+    assert_eq!(again.ok(), Some(first));
+    // The deadline's close replaces it, and wakes a waiting reader.
+    let waiter = tokio::spawn(async move {
+        while conn.instruction().await != Instruction::Close {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        drop(conn);
+    });
+    let summary = wait.wait().await;
+    assert!(waiter.await.is_ok());
+    assert_eq!(summary.forced, 1);
+    assert_eq!(summary.abandoned, 0);
+}
+
+#[tokio::test(start_paused = true)]
 async fn connections_that_leave_during_the_endpoint_delay_skip_the_batches() {
     let drain = Drain::new(config());
     let conn = drain.register().expect("not draining");

@@ -56,7 +56,7 @@ pub use core::routing::Lookup;
 pub use forward::{ForwardConfig, ForwardError, Pass};
 pub use kafka::{KafkaBus, KafkaTopic};
 pub use redis::RedisStore;
-pub use relay::{Kick, KickReason, Outbound, Relay, RelayError};
+pub use relay::{Inbox, Kick, KickReason, Outbound, Relay, RelayError, TryRecvError};
 // The wall clock the relay takes (`Relay::with_wall_clock`).
 pub use rtc_time::{ManualClock, SystemClock, WallClock};
 pub use store::{PresenceStore, Registry, StoreError};

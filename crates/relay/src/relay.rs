@@ -3,14 +3,14 @@
 //! and the bus, the node's own topic consumer, and the load figures it
 //! measures as it goes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, MutexGuard};
 use std::time::Duration;
 
 use rtc_node_load::{Lag, Measured, Meter};
 use rtc_time::{SystemClock, WallClock};
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use crate::bus::{Bus, Delivery, SHORT_WAIT_MS, Topic};
@@ -99,24 +99,150 @@ impl Drop for Hold {
 #[derive(Debug)]
 struct Local {
     conn: u64,
-    tx: mpsc::Sender<Outbound>,
-    /// Told when the connection cannot keep up or is replaced.
+    /// Its queue; the connection's [`Inbox`] ends when this is dropped.
+    tx: Outlet,
+}
+
+/// The relay's end of a connection's queue, beside the connection's kick.
+#[derive(Debug)]
+struct Outlet {
+    /// Told when the connection cannot keep up or is replaced; holds the
+    /// queue too.
     kick: Arc<Kick>,
+    /// Frames the queue holds at most.
+    room: usize,
+}
+
+/// Why a frame was not queued.
+enum Refused {
+    /// The queue holds `room` frames.
+    Full(Outbound),
+    /// The connection closed its inbox.
+    Closed(Outbound),
+}
+
+impl Outlet {
+    fn try_send(&self, out: Outbound) -> Result<(), Refused> {
+        {
+            let mut queue = lock(&self.kick.queue);
+            if queue.closed {
+                return Err(Refused::Closed(out));
+            }
+            if queue.frames.len() >= self.room {
+                return Err(Refused::Full(out));
+            }
+            queue.frames.push_back(out);
+        }
+        self.kick.ready.notify_one();
+        Ok(())
+    }
+}
+
+impl Drop for Outlet {
+    fn drop(&mut self) {
+        lock(&self.kick.queue).ended = true;
+        self.kick.ready.notify_one();
+    }
+}
+
+/// The frames queued for a connection: a plain deque that holds no memory
+/// while it is empty, as most connections' are most of the time (a bounded
+/// channel would keep a block of slots and cache-padded counters for each).
+#[derive(Debug, Default)]
+struct Queue {
+    frames: VecDeque<Outbound>,
+    /// The inbox is closed: nothing more is queued.
+    closed: bool,
+    /// The relay forgot the connection: nothing more will come.
+    ended: bool,
+}
+
+impl Queue {
+    fn pop(&mut self) -> Option<Outbound> {
+        let out = self.frames.pop_front();
+        // The room a burst grew is given back once it has been written.
+        if self.frames.is_empty() && self.frames.capacity() > 16 {
+            self.frames = VecDeque::new();
+        }
+        out
+    }
+}
+
+/// A connection's end of its queue: frames for its client, in order.
+#[derive(Debug)]
+pub struct Inbox {
+    kick: Arc<Kick>,
+}
+
+/// [`Inbox::try_recv`] found no frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TryRecvError {
+    /// None is queued now.
+    #[error("no frame queued")]
+    Empty,
+    /// None is queued and none will come: the relay forgot the connection.
+    #[error("no frame queued, and the connection is detached")]
+    Disconnected,
+}
+
+impl Inbox {
+    /// The next frame; `None` once the relay has forgotten the connection
+    /// (a newer one of its client replaced it) and the queue is empty.
+    /// Cancel-safe: a frame is taken only when it is returned.
+    pub async fn recv(&mut self) -> Option<Outbound> {
+        loop {
+            {
+                let mut queue = lock(&self.kick.queue);
+                if let Some(out) = queue.pop() {
+                    return Some(out);
+                }
+                if queue.ended {
+                    return None;
+                }
+            }
+            // A frame queued since the lock was released left a permit.
+            self.kick.ready.notified().await;
+        }
+    }
+
+    /// The next frame if one is queued.
+    ///
+    /// # Errors
+    ///
+    /// [`TryRecvError`] when none is.
+    pub fn try_recv(&mut self) -> Result<Outbound, TryRecvError> {
+        let mut queue = lock(&self.kick.queue);
+        match queue.pop() {
+            Some(out) => Ok(out),
+            None if queue.ended => Err(TryRecvError::Disconnected),
+            None => Err(TryRecvError::Empty),
+        }
+    }
+
+    /// Stops further frames from being queued; those queued stay readable.
+    pub fn close(&mut self) {
+        lock(&self.kick.queue).closed = true;
+    }
 }
 
 /// What the relay tells a connection: to close, and why; or to take its
 /// offline buffer now, because a frame for it was buffered while it is
-/// connected here.
+/// connected here. It also holds the connection's queue, so that a
+/// connection costs the relay one allocation.
 #[derive(Debug, Default)]
 #[expect(
     clippy::disallowed_types,
-    reason = "the reason is set and read in sync code, never across an .await"
+    reason = "the reason and the queue are locked only in sync code, never across an .await"
 )]
 pub struct Kick {
     notify: Notify,
     reason: std::sync::Mutex<Option<KickReason>>,
     buffered: Notify,
     buffered_pending: AtomicBool,
+    /// The connection's queue, read through its [`Inbox`].
+    queue: std::sync::Mutex<Queue>,
+    /// Told when a frame is queued or the queue ends.
+    ready: Notify,
 }
 
 /// See [`Kick`].
@@ -289,21 +415,20 @@ impl<S: PresenceStore, B: Bus> Relay<S, B> {
 
     /// Registers a local connection for `client`; a previous connection of
     /// the same client on this node is kicked.
-    pub fn attach(&self, client: &str, conn: u64) -> (mpsc::Receiver<Outbound>, Arc<Kick>) {
-        let (tx, rx) = mpsc::channel(self.queue);
+    pub fn attach(&self, client: &str, conn: u64) -> (Inbox, Arc<Kick>) {
         let kick = Arc::new(Kick::default());
-        let previous = lock(&self.local).insert(
-            client.to_owned(),
-            Local {
-                conn,
-                tx,
-                kick: Arc::clone(&kick),
-            },
-        );
+        let tx = Outlet {
+            kick: Arc::clone(&kick),
+            room: self.queue,
+        };
+        let previous = lock(&self.local).insert(client.to_owned(), Local { conn, tx });
         if let Some(previous) = previous {
-            previous.kick.fire(KickReason::Superseded);
+            previous.tx.kick.fire(KickReason::Superseded);
         }
-        (rx, kick)
+        let inbox = Inbox {
+            kick: Arc::clone(&kick),
+        };
+        (inbox, kick)
     }
 
     /// Claims `client` for this node in the presence store and takes the
@@ -329,7 +454,7 @@ impl<S: PresenceStore, B: Bus> Relay<S, B> {
 
     /// Unregisters `client`'s connection `conn` (not a newer one) and hands
     /// on whatever is still queued for it. Call after the socket is done.
-    pub async fn detach(&self, client: &str, conn: u64, mut rx: mpsc::Receiver<Outbound>) {
+    pub async fn detach(&self, client: &str, conn: u64, mut rx: Inbox) {
         let ours = {
             let mut local = lock(&self.local);
             if local.get(client).is_some_and(|l| l.conn == conn) {
@@ -412,11 +537,11 @@ impl<S: PresenceStore, B: Bus> Relay<S, B> {
             }
             Some(l) => match l.tx.try_send(out) {
                 Ok(()) => (Offer::Accepted, None),
-                Err(mpsc::error::TrySendError::Full(out)) => {
+                Err(Refused::Full(out)) => {
                     *hold = out.hold;
-                    (Offer::Full, Some(Arc::clone(&l.kick)))
+                    (Offer::Full, Some(Arc::clone(&l.tx.kick)))
                 }
-                Err(mpsc::error::TrySendError::Closed(out)) => {
+                Err(Refused::Closed(out)) => {
                     *hold = out.hold;
                     (Offer::Absent, None)
                 }
@@ -430,7 +555,7 @@ impl<S: PresenceStore, B: Bus> Relay<S, B> {
     /// buffers instead of relaying.)
     fn buffered(&self, to: &str) {
         if let Some(l) = lock(&self.local).get(to) {
-            l.kick.buffered();
+            l.tx.kick.buffered();
         }
     }
 

@@ -117,6 +117,36 @@ async fn a_newer_connection_supersedes_and_an_old_detach_leaves_it_alone() -> Re
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_replaced_connection_reads_what_was_queued_then_its_inbox_ends() -> Result {
+    let (redis, bus) = (MemoryRedis::default(), MemoryBus::default());
+    let a = relay(&redis, &bus, "a", 2)?;
+    let (mut old_rx, _old_kick) = a.attach("bob", 1);
+    a.claim("bob").await?;
+    assert_eq!(a.route("bob", frame(1), 1).await?, Status::Delivered);
+    assert_eq!(a.route("bob", frame(2), 2).await?, Status::Delivered);
+    assert!(matches!(old_rx.try_recv(), Ok(o) if o.sent_ms == 1));
+    let (mut new_rx, _new_kick) = a.attach("bob", 2);
+    assert_eq!(a.route("bob", frame(3), 3).await?, Status::Delivered);
+    assert_eq!(old_rx.recv().await.map(|o| o.sent_ms), Some(2));
+    assert!(old_rx.recv().await.is_none(), "the replaced inbox ends");
+    assert_eq!(
+        old_rx.try_recv().err(),
+        Some(rtc_relay::TryRecvError::Disconnected)
+    );
+    assert_eq!(new_rx.try_recv().map(|o| o.sent_ms).ok(), Some(3));
+    assert_eq!(
+        new_rx.try_recv().err(),
+        Some(rtc_relay::TryRecvError::Empty)
+    );
+    // A frame queued while the reader waits wakes it.
+    let reader = tokio::spawn(async move { new_rx.recv().await.map(|o| o.sent_ms) });
+    tokio::task::yield_now().await;
+    assert_eq!(a.route("bob", frame(4), 4).await?, Status::Delivered);
+    assert_eq!(reader.await?, Some(4));
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
 async fn the_consumer_hands_on_every_record_retrying_while_the_store_is_down_and_commits() -> Result
 {
     let (redis, bus) = (MemoryRedis::default(), MemoryBus::default());
@@ -435,7 +465,7 @@ mod simulation {
     struct Conn {
         node: usize,
         id: u64,
-        rx: tokio::sync::mpsc::Receiver<rtc_relay::Outbound>,
+        rx: rtc_relay::Inbox,
         kick: Arc<rtc_relay::Kick>,
     }
 

@@ -64,8 +64,10 @@ fn closing(code: u16, reason: &'static str) -> Message {
     }))
 }
 
-/// Initial read buffer of a connection; larger frames grow it.
-const READ_BUFFER_BYTES: usize = 1024;
+/// Read buffer of a connection, allocated with it and held while it is
+/// idle; larger frames grow it. It is also the most one read from the
+/// socket takes, so a burst of small frames costs a few more reads.
+const READ_BUFFER_BYTES: usize = 256;
 /// Outgoing frames are written at once: every send is flushed anyway, so a
 /// gathering buffer would only cost memory on idle connections.
 const WRITE_BUFFER_BYTES: usize = 0;
@@ -99,8 +101,21 @@ async fn upgrade(
         .max_frame_size(ceiling)
         .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(WRITE_BUFFER_BYTES)
-        .on_upgrade(move |socket| async move {
-            session(state, socket, client_id, conn).await;
+        .on_upgrade(move |socket| {
+            // A task of its own, so the upgrade's task ends here: it would
+            // otherwise hold the connection's future inside its own, next
+            // to a copy of everything moved into it, for the connection's
+            // whole life.
+            let span = tracing::debug_span!(
+                "session",
+                client = client_id.as_deref().unwrap_or(""),
+                conn = conn.id()
+            );
+            tokio::spawn(tracing::Instrument::instrument(
+                session(state, socket, client_id, conn),
+                span,
+            ));
+            std::future::ready(())
         })
 }
 
@@ -136,41 +151,44 @@ async fn reject(mut socket: WebSocket, code: u16, reason: &'static str, error_co
     }
 }
 
-async fn session(state: Public, socket: WebSocket, client_id: Option<String>, conn: Connection) {
+/// The life of one accepted connection, in one function: each nested async
+/// function would keep its own copy of the socket and the rest of its
+/// arguments in the connection's future. Rarely taken, large awaits
+/// (Redis, the broker, frame handling, rejections) are boxed, so an idle
+/// connection's future stays small: most connections are idle most of the
+/// time.
+async fn session(
+    state: Public,
+    mut socket: WebSocket,
+    client_id: Option<String>,
+    mut conn: Connection,
+) {
     let client = match client_id {
         Some(id) if protocol::valid_client_id(&id) => id,
         _ => {
             metrics::counter!("rtc_socket_refused_total", "reason" => "bad_client_id").increment(1);
-            reject(
+            Box::pin(reject(
                 socket,
                 close::POLICY,
                 "missing or malformed client_id: 1-128 characters from [A-Za-z0-9._~@-]",
                 "bad_client_id",
-            )
+            ))
             .await;
             return;
         }
     };
     if state.drain.active() > state.limits.max_connections {
         metrics::counter!("rtc_socket_refused_total", "reason" => "full").increment(1);
-        reject(
+        Box::pin(reject(
             socket,
             close::TRY_AGAIN_LATER,
             "node full: try again later",
             "node_full",
-        )
+        ))
         .await;
         return;
     }
     metrics::counter!("rtc_socket_connections_total").increment(1);
-    let span = tracing::debug_span!("session", client = %client, conn = conn.id());
-    let _ = tracing::Instrument::instrument(serve(state, socket, client, conn), span).await;
-}
-
-/// The life of one accepted connection. Rarely taken, large awaits (Redis,
-/// the broker, frame handling) are boxed, so an idle connection's future
-/// stays small: most connections are idle most of the time.
-async fn serve(state: Public, mut socket: WebSocket, client: String, mut conn: Connection) {
     let relay = Arc::clone(&state.relay);
     let (mut rx, kick) = relay.attach(&client, conn.id());
     let pending = match Box::pin(relay.claim(&client)).await {
@@ -293,7 +311,7 @@ async fn serve(state: Public, mut socket: WebSocket, client: String, mut conn: C
             }
         }
     }
-    linger(&mut socket).await;
+    Box::pin(linger(&mut socket)).await;
     drop(socket);
     Box::pin(relay.detach(&client, conn.id(), rx)).await;
     drop(conn);
