@@ -274,6 +274,11 @@ struct Signal {
 }
 
 impl Signal {
+    /// The connection was dropped.
+    fn is_gone(&self) -> bool {
+        self.gone.load(Ordering::Acquire)
+    }
+
     fn current(&self) -> Option<Instruction> {
         *self
             .instruction

@@ -24,7 +24,11 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::schedule::{self, SplitMix64, SpreadConfig};
-use crate::{Drain, Inner, Instruction};
+use crate::{Drain, Inner, Instruction, Signal};
+
+/// How often the end of a shed looks whether the connections told have
+/// closed.
+const GONE_POLL: Duration = Duration::from_millis(20);
 
 /// The longest window a shed may be spread over.
 pub const MAX_SHED_WINDOW: Duration = Duration::from_secs(600);
@@ -158,11 +162,11 @@ impl Drain {
             if let Some(selected) = registry.shedding {
                 return Err(ShedRefused::Busy { selected });
             }
-            let targets: Vec<watch::Sender<Option<Instruction>>> = registry
+            let targets: Vec<Arc<Signal>> = registry
                 .connections
                 .values()
                 .rev()
-                .filter(|tx| tx.borrow().is_none())
+                .filter(|signal| signal.current().is_none())
                 .take(order.connections)
                 .cloned()
                 .collect();
@@ -210,7 +214,7 @@ impl Drain {
 async fn run(
     inner: Arc<Inner>,
     started: ShedStarted,
-    targets: Vec<watch::Sender<Option<Instruction>>>,
+    targets: Vec<Arc<Signal>>,
     batches: Vec<schedule::Batch>,
     done: watch::Sender<Option<ShedSummary>>,
 ) {
@@ -224,27 +228,25 @@ async fn run(
             break;
         }
         for (index, retry_after) in batch.members {
-            let Some(tx) = targets.get(index) else {
+            let Some(signal) = targets.get(index) else {
                 continue;
             };
             // Gone already, or told something by the drain: leave it be.
-            if tx.is_closed() || tx.borrow().is_some() {
+            if signal.is_gone() || signal.current().is_some() {
                 continue;
             }
-            if tx.send(Some(Instruction::Shed { retry_after })).is_ok() {
-                told.push(tx);
+            if signal.send(Instruction::Shed { retry_after }) {
+                told.push(signal);
             }
         }
     }
     // The connections close right after their reconnect frame; give the
     // last batch the drain's grace to do so.
     let until = Instant::now() + inner.config.force_grace;
-    for tx in &told {
-        if tokio::time::timeout_at(until, tx.closed()).await.is_err() {
-            break;
-        }
+    while told.iter().any(|signal| !signal.is_gone()) && Instant::now() < until {
+        tokio::time::sleep(GONE_POLL).await;
     }
-    let moved = told.iter().filter(|tx| tx.is_closed()).count();
+    let moved = told.iter().filter(|signal| signal.is_gone()).count();
     let open_after = {
         let mut registry = inner.registry();
         registry.shedding = None;
