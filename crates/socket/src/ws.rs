@@ -388,7 +388,7 @@ async fn take_buffer(relay: &NodeRelay, socket: &mut WebSocket, client: &str) ->
 )]
 async fn handle_text(
     state: &Public,
-    relay: &NodeRelay,
+    relay: &Arc<NodeRelay>,
     socket: &mut WebSocket,
     client: &str,
     bucket: &mut TokenBucket,
