@@ -63,7 +63,7 @@ relay bench: socket-node vs a Node.js `ws` relay, on loopback
   --drain N          clients in the drain phase (default 10000)
   --drain-timeout D  DRAIN_TIMEOUT of the drained node (default 20s)
   --skip LIST        phases to skip, comma-separated: idle,local,cross,ceiling,drain
-                     (ceiling: the broker's own produce/fetch loop, benches/broker.rs)
+                     (ceiling: the broker's own produce/fetch loop, benches/broker/mod.rs)
 ";
 
 fn args() -> Vec<String> {

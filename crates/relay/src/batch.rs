@@ -266,11 +266,14 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicBool, Ordering};
 
+    /// When each produce call came, and the send times of its records.
+    type Calls = Arc<tokio::sync::Mutex<Vec<(Duration, Vec<u64>)>>>;
+
     /// Records each produce call and when it happened; fails while `fail`
     /// is set; each produce takes `takes`.
     #[derive(Debug, Clone, Default)]
     struct Recorder {
-        calls: Arc<tokio::sync::Mutex<Vec<(Duration, Vec<u64>)>>>,
+        calls: Calls,
         fail: Arc<AtomicBool>,
         takes: Duration,
         origin: Option<Instant>,

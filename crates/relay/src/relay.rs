@@ -198,7 +198,10 @@ pub enum Routed {
 /// A frame queued for another node's delivery topic, its produce under
 /// way. See [`Relay::settle`].
 #[derive(Debug)]
-pub struct Publishing {
+pub struct Publishing(Box<Pending>);
+
+#[derive(Debug)]
+struct Pending {
     routing: Routing,
     node: String,
     to: String,
@@ -537,7 +540,8 @@ impl<S: PresenceStore, B: Bus> Relay<S, B> {
 
     /// Waits for a frame's produce, then routes it on: done when the broker
     /// took it, else buffered.
-    async fn finish(&self, mut p: Publishing) -> Result<Status, StoreError> {
+    async fn finish(&self, publishing: Publishing) -> Result<Status, StoreError> {
+        let mut p = publishing.0;
         loop {
             let event = match p.receipt.wait().await {
                 Ok(()) => Event::Published,
@@ -552,7 +556,7 @@ impl<S: PresenceStore, B: Bus> Relay<S, B> {
                 .await
             {
                 Driven::Done(result) => return result,
-                Driven::Publishing(next) => p = next,
+                Driven::Publishing(next) => p = next.0,
             }
         }
     }
@@ -597,7 +601,7 @@ impl<S: PresenceStore, B: Bus> Relay<S, B> {
                 },
                 Step::Publish(node) => {
                     let receipt = self.bus.send(&node, to, Arc::clone(frame), sent_ms).await;
-                    return Driven::Publishing(Publishing {
+                    return Driven::Publishing(Publishing(Box::new(Pending {
                         routing,
                         node,
                         to: to.to_owned(),
@@ -605,7 +609,7 @@ impl<S: PresenceStore, B: Bus> Relay<S, B> {
                         sent_ms,
                         hold,
                         receipt,
-                    });
+                    })));
                 }
                 Step::Buffer => match self.store.buffer(to, frame).await {
                     Ok(()) => Event::Buffered,

@@ -25,40 +25,40 @@ use rskafka::record::Record;
 
 /// What the loop is given.
 #[derive(Debug, Clone)]
-pub struct CeilingConfig {
+pub(crate) struct CeilingConfig {
     /// The broker.
-    pub bootstrap: String,
+    pub(crate) bootstrap: String,
     /// The topic, created for the run.
-    pub topic: String,
+    pub(crate) topic: String,
     /// Bytes of a record's value (the relay's message frame).
-    pub value_bytes: usize,
+    pub(crate) value_bytes: usize,
     /// Bytes of a record's key (the recipient's id).
-    pub key_bytes: usize,
+    pub(crate) key_bytes: usize,
     /// PRODUCE_BATCH_RECORDS.
-    pub max_records: usize,
+    pub(crate) max_records: usize,
     /// PRODUCE_BATCH_BYTES.
-    pub max_bytes: usize,
+    pub(crate) max_bytes: usize,
     /// FETCH_MAX_WAIT_MS.
-    pub fetch_wait_ms: i32,
+    pub(crate) fetch_wait_ms: i32,
     /// FETCH_MAX_BYTES.
-    pub fetch_max_bytes: i32,
+    pub(crate) fetch_max_bytes: i32,
     /// How long the loop runs.
-    pub length: Duration,
+    pub(crate) length: Duration,
 }
 
 /// What the loop measured.
 #[derive(Debug, Clone)]
-pub struct Ceiling {
+pub(crate) struct Ceiling {
     /// Records per produce.
-    pub batch_records: usize,
+    pub(crate) batch_records: usize,
     /// Records fetched per second over the window.
-    pub fetched_per_sec: f64,
+    pub(crate) fetched_per_sec: f64,
     /// Records produced per second over the window.
-    pub produced_per_sec: f64,
+    pub(crate) produced_per_sec: f64,
     /// Produce-to-fetch latency, ms.
-    pub p50_ms: f64,
+    pub(crate) p50_ms: f64,
     /// Produce-to-fetch latency, ms.
-    pub p99_ms: f64,
+    pub(crate) p99_ms: f64,
 }
 
 fn now_us(origin: tokio::time::Instant) -> u64 {
@@ -66,7 +66,7 @@ fn now_us(origin: tokio::time::Instant) -> u64 {
 }
 
 /// Runs the loop. See the [module docs](self).
-pub async fn ceiling(cfg: &CeilingConfig) -> anyhow::Result<Ceiling> {
+pub(crate) async fn ceiling(cfg: &CeilingConfig) -> anyhow::Result<Ceiling> {
     let client = ClientBuilder::new(vec![cfg.bootstrap.clone()])
         .client_id("rtc-bench-ceiling".to_owned())
         .build()
@@ -108,7 +108,7 @@ pub async fn ceiling(cfg: &CeilingConfig) -> anyhow::Result<Ceiling> {
                         key: Some(key.clone()),
                         value: Some(value.clone()),
                         headers: BTreeMap::new(),
-                        timestamp: rskafka::chrono::Utc::now(),
+                        timestamp: Default::default(),
                     })
                     .collect();
                 producer
