@@ -148,7 +148,7 @@ pub(crate) struct NodeArgs {
 
     /// How long a fetch of this node's delivery topic waits when it has no
     /// new records, ms (or with a unit).
-    #[arg(long, env = "FETCH_MAX_WAIT_MS", default_value = "250")]
+    #[arg(long, env = "FETCH_MAX_WAIT_MS", default_value = "20")]
     pub(crate) fetch_max_wait_ms: String,
 
     /// Bytes one fetch of this node's delivery topic reads at most.
@@ -282,7 +282,7 @@ mod tests {
     fn batching_has_sane_defaults_and_takes_its_keys() -> anyhow::Result<()> {
         let d = settings(&[])?;
         assert_eq!(d.batch, rtc_relay::BatchBounds::DEFAULT);
-        assert_eq!(d.fetch_wait, Duration::from_millis(250));
+        assert_eq!(d.fetch_wait, Duration::from_millis(20));
         assert_eq!(d.fetch_max_bytes, 1_048_576);
         let s = settings(&[
             "--produce-linger-ms",

@@ -256,8 +256,9 @@ pub struct Relay<S, B> {
     fetch_wait: Duration,
 }
 
-/// The default of [`Relay::with_fetch_wait`].
-pub const DEFAULT_FETCH_WAIT: Duration = Duration::from_millis(250);
+/// The default of [`Relay::with_fetch_wait`]: short, because some brokers
+/// hold a fetch for most of its wait even when records are there.
+pub const DEFAULT_FETCH_WAIT: Duration = Duration::from_millis(20);
 
 impl<S: PresenceStore, B: Bus> Relay<S, B> {
     /// A relay for `node` (boot `boot`), with `queue` frames of room per
@@ -287,8 +288,9 @@ impl<S: PresenceStore, B: Bus> Relay<S, B> {
 
     /// The same relay whose consumer waits up to `wait` for records when
     /// its topic has none ([`DEFAULT_FETCH_WAIT`] unless set; at least
-    /// 1 ms). A fetch returns as soon as records are there; the wait only
-    /// bounds how long an idle consumer blocks in one request.
+    /// 1 ms). A Kafka broker answers as soon as records are there; some
+    /// Kafka-protocol brokers (tansu 0.6.0) answer only near the end of
+    /// the wait, so it bounds the cross-node latency too.
     #[must_use]
     pub fn with_fetch_wait(mut self, wait: Duration) -> Self {
         self.fetch_wait = wait.max(Duration::from_millis(1));
