@@ -1178,11 +1178,12 @@ fn cross_summary(cross: &Ramp, ceiling: Option<&broker::Ceiling>) {
     let ratio = best / c.fetched_per_sec.max(1.0);
     let goal = 25_000.0_f64.min(0.7 * c.fetched_per_sec);
     println!(
-        "broker's own ceiling (produce/fetch loop, {} records per produce): {:.0} msgs/s, p50 / p99 {:.2} / {:.2} ms; cross-node / ceiling: {ratio:.2}x (goal >= {goal:.0} msgs/s, 25 000 or 70% of the ceiling if lower: {})",
+        "broker's own ceiling (produce/fetch loop, {} records per produce): {:.0} msgs/s, p50 / p99 {:.2} / {:.2} ms; cross-node / ceiling: {:.1}% (goal >= {goal:.0} msgs/s, 25 000 or 70% of the ceiling if lower: {})",
         c.batch_records,
         c.fetched_per_sec,
         c.p50_ms,
         c.p99_ms,
+        ratio * 100.0,
         if best >= goal { "met" } else { "NOT met" }
     );
 }
