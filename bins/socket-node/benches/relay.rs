@@ -44,6 +44,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
+mod broker;
 #[path = "peer/centrifugo.rs"]
 mod centrifugo;
 
@@ -60,15 +61,15 @@ relay bench: socket-node vs a Node.js `ws` relay, on loopback
   --pairs N          sender/recipient pairs in the relay phase (default 64)
   --fixed-rate N     the fixed offered rate, msgs/s (default 1000)
   --start-rate N     first rate of the local ramps, msgs/s (default 4000)
-  --cross-start-rate N  first rate of the cross-node ramp (default 500)
+  --cross-start-rate N  first rate of the cross-node ramp (default 2000)
   --max-rate N       the ramps stop here, msgs/s (default 256000)
   --step-secs N      length of one rate step (default 4)
   --p99-ms N         a local step is sustainable when p99 stays at most this (default 100)
-  --cross-p99-ms N   the same for the cross-node ramp (default 500: the
-                     delivery-topic consumer polls with up to 250 ms waits)
+  --cross-p99-ms N   the same for the cross-node ramp (default 100)
   --drain N          clients in the drain phase (default 10000)
   --drain-timeout D  DRAIN_TIMEOUT of the drained node (default 20s)
-  --skip LIST        phases to skip, comma-separated: idle,local,cross,drain;
+  --skip LIST        phases to skip, comma-separated: idle,local,cross,ceiling,drain
+                     (ceiling: the broker's own produce/fetch loop, benches/broker/mod.rs);
                      `centrifugo` leaves the Centrifugo peer out of every phase
 ";
 
@@ -1115,8 +1116,8 @@ async fn run() -> Result {
         let b = cluster.node("bench-x2", &[]).await?;
         let mut load = Load::connect(a.public, b.public, pairs, sources, "x").await?;
         let cross = RampConfig {
-            start: num("--cross-start-rate", 500).max(1),
-            p99_ms: num("--cross-p99-ms", 500) as f64,
+            start: num("--cross-start-rate", 2_000).max(1),
+            p99_ms: num("--cross-p99-ms", 100) as f64,
             ..cfg
         };
         ramps.push(
@@ -1150,6 +1151,13 @@ async fn run() -> Result {
             drop(b);
         }
     }
+
+    let ceiling = if skipped("ceiling") {
+        None
+    } else {
+        eprintln!("phase 2c: the broker's own produce/fetch loop");
+        Some(ceiling_phase(&cluster, cfg.length).await?)
+    };
 
     let mut drained = None;
     if !skipped("drain") {
@@ -1285,8 +1293,11 @@ async fn run() -> Result {
         println!(
             "(sustained: >= 97% of the offered rate sent, >= 99.9% delivered within 3 s, p99 <= {} ms locally, <= {} ms cross-node, no errors or closes)",
             cfg.p99_ms,
-            num("--cross-p99-ms", 500)
+            num("--cross-p99-ms", 100)
         );
+        if let Some(r) = ramps.iter().find(|r| r.name == "socket-node cross-node") {
+            cross_summary(r, ceiling.as_ref());
+        }
     }
     if let Some(d) = drained {
         println!();
@@ -1297,4 +1308,70 @@ async fn run() -> Result {
         println!("drain summary: {}", serde_json::to_string(&d.summary)?);
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------- ceiling
+
+/// The broker's own loop with the node's default batch and fetch bounds
+/// and records the size of the cross-node ramp's.
+async fn ceiling_phase(cluster: &Cluster, length: Duration) -> Result<broker::Ceiling> {
+    let body = format!("{{\"s\":1,\"t\":{}}}", now_us());
+    let frame = rtc_relay::protocol::message_frame(
+        "bench-x1/1796134562123-12345/123456",
+        "x-s12",
+        "x-r12",
+        SystemClock.now_ms(),
+        &body,
+    )
+    .context("a message frame")?;
+    let bounds = rtc_relay::BatchBounds::DEFAULT;
+    let cfg = broker::CeilingConfig {
+        bootstrap: cluster.kafka.clone(),
+        topic: format!("{}.ceiling", cluster.prefix),
+        value_bytes: frame.len(),
+        key_bytes: "x-r12".len(),
+        max_records: bounds.max_records,
+        max_bytes: bounds.max_bytes,
+        fetch_wait_ms: i32::try_from(rtc_relay::DEFAULT_FETCH_WAIT.as_millis()).unwrap_or(250),
+        fetch_max_bytes: rtc_relay::DEFAULT_FETCH_MAX_BYTES,
+        length,
+    };
+    let c = broker::ceiling(&cfg).await?;
+    eprintln!(
+        "  broker: {} records of {} bytes per produce: fetched {:.0}/s, produced {:.0}/s, p50 {:.2} ms p99 {:.2} ms",
+        c.batch_records,
+        cfg.value_bytes + cfg.key_bytes,
+        c.fetched_per_sec,
+        c.produced_per_sec,
+        c.p50_ms,
+        c.p99_ms
+    );
+    Ok(c)
+}
+
+/// The cross-node figure next to the broker's ceiling, and the goal.
+fn cross_summary(cross: &Ramp, ceiling: Option<&broker::Ceiling>) {
+    let best = cross.best.as_ref().map_or(0.0, Step::delivered_rate);
+    let old = cross
+        .steps
+        .iter()
+        .filter(|s| s.sustainable(500.0))
+        .map(Step::delivered_rate)
+        .fold(0.0, f64::max);
+    println!(
+        "cross-node sustained: {best:.0} msgs/s at p99 <= {} ms; the best step also within the old 500 ms criterion: {old:.0} msgs/s",
+        num("--cross-p99-ms", 100)
+    );
+    let Some(c) = ceiling else { return };
+    let ratio = best / c.fetched_per_sec.max(1.0);
+    let goal = 25_000.0_f64.min(0.7 * c.fetched_per_sec);
+    println!(
+        "broker's own ceiling (produce/fetch loop, {} records per produce): {:.0} msgs/s, p50 / p99 {:.2} / {:.2} ms; cross-node / ceiling: {:.1}% (goal >= {goal:.0} msgs/s, 25 000 or 70% of the ceiling if lower: {})",
+        c.batch_records,
+        c.fetched_per_sec,
+        c.p50_ms,
+        c.p99_ms,
+        ratio * 100.0,
+        if best >= goal { "met" } else { "NOT met" }
+    );
 }

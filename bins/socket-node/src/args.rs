@@ -138,6 +138,28 @@ pub(crate) struct NodeArgs {
     #[arg(long, env = "FORWARD_RETIRE_AFTER_MS", default_value = "600000")]
     pub(crate) forward_retire_after_ms: String,
 
+    /// How long a batch of records for another node's delivery topic waits
+    /// for more after its first, ms (or with a unit); 0 to 1s.
+    #[arg(long, env = "PRODUCE_LINGER_MS", default_value = "5")]
+    pub(crate) produce_linger_ms: String,
+
+    /// Records per produce to another node's delivery topic at most.
+    #[arg(long, env = "PRODUCE_BATCH_RECORDS", default_value_t = 1_000)]
+    pub(crate) produce_batch_records: usize,
+
+    /// Bytes (keys and values) per produce at most.
+    #[arg(long, env = "PRODUCE_BATCH_BYTES", default_value_t = 1_048_576)]
+    pub(crate) produce_batch_bytes: usize,
+
+    /// How long a fetch of this node's delivery topic waits when it has no
+    /// new records, ms (or with a unit).
+    #[arg(long, env = "FETCH_MAX_WAIT_MS", default_value = "20")]
+    pub(crate) fetch_max_wait_ms: String,
+
+    /// Bytes one fetch of this node's delivery topic reads at most.
+    #[arg(long, env = "FETCH_MAX_BYTES", default_value_t = 1_048_576)]
+    pub(crate) fetch_max_bytes: usize,
+
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
     pub(crate) log_format: LogFormat,
@@ -180,6 +202,11 @@ impl NodeArgs {
             forward_scan_interval_ms: self.forward_scan_interval_ms.clone(),
             forward_claim_ttl_ms: self.forward_claim_ttl_ms.clone(),
             forward_retire_after_ms: self.forward_retire_after_ms.clone(),
+            produce_linger_ms: self.produce_linger_ms.clone(),
+            produce_batch_records: self.produce_batch_records,
+            produce_batch_bytes: self.produce_batch_bytes,
+            fetch_max_wait_ms: self.fetch_max_wait_ms.clone(),
+            fetch_max_bytes: self.fetch_max_bytes,
             hostname,
             boot_id: format!("{}-{pid}", now.as_millis()),
             drain_seed: u64::from(pid) ^ u64::from(now.subsec_nanos()),
@@ -258,6 +285,33 @@ mod tests {
     }
 
     #[test]
+    fn batching_has_sane_defaults_and_takes_its_keys() -> anyhow::Result<()> {
+        let d = settings(&[])?;
+        assert_eq!(d.batch, rtc_relay::BatchBounds::DEFAULT);
+        assert_eq!(d.fetch_wait, Duration::from_millis(20));
+        assert_eq!(d.fetch_max_bytes, 1_048_576);
+        let s = settings(&[
+            "--produce-linger-ms",
+            "0",
+            "--produce-batch-records",
+            "50",
+            "--produce-batch-bytes",
+            "65536",
+            "--fetch-max-wait-ms",
+            "20ms",
+            "--fetch-max-bytes",
+            "4096",
+        ])?;
+        assert_eq!(s.batch.linger, Duration::ZERO);
+        assert_eq!((s.batch.max_records, s.batch.max_bytes), (50, 65_536));
+        assert_eq!(
+            (s.fetch_wait, s.fetch_max_bytes),
+            (Duration::from_millis(20), 4_096)
+        );
+        Ok(())
+    }
+
+    #[test]
     fn bad_values_name_the_key_and_the_value() {
         for (args, key) in [
             (vec!["--drain-timeout", "300"], "DRAIN_TIMEOUT"),
@@ -303,6 +357,20 @@ mod tests {
                 vec!["--drain-timeout", "5s", "--drain-endpoint-delay-ms", "5000"],
                 "DRAIN_TIMEOUT",
             ),
+            (vec!["--produce-linger-ms", "2s"], "PRODUCE_LINGER_MS"),
+            (vec!["--produce-linger-ms", "soon"], "PRODUCE_LINGER_MS"),
+            (
+                vec!["--produce-batch-records", "0"],
+                "PRODUCE_BATCH_RECORDS",
+            ),
+            (
+                vec!["--produce-batch-records", "100001"],
+                "PRODUCE_BATCH_RECORDS",
+            ),
+            (vec!["--produce-batch-bytes", "100"], "PRODUCE_BATCH_BYTES"),
+            (vec!["--fetch-max-wait-ms", "0"], "FETCH_MAX_WAIT_MS"),
+            (vec!["--fetch-max-wait-ms", "1m"], "FETCH_MAX_WAIT_MS"),
+            (vec!["--fetch-max-bytes", "10"], "FETCH_MAX_BYTES"),
         ] {
             let err = settings(&args)
                 .err()

@@ -6,7 +6,11 @@
 
 use std::future::Future;
 
+use std::sync::Arc;
+
 use rtc_kafka_offsets::OffsetError;
+
+use crate::batch::Receipt;
 
 /// A bus call failed.
 #[derive(Debug, thiserror::Error)]
@@ -23,9 +27,19 @@ pub enum BusError {
         /// The offset asked for.
         position: i64,
     },
-    /// The bus could not be reached (a test double's injected fault).
+    /// The bus could not be reached (a test double's injected fault, or a
+    /// topic's producer that stopped).
     #[error("bus unavailable: {0}")]
     Unavailable(String),
+    /// The produce of the batch a record was in failed: every record of
+    /// that batch gets this error.
+    #[error("producing a batch of {records} records failed: {message}")]
+    Produce {
+        /// Records in the failed batch.
+        records: usize,
+        /// Why it failed.
+        message: String,
+    },
 }
 
 impl BusError {
@@ -52,6 +66,7 @@ impl BusError {
             Self::Offsets(e) => e.label(),
             Self::OutOfRange { .. } => "out_of_range",
             Self::Unavailable(_) => "unavailable",
+            Self::Produce { .. } => "produce",
         }
     }
 }
@@ -125,12 +140,28 @@ pub trait Bus: Send + Sync + 'static {
     /// Opens `node`'s delivery topic, which must exist.
     fn open(&self, node: &str) -> impl Future<Output = Result<Self::Topic, BusError>> + Send;
 
-    /// Publishes a frame for `to` to `node`'s delivery topic.
+    /// Queues a frame for `to` to `node`'s delivery topic, after every
+    /// frame queued for that topic before it, and returns once it is
+    /// queued; the [`Receipt`] resolves once the broker took it (or its
+    /// produce failed). Frames queued for one topic are produced in order.
+    fn send(
+        &self,
+        node: &str,
+        to: &str,
+        frame: Arc<str>,
+        sent_ms: u64,
+    ) -> impl Future<Output = Receipt> + Send;
+
+    /// Publishes a frame for `to` to `node`'s delivery topic: [`Bus::send`],
+    /// then waits for its receipt.
     fn publish(
         &self,
         node: &str,
         to: &str,
         frame: &str,
         sent_ms: u64,
-    ) -> impl Future<Output = Result<(), BusError>> + Send;
+    ) -> impl Future<Output = Result<(), BusError>> + Send {
+        let frame: Arc<str> = Arc::from(frame);
+        async move { self.send(node, to, frame, sent_ms).await.wait().await }
+    }
 }

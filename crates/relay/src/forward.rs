@@ -234,9 +234,7 @@ where
             }
             Err(e) => return Err(bus_err(e)),
         };
-        for d in &batch.deliveries {
-            relay.forward(dead, d).await;
-        }
+        relay.forward_all(dead, &batch.deliveries).await;
         let count = batch.deliveries.len() as u64;
         pass.forwarded += count;
         metrics::counter!("rtc_socket_forwarded_total").increment(count);

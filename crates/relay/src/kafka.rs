@@ -3,6 +3,11 @@
 //! positions are the committed offsets of the consumer group
 //! `rtc-node-<node>` ([`crate::core::group_of`]), through
 //! `rtc-kafka-offsets`.
+//!
+//! Records for another node's topic are produced in batches
+//! ([`crate::batch`]): one [`Batcher`] per topic, within the
+//! [`BatchBounds`] given to [`KafkaBus::with_batching`]. A fetch reads up
+//! to [`KafkaBus::with_fetch_max_bytes`] of records at once.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -16,6 +21,7 @@ use rskafka::record::Record;
 use rtc_kafka_offsets::OffsetClient;
 use tokio::sync::Mutex;
 
+use crate::batch::{BatchBounds, Batcher, Outgoing, Produce, Receipt};
 use crate::bus::{Batch, Bus, BusError, Delivery, Topic};
 use crate::core::group_of;
 
@@ -27,8 +33,13 @@ pub struct KafkaBus {
     client_id: String,
     topic_prefix: String,
     offset_timeout: Duration,
-    producers: Mutex<HashMap<String, Arc<PartitionClient>>>,
+    bounds: BatchBounds,
+    fetch_max_bytes: i32,
+    producers: Mutex<HashMap<String, Batcher>>,
 }
+
+/// The default of [`KafkaBus::with_fetch_max_bytes`]: 1 MiB.
+pub const DEFAULT_FETCH_MAX_BYTES: i32 = 1_048_576;
 
 /// One node's delivery topic on the broker.
 #[derive(Debug)]
@@ -36,6 +47,30 @@ pub struct KafkaTopic {
     name: String,
     partition: Arc<PartitionClient>,
     offsets: OffsetClient,
+    fetch_max_bytes: i32,
+}
+
+/// Produces a batch to one partition in one request.
+#[derive(Debug)]
+struct PartitionProducer(Arc<PartitionClient>);
+
+impl Produce for PartitionProducer {
+    async fn produce(&self, records: Vec<Outgoing>) -> Result<(), BusError> {
+        let records = records
+            .into_iter()
+            .map(|r| Record {
+                key: Some(r.to.as_bytes().to_vec()),
+                value: Some(r.frame.as_bytes().to_vec()),
+                headers: BTreeMap::new(),
+                timestamp: Utc
+                    .timestamp_millis_opt(i64::try_from(r.sent_ms).unwrap_or(0))
+                    .single()
+                    .unwrap_or_default(),
+            })
+            .collect();
+        self.0.produce(records, Compression::NoCompression).await?;
+        Ok(())
+    }
 }
 
 impl KafkaBus {
@@ -68,8 +103,26 @@ impl KafkaBus {
             client_id: client_id.to_owned(),
             topic_prefix: topic_prefix.into(),
             offset_timeout,
+            bounds: BatchBounds::DEFAULT,
+            fetch_max_bytes: DEFAULT_FETCH_MAX_BYTES,
             producers: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The same bus producing within `bounds` ([`BatchBounds::DEFAULT`]
+    /// unless set).
+    #[must_use]
+    pub fn with_batching(mut self, bounds: BatchBounds) -> Self {
+        self.bounds = bounds;
+        self
+    }
+
+    /// The same bus fetching at most `bytes` per fetch (at least 1; the
+    /// broker still returns a first record larger than that whole).
+    #[must_use]
+    pub fn with_fetch_max_bytes(mut self, bytes: i32) -> Self {
+        self.fetch_max_bytes = bytes.max(1);
+        self
     }
 
     /// A client for the committed offsets of `node`'s group.
@@ -87,23 +140,18 @@ impl KafkaBus {
             name: self.topic_name(node),
             partition,
             offsets: self.offsets(node),
+            fetch_max_bytes: self.fetch_max_bytes,
         }
     }
 
-    async fn producer(&self, node: &str) -> Result<Arc<PartitionClient>, BusError> {
-        let mut producers = self.producers.lock().await;
-        if let Some(p) = producers.get(node) {
-            return Ok(Arc::clone(p));
-        }
+    async fn partition(&self, node: &str) -> Result<Arc<PartitionClient>, BusError> {
         // A node whose topic is gone fails at once rather than after retries:
         // the frame is then buffered.
-        let p = Arc::new(
+        Ok(Arc::new(
             self.client
                 .partition_client(self.topic_name(node), 0, UnknownTopicHandling::Error)
                 .await?,
-        );
-        producers.insert(node.to_owned(), Arc::clone(&p));
-        Ok(p)
+        ))
     }
 }
 
@@ -142,36 +190,32 @@ impl Bus for KafkaBus {
     }
 
     async fn open(&self, node: &str) -> Result<KafkaTopic, BusError> {
-        let partition = self.producer(node).await?;
+        let partition = self.partition(node).await?;
         Ok(self.topic(node, partition))
     }
 
-    async fn publish(
-        &self,
-        node: &str,
-        to: &str,
-        frame: &str,
-        sent_ms: u64,
-    ) -> Result<(), BusError> {
-        let producer = self.producer(node).await?;
-        let record = Record {
-            key: Some(to.as_bytes().to_vec()),
-            value: Some(frame.as_bytes().to_vec()),
-            headers: BTreeMap::new(),
-            timestamp: Utc
-                .timestamp_millis_opt(i64::try_from(sent_ms).unwrap_or(0))
-                .single()
-                .unwrap_or_default(),
+    /// The topic's batcher is built on first use and again after a failed
+    /// produce ended it. The lock is held while a new one connects, so
+    /// that frames for one topic are queued in the order they came.
+    async fn send(&self, node: &str, to: &str, frame: Arc<str>, sent_ms: u64) -> Receipt {
+        let mut producers = self.producers.lock().await;
+        let batcher = match producers.get(node) {
+            Some(b) if !b.is_closed() => b,
+            _ => {
+                producers.remove(node);
+                match self.partition(node).await {
+                    Ok(p) => producers
+                        .entry(node.to_owned())
+                        .or_insert_with(|| Batcher::spawn(PartitionProducer(p), self.bounds)),
+                    Err(e) => return Receipt::ready(Err(e)),
+                }
+            }
         };
-        let result = producer
-            .produce(vec![record], Compression::NoCompression)
-            .await;
-        if result.is_err() {
-            // Drop a client that failed; the next publish builds a new one.
-            self.producers.lock().await.remove(node);
-        }
-        result?;
-        Ok(())
+        batcher.submit(Outgoing {
+            to: Arc::from(to),
+            frame,
+            sent_ms,
+        })
     }
 }
 
@@ -190,7 +234,7 @@ impl Topic for KafkaTopic {
     async fn fetch(&self, position: i64, max_wait_ms: i32) -> Result<Batch, BusError> {
         let (records, high_watermark) = self
             .partition
-            .fetch_records(position, 1..1_048_576, max_wait_ms)
+            .fetch_records(position, 1..self.fetch_max_bytes, max_wait_ms)
             .await?;
         let next = records
             .iter()

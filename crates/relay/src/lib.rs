@@ -17,7 +17,8 @@
 //! - [`store`] and [`bus`]: the two I/O boundaries as narrow traits
 //!   ([`PresenceStore`], [`Registry`]; [`Bus`], [`Topic`]).
 //! - [`redis`] and [`kafka`]: their real implementations, on fred and
-//!   rskafka (positions through `rtc-kafka-offsets`).
+//!   rskafka (positions through `rtc-kafka-offsets`); [`batch`]: the
+//!   produce batching of the Kafka bus.
 //! - [`Relay`]: the driver of the core over a store and a bus, the local
 //!   connection table, and this node's topic consumer; [`forward`]: the
 //!   forwarder of topics of nodes that are gone.
@@ -39,6 +40,7 @@
 //! - **Never skips a topic record.** A record is handed on (retrying while
 //!   the store is down) before the position passes it.
 
+pub mod batch;
 pub mod bus;
 pub mod core;
 pub mod forward;
@@ -49,14 +51,18 @@ pub mod redis;
 mod relay;
 pub mod store;
 
+pub use batch::{BatchBounds, Receipt};
 pub use bus::{Batch, Bus, BusError, Delivery, Topic};
 pub use core::presence::BufferLimits;
 pub use core::protocol::{self, Status};
 pub use core::routing::Lookup;
 pub use forward::{ForwardConfig, ForwardError, Pass};
-pub use kafka::{KafkaBus, KafkaTopic};
+pub use kafka::{DEFAULT_FETCH_MAX_BYTES, KafkaBus, KafkaTopic};
 pub use redis::RedisStore;
-pub use relay::{Inbox, Kick, KickReason, Outbound, Relay, RelayError, TryRecvError};
+pub use relay::{
+    DEFAULT_FETCH_WAIT, Inbox, Kick, KickReason, Outbound, Publishing, Relay, RelayError, Routed,
+    TryRecvError,
+};
 // The wall clock the relay takes (`Relay::with_wall_clock`).
 pub use rtc_time::{ManualClock, SystemClock, WallClock};
 pub use store::{PresenceStore, Registry, StoreError};

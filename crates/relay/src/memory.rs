@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::batch::Receipt;
 use crate::bus::{Batch, Bus, BusError, Delivery, Topic};
 use crate::core::group_of;
 use crate::core::presence::{BufferLimits, PresenceBook, ttl_ms};
@@ -298,13 +299,13 @@ impl Bus for MemoryBus {
         })
     }
 
-    async fn publish(
-        &self,
-        node: &str,
-        to: &str,
-        frame: &str,
-        sent_ms: u64,
-    ) -> Result<(), BusError> {
+    async fn send(&self, node: &str, to: &str, frame: Arc<str>, sent_ms: u64) -> Receipt {
+        Receipt::ready(self.append(node, to, &frame, sent_ms))
+    }
+}
+
+impl MemoryBus {
+    fn append(&self, node: &str, to: &str, frame: &str, sent_ms: u64) -> Result<(), BusError> {
         self.with(|s| match s.topics.get_mut(node) {
             None => Err(BusError::Unavailable(format!("no topic for {node}"))),
             Some(records) => {

@@ -13,6 +13,7 @@ use rtc_time::{SystemClock, WallClock};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
+use crate::batch::Receipt;
 use crate::bus::{Bus, Delivery, SHORT_WAIT_MS, Topic};
 use crate::core::cursor::{Cursor, Held, commit_point, resume_at};
 use crate::core::message_id;
@@ -310,6 +311,37 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Where [`Relay::submit`] left a frame.
+#[derive(Debug)]
+pub enum Routed {
+    /// Finished: the ack status.
+    Done(Status),
+    /// Queued for another node's delivery topic; [`Relay::settle`] waits
+    /// for its produce.
+    Publishing(Publishing),
+}
+
+/// A frame queued for another node's delivery topic, its produce under
+/// way. See [`Relay::settle`].
+#[derive(Debug)]
+pub struct Publishing(Box<Pending>);
+
+#[derive(Debug)]
+struct Pending {
+    routing: Routing,
+    node: String,
+    to: String,
+    frame: Arc<str>,
+    sent_ms: u64,
+    hold: Option<Hold>,
+    receipt: Receipt,
+}
+
+enum Driven {
+    Done(Result<Status, StoreError>),
+    Publishing(Publishing),
+}
+
 /// Why a message could not be routed.
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
@@ -347,7 +379,12 @@ pub struct Relay<S, B> {
     handed_off: AtomicU64,
     position: AtomicU64,
     holds: Arc<Holds>,
+    fetch_wait: Duration,
 }
+
+/// The default of [`Relay::with_fetch_wait`]: short, because some brokers
+/// hold a fetch for most of its wait even when records are there.
+pub const DEFAULT_FETCH_WAIT: Duration = Duration::from_millis(20);
 
 impl<S: PresenceStore, B: Bus> Relay<S, B> {
     /// A relay for `node` (boot `boot`), with `queue` frames of room per
@@ -371,7 +408,19 @@ impl<S: PresenceStore, B: Bus> Relay<S, B> {
             handed_off: AtomicU64::new(0),
             position: AtomicU64::new(0),
             holds: Arc::default(),
+            fetch_wait: DEFAULT_FETCH_WAIT,
         }
+    }
+
+    /// The same relay whose consumer waits up to `wait` for records when
+    /// its topic has none ([`DEFAULT_FETCH_WAIT`] unless set; at least
+    /// 1 ms). A Kafka broker answers as soon as records are there; some
+    /// Kafka-protocol brokers (tansu 0.6.0) answer only near the end of
+    /// the wait, so it bounds the cross-node latency too.
+    #[must_use]
+    pub fn with_fetch_wait(mut self, wait: Duration) -> Self {
+        self.fetch_wait = wait.max(Duration::from_millis(1));
+        self
     }
 
     /// The same relay with `clock` as its wall clock (the system clock by
@@ -499,7 +548,8 @@ impl<S: PresenceStore, B: Bus> Relay<S, B> {
         self.delivered(out.sent_ms);
     }
 
-    /// Routes a message frame from a client here for `to`.
+    /// Routes a message frame from a client here for `to`, and waits until
+    /// it is done: [`Relay::submit`], then [`Relay::settle`].
     ///
     /// # Errors
     ///
@@ -510,9 +560,46 @@ impl<S: PresenceStore, B: Bus> Relay<S, B> {
         frame: Arc<str>,
         sent_ms: u64,
     ) -> Result<Status, RelayError> {
-        Ok(self
-            .drive(to, &frame, sent_ms, Origin::Client, None)
-            .await?)
+        match self.submit(to, frame, sent_ms).await? {
+            Routed::Done(status) => Ok(status),
+            Routed::Publishing(p) => self.settle(p).await,
+        }
+    }
+
+    /// Routes a message frame from a client here for `to` until it is
+    /// delivered or buffered, or queued for the delivery topic of the
+    /// recipient's node ([`Routed::Publishing`]). Frames a connection
+    /// submits one after the other keep their order on the topic, so a
+    /// connection may submit its next frame before the last one settled.
+    ///
+    /// # Errors
+    ///
+    /// [`RelayError`] when the recipient is not local and the store fails.
+    pub async fn submit(
+        &self,
+        to: &str,
+        frame: Arc<str>,
+        sent_ms: u64,
+    ) -> Result<Routed, RelayError> {
+        match self
+            .run(Routing::new(Origin::Client), to, &frame, sent_ms, None)
+            .await
+        {
+            Driven::Done(result) => Ok(Routed::Done(result?)),
+            Driven::Publishing(p) => Ok(Routed::Publishing(p)),
+        }
+    }
+
+    /// Waits for the produce of a frame [`Relay::submit`] queued: `relayed`
+    /// once the broker took its batch; when the produce failed, the frame
+    /// is buffered instead (`buffered`).
+    ///
+    /// # Errors
+    ///
+    /// [`RelayError`] when the produce failed and the store could not
+    /// buffer the frame either.
+    pub async fn settle(&self, publishing: Publishing) -> Result<Status, RelayError> {
+        Ok(self.finish(publishing).await?)
     }
 
     /// Offers a frame to `to`'s local connection; the hold goes with it
@@ -561,17 +648,56 @@ impl<S: PresenceStore, B: Bus> Relay<S, B> {
 
     /// Runs [`Routing`] for one frame against the local table, the store
     /// and the bus. `hold` (a topic record) goes with the frame into a
-    /// local queue, or is released when the frame is relayed, buffered or
-    /// lost.
+    /// local queue, or is released when the frame is relayed (its produce
+    /// succeeded), buffered or lost.
     async fn drive(
         &self,
         to: &str,
         frame: &Arc<str>,
         sent_ms: u64,
         origin: Origin,
-        mut hold: Option<Hold>,
+        hold: Option<Hold>,
     ) -> Result<Status, StoreError> {
-        let mut routing = Routing::new(origin);
+        let routing = Routing::new(origin);
+        match self.run(routing, to, frame, sent_ms, hold).await {
+            Driven::Done(result) => result,
+            Driven::Publishing(p) => self.finish(p).await,
+        }
+    }
+
+    /// Waits for a frame's produce, then routes it on: done when the broker
+    /// took it, else buffered.
+    async fn finish(&self, publishing: Publishing) -> Result<Status, StoreError> {
+        let mut p = publishing.0;
+        loop {
+            let event = match p.receipt.wait().await {
+                Ok(()) => Event::Published,
+                Err(e) => {
+                    tracing::warn!(error = %e, node = %p.node, "relay failed; buffering");
+                    Event::PublishFailed
+                }
+            };
+            p.routing.on(event);
+            match self
+                .run(p.routing, &p.to, &p.frame, p.sent_ms, p.hold)
+                .await
+            {
+                Driven::Done(result) => return result,
+                Driven::Publishing(next) => p = next.0,
+            }
+        }
+    }
+
+    /// Steps `routing` until it is done, or until its frame is queued for
+    /// another node's topic (the produce is then still under way).
+    async fn run(
+        &self,
+        mut routing: Routing,
+        to: &str,
+        frame: &Arc<str>,
+        sent_ms: u64,
+        mut hold: Option<Hold>,
+    ) -> Driven {
         let mut kick = None;
         let mut failure = None;
         loop {
@@ -600,13 +726,18 @@ impl<S: PresenceStore, B: Bus> Relay<S, B> {
                         Event::StoreFailed
                     }
                 },
-                Step::Publish(node) => match self.bus.publish(&node, to, frame, sent_ms).await {
-                    Ok(()) => Event::Published,
-                    Err(e) => {
-                        tracing::warn!(error = %e, %node, "relay failed; buffering");
-                        Event::PublishFailed
-                    }
-                },
+                Step::Publish(node) => {
+                    let receipt = self.bus.send(&node, to, Arc::clone(frame), sent_ms).await;
+                    return Driven::Publishing(Publishing(Box::new(Pending {
+                        routing,
+                        node,
+                        to: to.to_owned(),
+                        frame: Arc::clone(frame),
+                        sent_ms,
+                        hold,
+                        receipt,
+                    })));
+                }
                 Step::Buffer => match self.store.buffer(to, frame).await {
                     Ok(()) => Event::Buffered,
                     Err(e) => {
@@ -625,12 +756,12 @@ impl<S: PresenceStore, B: Bus> Relay<S, B> {
                     if status == Status::Buffered {
                         self.buffered(to);
                     }
-                    return Ok(status);
+                    return Driven::Done(Ok(status));
                 }
                 Step::Failed => {
-                    return Err(
+                    return Driven::Done(Err(
                         failure.unwrap_or_else(|| StoreError::Unavailable("no answer".to_owned()))
-                    );
+                    ));
                 }
             };
             routing.on(event);
@@ -706,12 +837,13 @@ impl<S: PresenceStore, B: Bus> Relay<S, B> {
         };
         self.set_position(position);
         let mut cursor = Cursor::new(position, self.mono_ms());
+        let wait_ms = i32::try_from(self.fetch_wait.as_millis()).unwrap_or(i32::MAX);
         loop {
             let stopping = *stop.borrow();
             let fetched = tokio::select! {
                 biased;
                 _ = stop.changed(), if !stopping => continue,
-                r = topic.fetch(cursor.position(), if stopping { SHORT_WAIT_MS } else { 250 }) => r,
+                r = topic.fetch(cursor.position(), if stopping { SHORT_WAIT_MS } else { wait_ms }) => r,
             };
             let batch = match fetched {
                 Ok(b) => b,
@@ -736,9 +868,8 @@ impl<S: PresenceStore, B: Bus> Relay<S, B> {
                 }
             };
             let oldest_unhandled = batch.deliveries.first().map(|d| d.sent_ms);
-            for d in &batch.deliveries {
-                self.deliver(topic.name(), d, Origin::Topic).await;
-            }
+            self.deliver_all(topic.name(), &batch.deliveries, &Origin::Topic)
+                .await;
             cursor.handled(batch.next);
             self.set_position(cursor.position());
             let lag = Lag::after_batch(
@@ -785,24 +916,44 @@ impl<S: PresenceStore, B: Bus> Relay<S, B> {
     /// recipient here, on its node, or into its buffer, never back into
     /// `dead`'s topic. Retries until the store takes it.
     pub async fn forward(&self, dead: &str, d: &Delivery) {
-        let topic = self.bus.topic_name(dead);
-        self.deliver(
-            &topic,
-            d,
-            Origin::Forward {
-                dead: dead.to_owned(),
-            },
-        )
-        .await;
+        self.forward_all(dead, std::slice::from_ref(d)).await;
     }
 
-    async fn deliver(&self, topic: &str, d: &Delivery, origin: Origin) {
-        let frame: Arc<str> = Arc::from(d.frame.as_str());
-        let hold = Hold::new(&self.holds, topic, d.offset);
-        // Topic and forward origins retry until the store takes the frame.
-        let _ = self
-            .drive(&d.to, &frame, d.sent_ms, origin, Some(hold))
-            .await;
+    /// [`Relay::forward`] for a batch of records, in order: each is queued
+    /// for its recipient's node before the next is looked at, and the call
+    /// returns once every produce has settled.
+    pub async fn forward_all(&self, dead: &str, deliveries: &[Delivery]) {
+        let topic = self.bus.topic_name(dead);
+        let origin = Origin::Forward {
+            dead: dead.to_owned(),
+        };
+        self.deliver_all(&topic, deliveries, &origin).await;
+    }
+
+    /// Routes records of `topic` in order. Those relayed to other nodes'
+    /// topics are queued one after the other and settled together, each
+    /// holding its record until its produce succeeded, so the batch costs
+    /// one produce per destination rather than one per record.
+    async fn deliver_all(&self, topic: &str, deliveries: &[Delivery], origin: &Origin) {
+        let mut publishing = Vec::new();
+        for d in deliveries {
+            let frame: Arc<str> = Arc::from(d.frame.as_str());
+            let hold = Hold::new(&self.holds, topic, d.offset);
+            let routing = Routing::new(origin.clone());
+            // Topic and forward origins retry until the store takes the
+            // frame, so the outcome is not needed here.
+            if let Driven::Publishing(p) = self
+                .run(routing, &d.to, &frame, d.sent_ms, Some(hold))
+                .await
+            {
+                publishing.push(p);
+            }
+        }
+        // Already queued: waiting for them one by one takes as long as the
+        // slowest.
+        for p in publishing {
+            let _ = self.finish(p).await;
+        }
     }
 }
 

@@ -182,6 +182,41 @@ async fn the_consumer_hands_on_every_record_retrying_while_the_store_is_down_and
 }
 
 #[tokio::test(start_paused = true)]
+async fn submitted_frames_keep_their_order_and_a_failed_produce_is_buffered_never_acked_relayed()
+-> Result {
+    use rtc_relay::Routed;
+
+    let (redis, bus) = (MemoryRedis::default(), MemoryBus::default());
+    let a = relay(&redis, &bus, "a", 8)?;
+    bus.own_topic("b").await?;
+    redis.store("b", TTL, LIMITS).connect("bob").await?;
+    let mut publishing = Vec::new();
+    for n in 1..=3 {
+        match a.submit("bob", frame(n), u64::from(n)).await? {
+            Routed::Publishing(p) => publishing.push(p),
+            Routed::Done(status) => return Err(format!("frame {n} was {status:?}").into()),
+        }
+    }
+    for p in publishing {
+        assert_eq!(a.settle(p).await?, Status::Relayed);
+    }
+    let order: Vec<u64> = bus.records("b").iter().map(|d| d.sent_ms).collect();
+    assert_eq!(order, [1, 2, 3]);
+
+    // The produce fails: the frame is kept in the recipient's buffer and
+    // acked as buffered, not as handed to the broker.
+    bus.set_down(true);
+    let Routed::Publishing(p) = a.submit("bob", frame(4), 4).await? else {
+        return Err("a frame for another node is produced".into());
+    };
+    assert_eq!(a.settle(p).await?, Status::Buffered);
+    assert_eq!(redis.inbox("bob"), [frame(4).to_string()]);
+    bus.set_down(false);
+    assert_eq!(bus.records("b").len(), 3);
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_restarted_consumer_resumes_from_the_committed_offset() -> Result {
     let (redis, bus) = (MemoryRedis::default(), MemoryBus::default());
     let a = relay(&redis, &bus, "a", 8)?;

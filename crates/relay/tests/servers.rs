@@ -351,3 +351,160 @@ async fn a_reconnect_to_the_same_node_gets_the_old_queue_and_a_full_queue_is_tol
     assert_eq!(a.refresh("bob").await?, Some(vec!["{\"n\":3}".to_owned()]));
     Ok(())
 }
+
+/// A delivery topic whose commits fail: the node it belongs to reads and
+/// writes, but never gets its position to the broker.
+struct CommitFails<T>(T);
+
+impl<T: Topic> Topic for CommitFails<T> {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+
+    fn group(&self) -> &str {
+        self.0.group()
+    }
+
+    async fn fetch(
+        &self,
+        position: i64,
+        max_wait_ms: i32,
+    ) -> Result<rtc_relay::Batch, rtc_relay::BusError> {
+        self.0.fetch(position, max_wait_ms).await
+    }
+
+    async fn earliest(&self) -> Result<i64, rtc_relay::BusError> {
+        self.0.earliest().await
+    }
+
+    async fn committed(&self) -> Result<Option<i64>, rtc_relay::BusError> {
+        self.0.committed().await
+    }
+
+    async fn commit(&self, _position: i64) -> Result<(), rtc_relay::BusError> {
+        Err(rtc_relay::BusError::Unavailable(
+            "commit refused by the test".to_owned(),
+        ))
+    }
+}
+
+#[tokio::test]
+async fn a_node_killed_between_a_batchs_produce_and_its_commit_loses_nothing() -> Result {
+    use std::collections::BTreeSet;
+    use std::sync::Arc;
+
+    use rtc_node_load::Meter;
+    use rtc_relay::{BatchBounds, Relay, Routed, Status};
+    use tokio::sync::watch;
+
+    const N: u64 = 300;
+    let endpoints = Endpoints::from_env();
+    let redis = rtc_testkit::redis().await?;
+    let prefix = format!("{}.", unique_name("relay-batch-crash"));
+    let bounds = BatchBounds {
+        linger: Duration::from_millis(20),
+        max_records: 64,
+        max_bytes: 1 << 20,
+    };
+    let bus = || async {
+        Ok::<_, rtc_relay::BusError>(
+            KafkaBus::connect(
+                vec![endpoints.kafka_bootstrap.clone()],
+                prefix.clone(),
+                "relay-batch-crash-test",
+                Duration::from_secs(10),
+                Duration::from_secs(5),
+            )
+            .await?
+            .with_batching(bounds),
+        )
+    };
+    let relay =
+        |node: &str, boot: &str, bus: KafkaBus| -> Result<Arc<Relay<RedisStore, KafkaBus>>> {
+            Ok(Arc::new(
+                Relay::new(
+                    node.to_owned(),
+                    boot.to_owned(),
+                    store(&redis, node),
+                    bus,
+                    1_024,
+                    Meter::new(10)?,
+                )
+                .with_fetch_wait(Duration::from_millis(20)),
+            ))
+        };
+    let a = relay("a", "first", bus().await?)?;
+    let b = relay("b", "first", bus().await?)?;
+    let topic = a.bus().own_topic("a").await?;
+    let (mut rx, _kick) = a.attach("bob", 1);
+    a.claim("bob").await?;
+
+    // Alice on b sends N messages to bob on a without waiting for each
+    // ack: they go to a's topic in batches. Every one is acked relayed.
+    let frames: Vec<String> = (0..N).map(|n| format!("{{\"n\":{n}}}")).collect();
+    let mut publishing = Vec::new();
+    for (n, f) in (0u64..).zip(&frames) {
+        match b.submit("bob", Arc::from(f.as_str()), n).await? {
+            Routed::Publishing(p) => publishing.push(p),
+            Routed::Done(status) => return Err(format!("message {n} was {status:?}").into()),
+        }
+    }
+    for p in publishing {
+        assert_eq!(b.settle(p).await?, Status::Relayed);
+    }
+    let records = topic.fetch(0, 250).await?.high_watermark;
+    assert_eq!(
+        records,
+        i64::try_from(N)?,
+        "every acked message is in a's topic"
+    );
+
+    // a reads the whole topic and writes part of it to bob; its commits
+    // fail, so when it is killed nothing of the batch is committed.
+    let (_stop, stop_rx) = watch::channel(false);
+    let consumer = tokio::spawn(Arc::clone(&a).consume(
+        CommitFails(a.bus().open("a").await?),
+        Duration::from_millis(10),
+        stop_rx,
+    ));
+    eventually("the whole topic read", || async { Ok(a.position() == N) }).await?;
+    let mut got: BTreeSet<String> = BTreeSet::new();
+    for _ in 0..N / 2 {
+        let out = rx.recv().await.ok_or("no frame queued")?;
+        got.insert(out.frame.to_string());
+        a.written(out);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(topic.committed().await?, None, "killed before any commit");
+    consumer.abort();
+    let _ = consumer.await;
+    drop(rx);
+    drop(a);
+
+    // a comes back under the same name; bob connects to its new life and
+    // gets the rest (and the written half again: at least once).
+    let again = relay("a", "second", bus().await?)?;
+    let (mut rx, _kick) = again.attach("bob", 2);
+    let buffered = again.claim("bob").await?;
+    got.extend(buffered);
+    let (stop, stop_rx) = watch::channel(false);
+    let consumer = tokio::spawn(Arc::clone(&again).consume(
+        again.bus().open("a").await?,
+        Duration::from_millis(10),
+        stop_rx,
+    ));
+    eventually("the topic read again", || async {
+        Ok(again.position() == N)
+    })
+    .await?;
+    while let Ok(out) = rx.try_recv() {
+        got.insert(out.frame.to_string());
+        again.written(out);
+    }
+    let lost: Vec<&String> = frames.iter().filter(|f| !got.contains(*f)).collect();
+    assert!(lost.is_empty(), "{} of {N} lost: {lost:?}", lost.len());
+    stop.send(true)?;
+    assert!(consumer.await?);
+    assert_eq!(topic.committed().await?, Some(i64::try_from(N)?));
+    Ok(())
+}

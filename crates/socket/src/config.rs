@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use rtc_drain::DrainConfig;
-use rtc_relay::{BufferLimits, ForwardConfig};
+use rtc_relay::{BatchBounds, BufferLimits, ForwardConfig};
 use rtc_time::{Bare, format_duration, parse_duration};
 
 use crate::ws::Limits;
@@ -84,7 +84,20 @@ pub struct Settings {
     pub offset_timeout: Duration,
     /// The forwarder of topics of nodes that are gone.
     pub forward: ForwardConfig,
+    /// PRODUCE_LINGER_MS, PRODUCE_BATCH_RECORDS, PRODUCE_BATCH_BYTES: when a
+    /// batch of records for another node's topic is produced.
+    pub batch: BatchBounds,
+    /// FETCH_MAX_WAIT_MS: how long the consumer's fetch waits when its
+    /// topic has no new records.
+    pub fetch_wait: Duration,
+    /// FETCH_MAX_BYTES: bytes one fetch reads at most.
+    pub fetch_max_bytes: i32,
 }
+
+/// The largest FETCH_MAX_WAIT_MS allowed.
+pub const MAX_FETCH_WAIT: Duration = Duration::from_secs(30);
+/// The range of FETCH_MAX_BYTES allowed.
+pub const FETCH_BYTES: std::ops::RangeInclusive<usize> = 1_024..=64 * 1_048_576;
 
 /// The settings as given, before validation; each field is named after its
 /// flag.
@@ -158,6 +171,18 @@ pub struct RawSettings {
     /// A gone node whose topic is read to the end leaves the registry after
     /// this long, ms; more than PRESENCE_TTL_MS.
     pub forward_retire_after_ms: String,
+    /// How long a batch for another node's topic waits for more records
+    /// after its first, ms; 0 to 1 s.
+    pub produce_linger_ms: String,
+    /// Records per produce at most.
+    pub produce_batch_records: usize,
+    /// Bytes of keys and values per produce at most.
+    pub produce_batch_bytes: usize,
+    /// How long a fetch of this node's topic waits when there are no new
+    /// records, ms.
+    pub fetch_max_wait_ms: String,
+    /// Bytes one fetch reads at most.
+    pub fetch_max_bytes: usize,
     /// HOSTNAME, the fallback for the node id.
     pub hostname: Option<String>,
     /// Differs on every start (from the caller's clock and process id).
@@ -392,6 +417,60 @@ impl RawSettings {
             ));
         }
         let admin_token = admin_token(self.admin_token.as_deref())?;
+        let linger = duration("PRODUCE_LINGER_MS", &self.produce_linger_ms, MS)?;
+        if linger > BatchBounds::MAX_LINGER {
+            return Err(ConfigError::new(
+                "PRODUCE_LINGER_MS",
+                format!(
+                    "bad setting PRODUCE_LINGER_MS: value {:?} is not allowed; allowed: 0 to {}",
+                    self.produce_linger_ms,
+                    format_duration(BatchBounds::MAX_LINGER)
+                ),
+            ));
+        }
+        if !(1..=BatchBounds::MAX_RECORDS).contains(&self.produce_batch_records) {
+            return Err(ConfigError::new(
+                "PRODUCE_BATCH_RECORDS",
+                format!(
+                    "bad setting PRODUCE_BATCH_RECORDS: value {} is not allowed; allowed: 1 to {}",
+                    self.produce_batch_records,
+                    BatchBounds::MAX_RECORDS
+                ),
+            ));
+        }
+        if !BatchBounds::BYTES.contains(&self.produce_batch_bytes) {
+            return Err(ConfigError::new(
+                "PRODUCE_BATCH_BYTES",
+                format!(
+                    "bad setting PRODUCE_BATCH_BYTES: value {} is not allowed; allowed: {} to {}",
+                    self.produce_batch_bytes,
+                    BatchBounds::BYTES.start(),
+                    BatchBounds::BYTES.end()
+                ),
+            ));
+        }
+        let fetch_wait = at_least("FETCH_MAX_WAIT_MS", &self.fetch_max_wait_ms, MS, ONE_MS)?;
+        if fetch_wait > MAX_FETCH_WAIT {
+            return Err(ConfigError::new(
+                "FETCH_MAX_WAIT_MS",
+                format!(
+                    "bad setting FETCH_MAX_WAIT_MS: value {:?} is not allowed; allowed: 1ms to {}",
+                    self.fetch_max_wait_ms,
+                    format_duration(MAX_FETCH_WAIT)
+                ),
+            ));
+        }
+        if !FETCH_BYTES.contains(&self.fetch_max_bytes) {
+            return Err(ConfigError::new(
+                "FETCH_MAX_BYTES",
+                format!(
+                    "bad setting FETCH_MAX_BYTES: value {} is not allowed; allowed: {} to {}",
+                    self.fetch_max_bytes,
+                    FETCH_BYTES.start(),
+                    FETCH_BYTES.end()
+                ),
+            ));
+        }
         Ok(Settings {
             node_id,
             boot_id: self.boot_id.clone(),
@@ -429,6 +508,13 @@ impl RawSettings {
                 retire_after,
             },
             offset_timeout: Duration::from_secs(5),
+            batch: BatchBounds {
+                linger,
+                max_records: self.produce_batch_records,
+                max_bytes: self.produce_batch_bytes,
+            },
+            fetch_wait,
+            fetch_max_bytes: i32::try_from(self.fetch_max_bytes).unwrap_or(i32::MAX),
         })
     }
 }

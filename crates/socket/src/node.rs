@@ -232,20 +232,25 @@ pub async fn start(
     .map_err(|source| StartError::Broker {
         bootstrap: settings.kafka_bootstrap.join(","),
         source,
-    })?;
+    })?
+    .with_batching(settings.batch)
+    .with_fetch_max_bytes(settings.fetch_max_bytes);
     let topic = bus
         .own_topic(&settings.node_id)
         .await
         .map_err(|source| StartError::Topic { source })?;
     let meter = Meter::new(settings.window_secs).map_err(|source| StartError::Window { source })?;
-    let relay = Arc::new(Relay::new(
-        settings.node_id.clone(),
-        settings.boot_id.clone(),
-        store,
-        bus,
-        settings.send_queue,
-        meter,
-    ));
+    let relay = Arc::new(
+        Relay::new(
+            settings.node_id.clone(),
+            settings.boot_id.clone(),
+            store,
+            bus,
+            settings.send_queue,
+            meter,
+        )
+        .with_fetch_wait(settings.fetch_wait),
+    );
 
     let (consumer_stop, consumer_stop_rx) = watch::channel(false);
     let consumer = tokio::spawn(Arc::clone(&relay).consume(

@@ -1,6 +1,8 @@
 //! The public port: `/ws?client_id=…`, one task per connection, tracked by
 //! the drain.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,13 +12,15 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesOrdered;
 use rtc_drain::{Connection, Drain, Instruction};
 use serde::Deserialize;
 use tokio::time::Instant;
 
-use rtc_relay::KickReason;
 use rtc_relay::core::limit::TokenBucket;
 use rtc_relay::protocol::{self, Control, close};
+use rtc_relay::{KickReason, Routed};
 
 use crate::NodeRelay;
 
@@ -63,6 +67,14 @@ fn closing(code: u16, reason: &'static str) -> Message {
         reason: Utf8Bytes::from_static(reason),
     }))
 }
+
+/// The replies (acks or errors) of a connection's messages whose produce is
+/// still under way, in the order the messages came.
+type Replies = FuturesOrdered<Pin<Box<dyn Future<Output = String> + Send>>>;
+
+/// Messages of one connection whose produce may be under way at once; the
+/// connection reads its next frame only once fewer are.
+const MAX_UNSETTLED: usize = 1_024;
 
 /// Read buffer of a connection, allocated with it and held while it is
 /// idle; larger frames grow it. It is also the most one read from the
@@ -231,9 +243,16 @@ async fn session(
         Box::pin(relay.detach(&client, conn.id(), rx)).await;
         return;
     }
+    let mut replies = Replies::new();
     loop {
         tokio::select! {
+            Some(reply) = replies.next(), if !replies.is_empty() => {
+                if socket.send(Message::Text(reply.into())).await.is_err() {
+                    break;
+                }
+            }
             instruction = conn.instruction() => {
+                Box::pin(flush(&mut socket, &mut replies)).await;
                 let frame = match instruction {
                     Instruction::Reconnect { retry_after } => Control::Reconnect {
                         retry_after_ms: u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX),
@@ -259,6 +278,7 @@ async fn session(
                 }
             }
             reason = kick.wait() => {
+                Box::pin(flush(&mut socket, &mut replies)).await;
                 let (code, text) = match reason {
                     KickReason::Slow => (close::TRY_AGAIN_LATER, "too slow to keep up: reconnect"),
                     KickReason::Superseded => (close::SUPERSEDED, "replaced by a newer connection"),
@@ -295,12 +315,17 @@ async fn session(
                 };
                 match message {
                     Message::Text(text) => {
-                        if !Box::pin(handle_text(&state, &relay, &mut socket, &client, &mut bucket, now_ms(), text.as_str())).await {
+                        while replies.len() >= MAX_UNSETTLED {
+                            let Some(reply) = replies.next().await else { break };
+                            let _ = socket.send(Message::Text(reply.into())).await;
+                        }
+                        if !Box::pin(handle_text(&state, &relay, &mut socket, &client, &mut bucket, now_ms(), text.as_str(), &mut replies)).await {
                             break;
                         }
                     }
                     Message::Binary(_) => {
                         metrics::counter!("rtc_socket_rejected_total", "reason" => "binary").increment(1);
+                        Box::pin(flush(&mut socket, &mut replies)).await;
                         Box::pin(reject(socket, close::UNSUPPORTED_DATA, "binary frames are not supported: send JSON text", "binary_not_supported")).await;
                         Box::pin(relay.detach(&client, conn.id(), rx)).await;
                         return;
@@ -311,10 +336,25 @@ async fn session(
             }
         }
     }
+    // Every message taken is settled (relayed, or buffered when its
+    // produce failed) before the connection ends; its reply is written if
+    // the socket still takes it.
+    Box::pin(flush(&mut socket, &mut replies)).await;
     Box::pin(linger(&mut socket)).await;
     drop(socket);
     Box::pin(relay.detach(&client, conn.id(), rx)).await;
     drop(conn);
+}
+
+/// Waits for every unsettled message and writes its reply, in order,
+/// while the socket takes them.
+async fn flush(socket: &mut WebSocket, replies: &mut Replies) {
+    let mut open = true;
+    while let Some(reply) = replies.next().await {
+        if open {
+            open = socket.send(Message::Text(reply.into())).await.is_ok();
+        }
+    }
 }
 
 /// Writes frames taken from the client's offline buffer, in order; those
@@ -364,15 +404,21 @@ async fn take_buffer(relay: &NodeRelay, socket: &mut WebSocket, client: &str) ->
     }
 }
 
-/// Handles one text frame; `false` when the connection must close.
+/// Handles one text frame; `false` when the connection must close. The
+/// reply of a message whose produce is under way joins `replies`.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the parts of one connection's state, borrowed for one frame"
+)]
 async fn handle_text(
     state: &Public,
-    relay: &NodeRelay,
+    relay: &Arc<NodeRelay>,
     socket: &mut WebSocket,
     client: &str,
     bucket: &mut TokenBucket,
     now_ms: u64,
     text: &str,
+    replies: &mut Replies,
 ) -> bool {
     if text.len() > state.limits.max_frame_bytes {
         metrics::counter!("rtc_socket_rejected_total", "reason" => "too_big").increment(1);
@@ -408,11 +454,9 @@ async fn handle_text(
                 code: e.code(),
                 message: &message,
                 reference: None,
-            };
-            return socket
-                .send(Message::Text(reply.encode().into()))
-                .await
-                .is_ok();
+            }
+            .encode();
+            return send_in_order(socket, replies, reply).await;
         }
     };
     let id = relay.next_id();
@@ -421,26 +465,54 @@ async fn handle_text(
     else {
         return true;
     };
-    let reply = match relay.route(&outgoing.to, Arc::from(frame), sent_ms).await {
-        Ok(status) => {
-            metrics::counter!("rtc_socket_messages_total", "status" => status.label()).increment(1);
-            Control::Ack {
-                id: &id,
-                reference: outgoing.reference.as_deref(),
-                status,
-            }
-            .encode()
+    let reference = outgoing.reference;
+    let reply = match relay.submit(&outgoing.to, Arc::from(frame), sent_ms).await {
+        Ok(Routed::Done(status)) => ack(&id, reference.as_deref(), status),
+        Ok(Routed::Publishing(publishing)) => {
+            // Acked once its batch's produce succeeded; the connection
+            // reads on meanwhile, and replies keep the messages' order.
+            let relay = Arc::clone(relay);
+            replies.push_back(Box::pin(async move {
+                match relay.settle(publishing).await {
+                    Ok(status) => ack(&id, reference.as_deref(), status),
+                    Err(e) => unavailable(&e, reference.as_deref()),
+                }
+            }));
+            return true;
         }
-        Err(e) => {
-            metrics::counter!("rtc_socket_rejected_total", "reason" => "unavailable").increment(1);
-            let message = e.to_string();
-            Control::Error {
-                code: "unavailable",
-                message: &message,
-                reference: outgoing.reference.as_deref(),
-            }
-            .encode()
-        }
+        Err(e) => unavailable(&e, reference.as_deref()),
     };
-    socket.send(Message::Text(reply.into())).await.is_ok()
+    send_in_order(socket, replies, reply).await
+}
+
+/// Writes `reply` now, or after the replies still waiting for their
+/// produce; `false` when the socket failed.
+async fn send_in_order(socket: &mut WebSocket, replies: &mut Replies, reply: String) -> bool {
+    if replies.is_empty() {
+        socket.send(Message::Text(reply.into())).await.is_ok()
+    } else {
+        replies.push_back(Box::pin(std::future::ready(reply)));
+        true
+    }
+}
+
+fn ack(id: &str, reference: Option<&str>, status: rtc_relay::Status) -> String {
+    metrics::counter!("rtc_socket_messages_total", "status" => status.label()).increment(1);
+    Control::Ack {
+        id,
+        reference,
+        status,
+    }
+    .encode()
+}
+
+fn unavailable(e: &rtc_relay::RelayError, reference: Option<&str>) -> String {
+    metrics::counter!("rtc_socket_rejected_total", "reason" => "unavailable").increment(1);
+    let message = e.to_string();
+    Control::Error {
+        code: "unavailable",
+        message: &message,
+        reference,
+    }
+    .encode()
 }

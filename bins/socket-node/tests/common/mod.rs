@@ -86,6 +86,9 @@ impl Cluster {
                 retire_after: Duration::from_secs(4),
             },
             offset_timeout: Duration::from_secs(5),
+            batch: rtc_relay::BatchBounds::DEFAULT,
+            fetch_wait: rtc_relay::DEFAULT_FETCH_WAIT,
+            fetch_max_bytes: rtc_relay::DEFAULT_FETCH_MAX_BYTES,
         }
     }
 
