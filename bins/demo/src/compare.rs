@@ -23,7 +23,7 @@ use rtc_loadgen::frames::Reason;
 use rtc_loadgen::progress::Snapshot;
 use rtc_loadgen::{Profile, RunConfig};
 use rtc_time::{SystemClock, WallClock};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -60,7 +60,7 @@ pub enum CompareError {
 }
 
 /// Who scales the socket Deployment in a run.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum System {
     /// This project's load-balancer (two pods, one leading); no HPA, no
@@ -148,7 +148,7 @@ impl System {
 }
 
 /// Production's windows divided by one factor, for every system alike.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Windows {
     /// What production's windows are divided by.
     pub factor: u32,
@@ -323,7 +323,7 @@ pub fn fleet_for(
 }
 
 /// The figures of one run.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Figures {
     /// Seconds with any pod overloaded: a fresh, non-draining heartbeat
     /// above a critical threshold of the policy (see [`Overload`]) or with
@@ -358,7 +358,7 @@ pub struct Figures {
 }
 
 /// The curves of one run, seconds since its first sample.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Curves {
     /// Connections the profile wants.
     pub wanted_connections: Vec<(f64, f64)>,
@@ -477,7 +477,7 @@ pub fn figures(entries: &[Entry], overload: &Overload, split_ms: Option<u64>) ->
 }
 
 /// What the load generator measured in a run.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Messages {
     /// Messages sent.
     pub sent: u64,
@@ -513,7 +513,7 @@ impl Messages {
 }
 
 /// One run of the comparison.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunResult {
     /// The profile's name.
     pub profile: String,
@@ -714,7 +714,7 @@ pub async fn compare(config: &CompareConfig) -> Result<Vec<RunResult>, DemoError
         for system in config.systems.iter().filter(|s| **s != System::Backup) {
             results.push(run_one(&client, config, &rendered, profile, system).await?);
         }
-        write_outputs(config, &results)?;
+        write_all(&config.out_dir, config.windows, &results)?;
     }
     if config.systems.contains(&System::Backup) {
         let profile = config
@@ -725,28 +725,60 @@ pub async fn compare(config: &CompareConfig) -> Result<Vec<RunResult>, DemoError
                 message: "no backup profile was given (--backup-profile)".into(),
             })?;
         results.push(run_one(&client, config, &rendered, profile, &System::Backup).await?);
-        write_outputs(config, &results)?;
+        write_all(&config.out_dir, config.windows, &results)?;
     }
     fleet::remove(&client, &config.namespace).await?;
     Ok(results)
 }
 
-fn write_outputs(config: &CompareConfig, results: &[RunResult]) -> Result<(), DemoError> {
-    let json_path = config.out_dir.join("results.json");
+/// The runs of an earlier comparison, from its `results.json`.
+///
+/// # Errors
+///
+/// A message naming the file and what is wrong with it.
+pub fn read_results(path: &Path) -> Result<(Windows, Vec<RunResult>), String> {
+    #[derive(Deserialize)]
+    struct Saved {
+        windows: Windows,
+        runs: Vec<RunResult>,
+    }
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let saved: Saved = serde_json::from_str(&text).map_err(|e| {
+        format!(
+            "{} is not the results.json of a comparison: {e}",
+            path.display()
+        )
+    })?;
+    Ok((saved.windows, saved.runs))
+}
+
+/// Writes `results.json`, `tables.md` and a chart per profile of
+/// `results` to `out_dir`.
+///
+/// # Errors
+///
+/// [`DemoError::Write`] when a file cannot be written.
+pub fn write_all(out_dir: &Path, windows: Windows, results: &[RunResult]) -> Result<(), DemoError> {
+    std::fs::create_dir_all(out_dir).map_err(write_failed(out_dir))?;
+    let json_path = out_dir.join("results.json");
     let json = serde_json::to_string_pretty(&json!({
-        "windows": config.windows,
+        "windows": windows,
         "runs": results,
     }))
     .unwrap_or_default();
     std::fs::write(&json_path, json + "\n").map_err(write_failed(&json_path))?;
-    let md_path = config.out_dir.join("tables.md");
-    std::fs::write(&md_path, tables(results, config.windows)).map_err(write_failed(&md_path))?;
-    for (name, _) in config.profiles.iter().chain(&config.backup_profile) {
-        let runs: Vec<&RunResult> = results.iter().filter(|r| &r.profile == name).collect();
-        if runs.is_empty() {
-            continue;
+    let md_path = out_dir.join("tables.md");
+    std::fs::write(&md_path, tables(results, windows)).map_err(write_failed(&md_path))?;
+    let mut profiles: Vec<&str> = Vec::new();
+    for r in results {
+        if !profiles.contains(&r.profile.as_str()) {
+            profiles.push(&r.profile);
         }
-        let path = config.out_dir.join(format!("{name}.png"));
+    }
+    for name in profiles {
+        let runs: Vec<&RunResult> = results.iter().filter(|r| r.profile == name).collect();
+        let path = out_dir.join(format!("{name}.png"));
         if let Err(e) =
             crate::chart::draw_compare(&runs, &path, &format!("{name}: replicas over the load"))
         {
@@ -760,7 +792,7 @@ fn row(r: &RunResult) -> String {
     let f = &r.figures;
     let m = &r.messages;
     format!(
-        "| {} | {:.0} | {:.1} | {} ({} out, {} in) | {} | {} | {} / {} | {} | {:.0} / {:.0} |",
+        "| {} | {:.1} | {:.1} | {} ({} out, {} in) | {} | {} | {} / {} | {} | {:.0} / {:.0} |",
         r.label,
         f.overload_s,
         f.replica_minutes,
@@ -778,7 +810,8 @@ fn row(r: &RunResult) -> String {
 }
 
 /// How the load-balancer did against the best HPA run of a profile (the
-/// one with the least overload, then the fewest replica-minutes).
+/// one with the least overload in whole seconds, then the fewest
+/// replica-minutes).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Goal {
     /// The profile.
@@ -828,7 +861,9 @@ pub fn goals(results: &[RunResult]) -> Vec<Goal> {
             .iter()
             .filter(|r| r.profile == p && matches!(r.system, System::Hpa { .. }))
             .min_by(|a, b| {
-                a.figures.overload_s.total_cmp(&b.figures.overload_s).then(
+                // Whole seconds: the sampling is once a second.
+                let (oa, ob) = (a.figures.overload_s.round(), b.figures.overload_s.round());
+                oa.total_cmp(&ob).then(
                     a.figures
                         .replica_minutes
                         .total_cmp(&b.figures.replica_minutes),
@@ -920,7 +955,7 @@ pub fn tables(results: &[RunResult], windows: Windows) -> String {
         for r in backups {
             let f = &r.figures;
             out.push_str(&format!(
-                "| {} | {} | {}, {} | {} | {:.0} | {} / {} |\n",
+                "| {} | {} | {}, {} | {} | {:.1} | {} / {} |\n",
                 r.profile,
                 f.hpa_writes_before_split,
                 f.scale_outs_after_split,
@@ -1205,6 +1240,7 @@ mod tests {
             result("spike", System::Hpa { cpu: 70 }, 40.0, 8.0, 4),
             result("ramp", System::LoadBalancer, 10.0, 10.0, 3),
             result("ramp", System::Hpa { cpu: 50 }, 10.0, 5.0, 3),
+            result("ramp", System::Hpa { cpu: 70 }, 9.8, 6.0, 3),
         ];
         let g = goals(&results);
         assert_eq!(g.len(), 2);
@@ -1216,7 +1252,7 @@ mod tests {
         assert!(!g[1].met());
         let md = tables(&results, Windows::new(10)?);
         assert!(md.contains("### spike"));
-        assert!(md.contains("| HPA cpu 70 % | 40 | 8.0 | 4 (0 out, 0 in) |"));
+        assert!(md.contains("| HPA cpu 70 % | 40.0 | 8.0 | 4 (0 out, 0 in) |"));
         assert!(md.contains("| ramp | HPA cpu 50 % | 2.00 | 1.00 | 1.00 | 0 | no |"));
         Ok(())
     }

@@ -49,6 +49,11 @@ struct Cli {
     /// target/compare/<time>).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Write the tables and charts again from an earlier comparison's
+    /// results.json (to --out, default beside it), without running
+    /// anything.
+    #[arg(long, value_name = "RESULTS_JSON")]
+    redraw: Option<PathBuf>,
     /// The stack's Redis (`deploy/local/stack env`).
     #[arg(long, env = "RTC_REDIS_URL")]
     redis_url: Option<String>,
@@ -72,6 +77,17 @@ fn needed<T>(value: Option<T>, name: &str) -> anyhow::Result<T> {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(path) = &cli.redraw {
+        let (windows, results) = compare::read_results(path).map_err(anyhow::Error::msg)?;
+        let out = cli.out.clone().unwrap_or_else(|| {
+            path.parent()
+                .map_or_else(|| PathBuf::from("."), std::path::Path::to_path_buf)
+        });
+        compare::write_all(&out, windows, &results)?;
+        print!("{}", compare::tables(&results, windows));
+        println!("[compare] tables and charts in {}", out.display());
+        return Ok(());
+    }
     let profiles = cli
         .profiles
         .iter()
