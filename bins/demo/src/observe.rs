@@ -312,7 +312,11 @@ impl Observer {
             return;
         };
         for e in events {
-            if e.is_about("deployments", Some("scale")) || e.is_about("statefulsets", Some("scale"))
+            // The socket workload's only: the comparison's backup run scales
+            // the load-balancer's own Deployment to zero.
+            if (e.is_about("deployments", Some("scale"))
+                || e.is_about("statefulsets", Some("scale")))
+                && e.name() == Some("socket")
             {
                 let code = e.code().unwrap_or(0);
                 if (self.all_writers || e.user.username == self.lb_user) && e.accepted() {
