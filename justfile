@@ -22,6 +22,27 @@ demo *ARGS:
     cargo build --quiet --locked -p rtc-demo
     exec target/debug/demo {{ARGS}}
 
+# The same load against the same socket Deployment, scaled by the load-balancer, by an HPA on CPU (50 % and 70 %) and by KEDA: tables and charts (docs/compare.md; `just compare --help`).
+compare *ARGS:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    deploy/local/stack up
+    systems="lb,hpa:50,hpa:70"
+    # KEDA's operator builds from the module proxy the first time (about 20
+    # minutes); without it the comparison runs the HPA alone, and says so.
+    if deploy/local/stack up keda; then
+        systems="$systems,keda,backup"
+    else
+        echo "[compare] the KEDA operator could not be started (see above): comparing with the HPA only" >&2
+    fi
+    eval "$(deploy/local/stack env)"
+    if [[ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]] && command -v apt-get >/dev/null; then
+        echo "[compare] installing the Debian package fonts-dejavu-core for the charts' labels" >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends fonts-dejavu-core >/dev/null 2>&1 || true
+    fi
+    cargo build --quiet --locked -p rtc-demo
+    RTC_COMPARE_SYSTEMS="$systems" exec target/debug/compare {{ARGS}}
+
 # Replay the bundled sample trace (a spike, then calm) through the decision core and print the timeline.
 replay:
     cargo run --quiet --release -p rtc-load-balancer -- decide --format timeline {{trace}}

@@ -15,7 +15,9 @@
 #   build.sh kafka-exporter  the stack's kafka-exporter (kafka-exporter/, a
 #                            small program of this repository over sarama);
 #                            not part of `all`
-#   build.sh all             all of the above but prometheus and kafka-exporter (the default)
+#   build.sh keda            the KEDA operator (keda/go.mod), for the
+#                            comparison (docs/compare.md); not part of `all`
+#   build.sh all             all of the above but prometheus, kafka-exporter and keda (the default)
 #   build.sh path NAME       print where NAME's binary is (no build)
 #
 # Each component is a small Go module beside this script whose go.mod pins
@@ -65,6 +67,7 @@ out_dir() {
     control-plane) echo "$RTC_STACK_CACHE/kube-$KUBE_VERSION-$(key kube)" ;;
     etcd) echo "$RTC_STACK_CACHE/etcd-$ETCD_VERSION-$(key etcd)" ;;
     keda-crds) echo "$RTC_STACK_CACHE/keda-crds-$KEDA_VERSION" ;;
+    keda) echo "$RTC_STACK_CACHE/keda-$KEDA_VERSION-$(key keda)" ;;
     toxiproxy) echo "$RTC_STACK_CACHE/toxiproxy-$TOXIPROXY_VERSION-$(key toxiproxy)" ;;
     metrics-server) echo "$RTC_STACK_CACHE/metrics-server-$METRICS_SERVER_VERSION-$(key metrics-server)" ;;
     prometheus) echo "$RTC_STACK_CACHE/prometheus-$PROMETHEUS_VERSION-$(key prometheus)" ;;
@@ -158,6 +161,17 @@ build_kafka_exporter() {
   mkdir -p "$out" && mv "$out.bin/local-kafka-exporter" "$out/kafka-exporter" && rm -rf "$out.bin"
 }
 
+# The KEDA operator of the same release as the CRDs, stamped as its own
+# builds stamp it.
+build_keda() {
+  local out; out="$(out_dir keda)"
+  [[ -x "$out/keda-operator" ]] && return 0
+  COLD_BUILD="about 20 minutes (every scaler's SDK is compiled in)" \
+    EXTRA_LDFLAGS="-X github.com/kedacore/keda/v2/version.Version=${KEDA_VERSION#v}" \
+    go_build keda keda "$out.bin" github.com/kedacore/keda/v2/cmd/operator
+  mkdir -p "$out" && mv "$out.bin/operator" "$out/keda-operator" && rm -rf "$out.bin"
+}
+
 # The CRDs come from the KEDA module's own source zip, so the stack accepts
 # exactly the ScaledObject schema of that release.
 build_keda_crds() {
@@ -180,6 +194,7 @@ case "${1:-all}" in
   control-plane) build_control_plane ;;
   etcd) build_etcd ;;
   keda-crds) build_keda_crds ;;
+  keda) build_keda ;;
   toxiproxy) build_toxiproxy ;;
   metrics-server) build_metrics_server ;;
   prometheus) build_prometheus ;;
@@ -190,12 +205,13 @@ case "${1:-all}" in
       etcd) echo "$(out_dir etcd)/etcd" ;;
       kube-apiserver | kube-controller-manager | kube-scheduler) echo "$(out_dir control-plane)/$2" ;;
       keda-crds) out_dir keda-crds ;;
+      keda-operator) echo "$(out_dir keda)/keda-operator" ;;
       toxiproxy-server) echo "$(out_dir toxiproxy)/toxiproxy-server" ;;
       metrics-server) echo "$(out_dir metrics-server)/metrics-server" ;;
       prometheus) echo "$(out_dir prometheus)/prometheus" ;;
       kafka-exporter) echo "$(out_dir kafka-exporter)/kafka-exporter" ;;
-      *) die "usage: build.sh path etcd|kube-apiserver|kube-controller-manager|kube-scheduler|keda-crds|toxiproxy-server|metrics-server|prometheus|kafka-exporter" ;;
+      *) die "usage: build.sh path etcd|kube-apiserver|kube-controller-manager|kube-scheduler|keda-crds|keda-operator|toxiproxy-server|metrics-server|prometheus|kafka-exporter" ;;
     esac
     ;;
-  *) die "usage: build.sh [control-plane|etcd|keda-crds|toxiproxy|metrics-server|prometheus|kafka-exporter|all|path NAME]" ;;
+  *) die "usage: build.sh [control-plane|etcd|keda-crds|keda|toxiproxy|metrics-server|prometheus|kafka-exporter|all|path NAME]" ;;
 esac

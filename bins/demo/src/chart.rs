@@ -201,6 +201,153 @@ pub fn draw(entries: &[Entry], path: &Path, title: &str) -> Result<(), ChartErro
     Ok(())
 }
 
+/// Colours of the comparison's systems, in order.
+const PALETTE: [RGBColor; 6] = [
+    RGBColor(200, 0, 0),
+    RGBColor(0, 90, 200),
+    RGBColor(0, 150, 60),
+    RGBColor(150, 0, 170),
+    RGBColor(230, 120, 0),
+    RGBColor(90, 90, 90),
+];
+
+/// Draws the comparison chart of one profile to `path` (PNG, 1200 x 900):
+/// the load (the connections the profile wants, and those open in the
+/// first run), every run's socket pods, and every run's highest p95.
+///
+/// # Errors
+///
+/// [`ChartError`] when there is no run with samples, no font, or drawing
+/// fails.
+pub fn draw_compare(
+    runs: &[&crate::compare::RunResult],
+    path: &Path,
+    title: &str,
+) -> Result<(), ChartError> {
+    let end = runs
+        .iter()
+        .filter_map(|r| r.curves.pods.last().map(|p| p.0))
+        .fold(0.0, f64::max);
+    let Some(first) = runs.first().filter(|_| end > 0.0) else {
+        return Err(ChartError::Empty);
+    };
+    load_font()?;
+    let failed = |e: &dyn std::fmt::Display| ChartError::Draw {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    };
+    let root = BitMapBackend::new(path, (1200, 900)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| failed(&e))?;
+    let root = root
+        .titled(title, ("sans-serif", 24))
+        .map_err(|e| failed(&e))?;
+    let panels = root.split_evenly((3, 1));
+    let panel = |area: &DrawingArea<BitMapBackend, _>,
+                 caption: &str,
+                 y_label: &str,
+                 y_top: f64,
+                 lines: &[Legend<'_>]|
+     -> Result<(), ChartError> {
+        let mut chart = ChartBuilder::on(area)
+            .caption(caption, ("sans-serif", 18))
+            .margin(10)
+            .x_label_area_size(30)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0.0..end, 0.0..y_top)
+            .map_err(|e| failed(&e))?;
+        chart
+            .configure_mesh()
+            .x_desc("seconds since the load started")
+            .y_desc(y_label)
+            .draw()
+            .map_err(|e| failed(&e))?;
+        for (name, points, color) in lines {
+            let color = *color;
+            chart
+                .draw_series(LineSeries::new(
+                    points.iter().copied(),
+                    color.stroke_width(2),
+                ))
+                .map_err(|e| failed(&e))?
+                .label(*name)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::UpperRight)
+            .draw()
+            .map_err(|e| failed(&e))?;
+        Ok(())
+    };
+    let c = &first.curves;
+    let open = format!("open connections ({} run)", first.label);
+    panel(
+        &panels[0],
+        "load",
+        "connections",
+        top(&c.wanted_connections, 1.0).max(top(&c.open_connections, 1.0)),
+        &[
+            (
+                "connections the profile wants",
+                &c.wanted_connections,
+                BLACK,
+            ),
+            (&open, &c.open_connections, RGBColor(120, 120, 120)),
+        ],
+    )?;
+    let labels: Vec<String> = runs.iter().map(|r| r.label.clone()).collect();
+    let pods: Vec<Legend<'_>> = runs
+        .iter()
+        .zip(&labels)
+        .enumerate()
+        .map(|(i, (r, l))| {
+            (
+                l.as_str(),
+                r.curves.pods.as_slice(),
+                PALETTE[i % PALETTE.len()],
+            )
+        })
+        .collect();
+    let pods_top = runs
+        .iter()
+        .map(|r| top(&r.curves.pods, 2.0))
+        .fold(2.0, f64::max);
+    panel(
+        &panels[1],
+        "socket pods (draining ones included)",
+        "pods",
+        pods_top,
+        &pods,
+    )?;
+    let p95: Vec<Legend<'_>> = runs
+        .iter()
+        .zip(&labels)
+        .enumerate()
+        .map(|(i, (r, l))| {
+            (
+                l.as_str(),
+                r.curves.p95.as_slice(),
+                PALETTE[i % PALETTE.len()],
+            )
+        })
+        .collect();
+    let p95_top = runs
+        .iter()
+        .map(|r| top(&r.curves.p95, 10.0))
+        .fold(10.0, f64::max);
+    panel(
+        &panels[2],
+        "highest p95 of the socket pods",
+        "p95 ms",
+        p95_top,
+        &p95,
+    )?;
+    root.present().map_err(|e| failed(&e))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

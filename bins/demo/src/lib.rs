@@ -16,8 +16,13 @@
 //!    writes them to the run record ([`record`]);
 //! 4. removes the fleet, draws the chart ([`chart`]) and writes the summary
 //!    ([`run`]).
+//!
+//! [`compare`] runs the same load against the same socket Deployment scaled
+//! by the load-balancer, by a HorizontalPodAutoscaler and by KEDA, and
+//! measures each the same way.
 
 pub mod chart;
+pub mod compare;
 pub mod fleet;
 pub mod observe;
 pub mod record;

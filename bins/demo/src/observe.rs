@@ -73,6 +73,7 @@ pub struct Observer {
     heartbeats: Ingestor<RedisStore, SystemClock>,
     audit: AuditLog,
     lb_user: String,
+    all_writers: bool,
     pods: BTreeMap<String, PodSeen>,
     last_decision_ms: u64,
     view: View,
@@ -131,6 +132,7 @@ impl Observer {
             heartbeats,
             audit,
             lb_user: format!("system:serviceaccount:{namespace}:load-balancer"),
+            all_writers: false,
             pods: BTreeMap::new(),
             last_decision_ms: 0,
             view: View::default(),
@@ -143,6 +145,15 @@ impl Observer {
     #[must_use]
     pub fn with_pod_logs(mut self, dir: PathBuf) -> Self {
         self.nodes_dir = Some(dir);
+        self
+    }
+
+    /// Records the accepted `/scale` writes of every user (the
+    /// HorizontalPodAutoscaler controller's too), not only the
+    /// load-balancer's.
+    #[must_use]
+    pub fn with_all_writers(mut self) -> Self {
+        self.all_writers = true;
         self
     }
 
@@ -301,10 +312,14 @@ impl Observer {
             return;
         };
         for e in events {
-            if e.is_about("deployments", Some("scale")) || e.is_about("statefulsets", Some("scale"))
+            // The socket workload's only: the comparison's backup run scales
+            // the load-balancer's own Deployment to zero.
+            if (e.is_about("deployments", Some("scale"))
+                || e.is_about("statefulsets", Some("scale")))
+                && e.name() == Some("socket")
             {
                 let code = e.code().unwrap_or(0);
-                if e.user.username == self.lb_user && e.accepted() {
+                if (self.all_writers || e.user.username == self.lb_user) && e.accepted() {
                     let at_ms =
                         u64::try_from(e.request_received_timestamp.as_millisecond()).unwrap_or(0);
                     out.push(Entry::Write(ScaleWrite {

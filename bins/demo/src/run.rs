@@ -113,7 +113,7 @@ pub struct Outcome {
 }
 
 /// Forwards the load generator's progress to the watcher.
-struct Forward(watch::Sender<Snapshot>);
+pub(crate) struct Forward(pub(crate) watch::Sender<Snapshot>);
 
 impl Progress for Forward {
     fn update(&mut self, snapshot: &Snapshot) {
@@ -121,7 +121,7 @@ impl Progress for Forward {
     }
 }
 
-fn load_of(s: &Snapshot) -> Load {
+pub(crate) fn load_of(s: &Snapshot) -> Load {
     Load {
         phase: s.phase.clone(),
         wanted: s.wanted,
@@ -131,16 +131,20 @@ fn load_of(s: &Snapshot) -> Load {
     }
 }
 
-fn write_failed(path: &Path) -> impl Fn(std::io::Error) -> DemoError + '_ {
+pub(crate) fn write_failed(path: &Path) -> impl Fn(std::io::Error) -> DemoError + '_ {
     move |e| DemoError::Write {
         path: path.display().to_string(),
         message: e.to_string(),
     }
 }
 
-/// Waits until two load-balancer pods and at least two socket pods are
-/// Ready.
-async fn wait_ready(client: &kube::Client, namespace: &str) -> Result<(), DemoError> {
+/// Waits until `load_balancers` load-balancer pods and at least two socket
+/// pods are Ready.
+pub(crate) async fn wait_ready(
+    client: &kube::Client,
+    namespace: &str,
+    load_balancers: usize,
+) -> Result<(), DemoError> {
     let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let timeout = Duration::from_secs(180);
     let deadline = Instant::now() + timeout;
@@ -161,13 +165,15 @@ async fn wait_ready(client: &kube::Client, namespace: &str) -> Result<(), DemoEr
             .map(|l| l.items)
             .unwrap_or_default();
         let (l, s) = (count(&lbs), count(&sockets));
-        if l >= 2 && s >= 2 {
+        if l >= load_balancers && s >= 2 {
             return Ok(());
         }
         if Instant::now() >= deadline {
             return Err(DemoError::NotReady {
                 seconds: timeout.as_secs(),
-                state: format!("{l} of 2 load-balancer pods and {s} of 2 socket pods Ready"),
+                state: format!(
+                    "{l} of {load_balancers} load-balancer pods and {s} of 2 socket pods Ready"
+                ),
             });
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -251,7 +257,7 @@ pub async fn run(config: DemoConfig, stop: impl Future<Output = ()>) -> Result<O
     )?;
     let overload = overload_of(&docs);
     fleet::apply(&docs).await?;
-    wait_ready(&client, &config.namespace).await?;
+    wait_ready(&client, &config.namespace, 2).await?;
     println!("[demo] two load-balancers and two socket pods are Ready; starting the load");
 
     let observer = Observer::new(
