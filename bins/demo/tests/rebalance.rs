@@ -1,7 +1,7 @@
 //! Rebalancing on the local stack: the spike's clients land on the two
 //! pods there are, the fleet scales out, and the message rate of those same
 //! clients stays high. The leader then asks the hot pods to shed toward the
-//! mean (the local overlay switches rebalancing on), the moved clients
+//! mean (rebalancing switched on over the local overlay), the moved clients
 //! reconnect to the new pods, the spread of connections falls within the
 //! rule's bound, and no message is lost.
 
@@ -22,6 +22,7 @@ const PROFILE: &str = r#"{"phases": [
 fn after_a_scale_out_the_hot_pods_shed_to_the_new_ones_and_nothing_is_lost() -> Result {
     let (outcome, entries) = run(Run {
         profile: PROFILE,
+        settings: [("REBALANCE".to_owned(), "true".to_owned())].into(),
         ..Run::default()
     })?;
     let story = &outcome.story;

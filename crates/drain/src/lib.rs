@@ -73,7 +73,10 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 pub use schedule::{Batch, SplitMix64, SpreadConfig};
-pub use shed::{MAX_SHED_WINDOW, ShedHandle, ShedOrder, ShedRefused, ShedStarted, ShedSummary};
+pub use shed::{
+    MAX_SHED_WINDOW, SHED_MAX_RETRY_AFTER, ShedHandle, ShedOrder, ShedRefused, ShedStarted,
+    ShedSummary,
+};
 
 /// How a drain unfolds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,10 +8,11 @@
 //! a client that connected last has the least session to lose, and the
 //! longest-lived clients, which a rebalance would otherwise move again and
 //! again as the fleet changes, stay put. They are told
-//! [`Instruction::Shed`] in batches spread over the shed's window, with the
-//! same jittered `retry_after` as a drain's reconnects
-//! ([`schedule::plan`](crate::schedule::plan)), so the moved clients do not
-//! arrive at the other nodes at once.
+//! [`Instruction::Shed`] in batches spread over the shed's window, with a
+//! jittered `retry_after` as a drain's reconnects
+//! ([`schedule::plan`](crate::schedule::plan)) but of at most
+//! [`SHED_MAX_RETRY_AFTER`], so the moved clients do not arrive at the other
+//! nodes at once and their messages do not wait long for them.
 //!
 //! One shed runs at a time; a drain that starts during a shed takes over
 //! and the shed sends no further batch.
@@ -29,6 +30,12 @@ use crate::{Drain, Inner, Instruction, Signal};
 /// How often the end of a shed looks whether the connections told have
 /// closed.
 const GONE_POLL: Duration = Duration::from_millis(20);
+
+/// The longest `retry_after` a shed tells a client. A drain's clients
+/// all leave and are told to wait up to `max_retry_after`; a shed moves a
+/// few, already spread over its window in batches, and every moment a moved
+/// client waits, the messages sent to it wait in its buffer.
+pub const SHED_MAX_RETRY_AFTER: Duration = Duration::from_millis(200);
 
 /// The longest window a shed may be spread over.
 pub const MAX_SHED_WINDOW: Duration = Duration::from_secs(600);
@@ -182,7 +189,7 @@ impl Drain {
         let spread = SpreadConfig {
             window: order.window,
             min_batch_interval: config.min_batch_interval,
-            max_retry_after: config.max_retry_after,
+            max_retry_after: config.max_retry_after.min(SHED_MAX_RETRY_AFTER),
         };
         let batches = schedule::plan(targets.len(), &spread, &mut SplitMix64::new(seed));
         let started = ShedStarted {

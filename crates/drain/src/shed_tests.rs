@@ -58,7 +58,7 @@ async fn the_newest_connections_leave_over_the_window_and_the_node_stays_ready()
     assert_eq!(moved, ids[25..].to_vec(), "the 15 newest, and only they");
     assert!(
         log.iter()
-            .all(|(_, _, i)| matches!(i, Instruction::Shed { retry_after } if *retry_after <= Duration::from_secs(10)))
+            .all(|(_, _, i)| matches!(i, Instruction::Shed { retry_after } if *retry_after <= SHED_MAX_RETRY_AFTER))
     );
     let first = log.iter().map(|(_, t, _)| *t).min().expect("moved");
     let last = log.iter().map(|(_, t, _)| *t).max().expect("moved");
