@@ -193,7 +193,10 @@ impl Windows {
             ("SETTLE_MS", (self.secs(60) * 1000).to_string()),
             ("DRAIN_TIMEOUT", format!("{}s", self.drain_s())),
             ("REBALANCE_WINDOW_MS", (self.secs(60) * 1000).to_string()),
-            ("REBALANCE_SHED_WINDOW_MS", (self.secs(20) * 1000).to_string()),
+            (
+                "REBALANCE_SHED_WINDOW_MS",
+                (self.secs(20) * 1000).to_string(),
+            ),
         ]
     }
 
