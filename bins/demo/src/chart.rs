@@ -92,6 +92,77 @@ pub fn series(entries: &[Entry]) -> Series {
 /// A line of a panel: its legend, its points, its colour.
 type Legend<'a> = (&'a str, &'a [(f64, f64)], RGBColor);
 
+/// One panel's drawing area.
+type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
+
+/// A panel's axes and caption.
+struct Axes<'a> {
+    /// The x axis runs from 0 to this, seconds.
+    end: f64,
+    x_desc: &'a str,
+    caption: &'a str,
+    y_label: &'a str,
+    y_top: f64,
+}
+
+fn draw_failed(path: &Path) -> impl Fn(&dyn std::fmt::Display) -> ChartError + '_ {
+    move |e| ChartError::Draw {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    }
+}
+
+/// A white 1200 x 900 PNG at `path` with `title` on top.
+fn canvas<'a>(path: &'a Path, title: &str) -> Result<Area<'a>, ChartError> {
+    let failed = draw_failed(path);
+    let root = BitMapBackend::new(path, (1200, 900)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| failed(&e))?;
+    root.titled(title, ("sans-serif", 24))
+        .map_err(|e| failed(&e))
+}
+
+/// One panel: its axes, a line per legend entry, and the legend.
+fn draw_panel(
+    area: &Area<'_>,
+    path: &Path,
+    axes: &Axes<'_>,
+    lines: &[Legend<'_>],
+) -> Result<(), ChartError> {
+    let failed = draw_failed(path);
+    let mut chart = ChartBuilder::on(area)
+        .caption(axes.caption, ("sans-serif", 18))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..axes.end, 0.0..axes.y_top)
+        .map_err(|e| failed(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc(axes.x_desc)
+        .y_desc(axes.y_label)
+        .draw()
+        .map_err(|e| failed(&e))?;
+    for (name, points, color) in lines {
+        let color = *color;
+        chart
+            .draw_series(LineSeries::new(
+                points.iter().copied(),
+                color.stroke_width(2),
+            ))
+            .map_err(|e| failed(&e))?
+            .label(*name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()
+        .map_err(|e| failed(&e))?;
+    Ok(())
+}
+
 fn top(points: &[(f64, f64)], at_least: f64) -> f64 {
     points.iter().map(|p| p.1).fold(at_least, f64::max) * 1.1
 }
@@ -120,55 +191,23 @@ pub fn draw(entries: &[Entry], path: &Path, title: &str) -> Result<(), ChartErro
         return Err(ChartError::Empty);
     };
     load_font()?;
-    let failed = |e: &dyn std::fmt::Display| ChartError::Draw {
-        path: path.display().to_string(),
-        message: e.to_string(),
-    };
-    let root = BitMapBackend::new(path, (1200, 900)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| failed(&e))?;
-    let root = root
-        .titled(title, ("sans-serif", 24))
-        .map_err(|e| failed(&e))?;
+    let root = canvas(path, title)?;
     let panels = root.split_evenly((3, 1));
-    let panel = |area: &DrawingArea<BitMapBackend, _>,
-                 caption: &str,
-                 y_label: &str,
-                 y_top: f64,
-                 lines: &[Legend<'_>]|
-     -> Result<(), ChartError> {
-        let mut chart = ChartBuilder::on(area)
-            .caption(caption, ("sans-serif", 18))
-            .margin(10)
-            .x_label_area_size(30)
-            .y_label_area_size(60)
-            .build_cartesian_2d(0.0..end, 0.0..y_top)
-            .map_err(|e| failed(&e))?;
-        chart
-            .configure_mesh()
-            .x_desc("seconds")
-            .y_desc(y_label)
-            .draw()
-            .map_err(|e| failed(&e))?;
-        for (name, points, color) in lines {
-            let color = *color;
-            chart
-                .draw_series(LineSeries::new(
-                    points.iter().copied(),
-                    color.stroke_width(2),
-                ))
-                .map_err(|e| failed(&e))?
-                .label(*name)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
-        }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .position(SeriesLabelPosition::UpperRight)
-            .draw()
-            .map_err(|e| failed(&e))?;
-        Ok(())
-    };
+    let panel =
+        |area: &Area<'_>, caption: &str, y_label: &str, y_top: f64, lines: &[Legend<'_>]| {
+            draw_panel(
+                area,
+                path,
+                &Axes {
+                    end,
+                    x_desc: "seconds",
+                    caption,
+                    y_label,
+                    y_top,
+                },
+                lines,
+            )
+        };
     let load_top = top(&s.connections, 1.0).max(top(&s.rate, 1.0));
     panel(
         &panels[0],
@@ -197,7 +236,7 @@ pub fn draw(entries: &[Entry], path: &Path, title: &str) -> Result<(), ChartErro
         top(&s.p95, 10.0),
         &[("highest p95 of the socket pods", &s.p95, MAGENTA)],
     )?;
-    root.present().map_err(|e| failed(&e))?;
+    root.present().map_err(|e| draw_failed(path)(&e))?;
     Ok(())
 }
 
@@ -232,55 +271,23 @@ pub fn draw_compare(
         return Err(ChartError::Empty);
     };
     load_font()?;
-    let failed = |e: &dyn std::fmt::Display| ChartError::Draw {
-        path: path.display().to_string(),
-        message: e.to_string(),
-    };
-    let root = BitMapBackend::new(path, (1200, 900)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| failed(&e))?;
-    let root = root
-        .titled(title, ("sans-serif", 24))
-        .map_err(|e| failed(&e))?;
+    let root = canvas(path, title)?;
     let panels = root.split_evenly((3, 1));
-    let panel = |area: &DrawingArea<BitMapBackend, _>,
-                 caption: &str,
-                 y_label: &str,
-                 y_top: f64,
-                 lines: &[Legend<'_>]|
-     -> Result<(), ChartError> {
-        let mut chart = ChartBuilder::on(area)
-            .caption(caption, ("sans-serif", 18))
-            .margin(10)
-            .x_label_area_size(30)
-            .y_label_area_size(60)
-            .build_cartesian_2d(0.0..end, 0.0..y_top)
-            .map_err(|e| failed(&e))?;
-        chart
-            .configure_mesh()
-            .x_desc("seconds since the load started")
-            .y_desc(y_label)
-            .draw()
-            .map_err(|e| failed(&e))?;
-        for (name, points, color) in lines {
-            let color = *color;
-            chart
-                .draw_series(LineSeries::new(
-                    points.iter().copied(),
-                    color.stroke_width(2),
-                ))
-                .map_err(|e| failed(&e))?
-                .label(*name)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
-        }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .position(SeriesLabelPosition::UpperRight)
-            .draw()
-            .map_err(|e| failed(&e))?;
-        Ok(())
-    };
+    let panel =
+        |area: &Area<'_>, caption: &str, y_label: &str, y_top: f64, lines: &[Legend<'_>]| {
+            draw_panel(
+                area,
+                path,
+                &Axes {
+                    end,
+                    x_desc: "seconds since the load started",
+                    caption,
+                    y_label,
+                    y_top,
+                },
+                lines,
+            )
+        };
     let c = &first.curves;
     let open = format!("open connections ({} run)", first.label);
     panel(
@@ -344,7 +351,7 @@ pub fn draw_compare(
         p95_top,
         &p95,
     )?;
-    root.present().map_err(|e| failed(&e))?;
+    root.present().map_err(|e| draw_failed(path)(&e))?;
     Ok(())
 }
 
