@@ -305,18 +305,15 @@ pub fn draw_compare(
         ],
     )?;
     let labels: Vec<String> = runs.iter().map(|r| r.label.clone()).collect();
-    let pods: Vec<Legend<'_>> = runs
-        .iter()
-        .zip(&labels)
-        .enumerate()
-        .map(|(i, (r, l))| {
-            (
-                l.as_str(),
-                r.curves.pods.as_slice(),
-                PALETTE[i % PALETTE.len()],
-            )
-        })
-        .collect();
+    // One line per run, in the run's colour.
+    let per_run = |curve: fn(&crate::compare::RunResult) -> &[(f64, f64)]| -> Vec<Legend<'_>> {
+        runs.iter()
+            .zip(&labels)
+            .enumerate()
+            .map(|(i, (r, l))| (l.as_str(), curve(r), PALETTE[i % PALETTE.len()]))
+            .collect()
+    };
+    let pods = per_run(|r| r.curves.pods.as_slice());
     let pods_top = runs
         .iter()
         .map(|r| top(&r.curves.pods, 2.0))
@@ -328,18 +325,7 @@ pub fn draw_compare(
         pods_top,
         &pods,
     )?;
-    let p95: Vec<Legend<'_>> = runs
-        .iter()
-        .zip(&labels)
-        .enumerate()
-        .map(|(i, (r, l))| {
-            (
-                l.as_str(),
-                r.curves.p95.as_slice(),
-                PALETTE[i % PALETTE.len()],
-            )
-        })
-        .collect();
+    let p95 = per_run(|r| r.curves.p95.as_slice());
     let p95_top = runs
         .iter()
         .map(|r| top(&r.curves.p95, 10.0))
