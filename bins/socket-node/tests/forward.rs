@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::{Client, Cluster, Result, Seen};
 use rtc_heartbeat::KeyLayout;
-use rtc_kafka_offsets::OffsetClient;
+use rtc_kafka_wire::OffsetClient;
 use rtc_relay::core::group_of;
 use rtc_relay::{BufferLimits, Bus, KafkaBus, RedisStore, Registry, SystemClock, WallClock};
 use serde_json::json;

@@ -8,7 +8,7 @@ use std::future::Future;
 
 use std::sync::Arc;
 
-use rtc_kafka_offsets::OffsetError;
+use rtc_kafka_wire::WireError;
 
 use crate::batch::Receipt;
 
@@ -18,9 +18,9 @@ pub enum BusError {
     /// The broker failed or refused.
     #[error("kafka: {0}")]
     Kafka(#[from] rskafka::client::error::Error),
-    /// A committed offset could not be read or written.
+    /// A record or a committed offset could not be read or written.
     #[error(transparent)]
-    Offsets(#[from] OffsetError),
+    Wire(#[from] WireError),
     /// The offset asked for is outside the topic.
     #[error("offset {position} is out of range")]
     OutOfRange {
@@ -48,6 +48,13 @@ impl BusError {
     pub fn is_out_of_range(&self) -> bool {
         match self {
             Self::OutOfRange { .. } => true,
+            Self::Wire(e) => matches!(
+                e,
+                WireError::Broker {
+                    error: rtc_kafka_wire::ResponseError::OffsetOutOfRange,
+                    ..
+                }
+            ),
             Self::Kafka(e) => matches!(
                 e,
                 rskafka::client::error::Error::ServerError {
@@ -63,7 +70,7 @@ impl BusError {
     pub fn label(&self) -> &'static str {
         match self {
             Self::Kafka(_) => "kafka",
-            Self::Offsets(e) => e.label(),
+            Self::Wire(e) => e.label(),
             Self::OutOfRange { .. } => "out_of_range",
             Self::Unavailable(_) => "unavailable",
             Self::Produce { .. } => "produce",
@@ -163,5 +170,29 @@ pub trait Bus: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), BusError>> + Send {
         let frame: Arc<str> = Arc::from(frame);
         async move { self.send(node, to, frame, sent_ms).await.wait().await }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rtc_kafka_wire::{ResponseError, WireError};
+
+    use super::BusError;
+
+    fn refused(error: ResponseError) -> BusError {
+        BusError::Wire(WireError::Broker {
+            api: "Fetch",
+            subject: "partition t/0".to_owned(),
+            code: error.code(),
+            error,
+        })
+    }
+
+    #[test]
+    fn only_an_offset_out_of_range_answer_is_out_of_range() {
+        assert!(refused(ResponseError::OffsetOutOfRange).is_out_of_range());
+        assert!(BusError::OutOfRange { position: 3 }.is_out_of_range());
+        assert!(!refused(ResponseError::NotLeaderOrFollower).is_out_of_range());
+        assert!(!BusError::Unavailable("down".to_owned()).is_out_of_range());
     }
 }

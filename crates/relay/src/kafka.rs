@@ -1,24 +1,25 @@
 //! The Kafka-protocol bus: one delivery topic of one partition per node
-//! (`<topic prefix><node id>`), read and written with rskafka; the readers'
-//! positions are the committed offsets of the consumer group
-//! `rtc-node-<node>` ([`crate::core::group_of`]), through
-//! `rtc-kafka-offsets`.
+//! (`<topic prefix><node id>`). Records are produced and fetched with
+//! `rtc-kafka-wire`'s [`RecordClient`] (one request per write, on sockets
+//! with `TCP_NODELAY`); rskafka lists, creates and measures topics. The
+//! readers' positions are the committed offsets of the consumer group
+//! `rtc-node-<node>` ([`crate::core::group_of`]), through `rtc-kafka-wire`'s
+//! [`OffsetClient`].
 //!
 //! Records for another node's topic are produced in batches
 //! ([`crate::batch`]): one [`Batcher`] per topic, within the
 //! [`BatchBounds`] given to [`KafkaBus::with_batching`]. A fetch reads up
 //! to [`KafkaBus::with_fetch_max_bytes`] of records at once.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use rskafka::BackoffConfig;
-use rskafka::chrono::{TimeZone, Utc};
-use rskafka::client::partition::{Compression, OffsetAt, PartitionClient, UnknownTopicHandling};
+use rskafka::client::partition::{OffsetAt, PartitionClient, UnknownTopicHandling};
 use rskafka::client::{Client, ClientBuilder};
-use rskafka::record::Record;
-use rtc_kafka_offsets::OffsetClient;
+use rtc_kafka_wire::{NewRecord, OffsetClient, RecordClient};
 use tokio::sync::Mutex;
 
 use crate::batch::{BatchBounds, Batcher, Outgoing, Produce, Receipt};
@@ -32,7 +33,7 @@ pub struct KafkaBus {
     bootstrap: Vec<String>,
     client_id: String,
     topic_prefix: String,
-    offset_timeout: Duration,
+    request_timeout: Duration,
     bounds: BatchBounds,
     fetch_max_bytes: i32,
     producers: Mutex<HashMap<String, Batcher>>,
@@ -45,37 +46,35 @@ pub const DEFAULT_FETCH_MAX_BYTES: i32 = 1_048_576;
 #[derive(Debug)]
 pub struct KafkaTopic {
     name: String,
-    partition: Arc<PartitionClient>,
+    partition: PartitionClient,
+    records: RecordClient,
     offsets: OffsetClient,
     fetch_max_bytes: i32,
 }
 
 /// Produces a batch to one partition in one request.
 #[derive(Debug)]
-struct PartitionProducer(Arc<PartitionClient>);
+struct PartitionProducer(RecordClient);
 
 impl Produce for PartitionProducer {
     async fn produce(&self, records: Vec<Outgoing>) -> Result<(), BusError> {
-        let records = records
+        let records: Vec<NewRecord> = records
             .into_iter()
-            .map(|r| Record {
-                key: Some(r.to.as_bytes().to_vec()),
-                value: Some(r.frame.as_bytes().to_vec()),
-                headers: BTreeMap::new(),
-                timestamp: Utc
-                    .timestamp_millis_opt(i64::try_from(r.sent_ms).unwrap_or(0))
-                    .single()
-                    .unwrap_or_default(),
+            .map(|r| NewRecord {
+                key: Bytes::copy_from_slice(r.to.as_bytes()),
+                value: Bytes::copy_from_slice(r.frame.as_bytes()),
+                timestamp_ms: i64::try_from(r.sent_ms).unwrap_or(0),
             })
             .collect();
-        self.0.produce(records, Compression::NoCompression).await?;
+        self.0.produce(&records).await?;
         Ok(())
     }
 }
 
 impl KafkaBus {
-    /// Connects to `bootstrap`. Requests are retried for at most
-    /// `deadline`; each offset request fails after `offset_timeout`.
+    /// Connects to `bootstrap`. Topic requests are retried for at most
+    /// `deadline`; each offset, produce and fetch request fails after
+    /// `request_timeout` (a fetch may wait its own wait on top).
     ///
     /// # Errors
     ///
@@ -85,7 +84,7 @@ impl KafkaBus {
         topic_prefix: impl Into<String>,
         client_id: &str,
         deadline: Duration,
-        offset_timeout: Duration,
+        request_timeout: Duration,
     ) -> Result<Self, BusError> {
         let client = ClientBuilder::new(bootstrap.clone())
             .client_id(client_id.to_owned())
@@ -102,7 +101,7 @@ impl KafkaBus {
             bootstrap,
             client_id: client_id.to_owned(),
             topic_prefix: topic_prefix.into(),
-            offset_timeout,
+            request_timeout,
             bounds: BatchBounds::DEFAULT,
             fetch_max_bytes: DEFAULT_FETCH_MAX_BYTES,
             producers: Mutex::new(HashMap::new()),
@@ -131,27 +130,29 @@ impl KafkaBus {
             self.bootstrap.clone(),
             self.client_id.clone(),
             group_of(node),
-            self.offset_timeout,
+            self.request_timeout,
         )
     }
 
-    fn topic(&self, node: &str, partition: Arc<PartitionClient>) -> KafkaTopic {
+    /// A produce and fetch client of `node`'s topic.
+    fn records(&self, node: &str) -> RecordClient {
+        RecordClient::new(
+            self.bootstrap.clone(),
+            self.client_id.clone(),
+            self.topic_name(node),
+            0,
+            self.request_timeout,
+        )
+    }
+
+    fn topic(&self, node: &str, partition: PartitionClient) -> KafkaTopic {
         KafkaTopic {
             name: self.topic_name(node),
             partition,
+            records: self.records(node),
             offsets: self.offsets(node),
             fetch_max_bytes: self.fetch_max_bytes,
         }
-    }
-
-    async fn partition(&self, node: &str) -> Result<Arc<PartitionClient>, BusError> {
-        // A node whose topic is gone fails at once rather than after retries:
-        // the frame is then buffered.
-        Ok(Arc::new(
-            self.client
-                .partition_client(self.topic_name(node), 0, UnknownTopicHandling::Error)
-                .await?,
-        ))
     }
 }
 
@@ -186,31 +187,29 @@ impl Bus for KafkaBus {
             .client
             .partition_client(topic, 0, UnknownTopicHandling::Retry)
             .await?;
-        Ok(self.topic(node, Arc::new(partition)))
+        Ok(self.topic(node, partition))
     }
 
     async fn open(&self, node: &str) -> Result<KafkaTopic, BusError> {
-        let partition = self.partition(node).await?;
+        // A node whose topic is gone fails at once rather than after retries.
+        let partition = self
+            .client
+            .partition_client(self.topic_name(node), 0, UnknownTopicHandling::Error)
+            .await?;
         Ok(self.topic(node, partition))
     }
 
     /// The topic's batcher is built on first use and again after a failed
-    /// produce ended it. The lock is held while a new one connects, so
-    /// that frames for one topic are queued in the order they came.
+    /// produce ended it; its client connects at the first produce. A node
+    /// whose topic is gone fails that produce, and its frames are buffered.
     async fn send(&self, node: &str, to: &str, frame: Arc<str>, sent_ms: u64) -> Receipt {
         let mut producers = self.producers.lock().await;
-        let batcher = match producers.get(node) {
-            Some(b) if !b.is_closed() => b,
-            _ => {
-                producers.remove(node);
-                match self.partition(node).await {
-                    Ok(p) => producers
-                        .entry(node.to_owned())
-                        .or_insert_with(|| Batcher::spawn(PartitionProducer(p), self.bounds)),
-                    Err(e) => return Receipt::ready(Err(e)),
-                }
-            }
-        };
+        if producers.get(node).is_some_and(Batcher::is_closed) {
+            producers.remove(node);
+        }
+        let batcher = producers.entry(node.to_owned()).or_insert_with(|| {
+            Batcher::spawn(PartitionProducer(self.records(node)), self.bounds)
+        });
         batcher.submit(Outgoing {
             to: Arc::from(to),
             frame,
@@ -232,10 +231,15 @@ impl Topic for KafkaTopic {
     /// are skipped; the position after them counts records that are not
     /// deliveries too.
     async fn fetch(&self, position: i64, max_wait_ms: i32) -> Result<Batch, BusError> {
-        let (records, high_watermark) = self
-            .partition
-            .fetch_records(position, 1..self.fetch_max_bytes, max_wait_ms)
+        let fetched = self
+            .records
+            .fetch(
+                position,
+                self.fetch_max_bytes,
+                Duration::from_millis(u64::try_from(max_wait_ms).unwrap_or(0)),
+            )
             .await?;
+        let (records, high_watermark) = (fetched.records, fetched.high_watermark);
         let next = records
             .iter()
             .map(|r| r.offset + 1)
@@ -246,9 +250,9 @@ impl Topic for KafkaTopic {
             .into_iter()
             .filter(|r| r.offset >= position)
             .filter_map(|r| {
-                let to = String::from_utf8(r.record.key?).ok()?;
-                let frame = String::from_utf8(r.record.value?).ok()?;
-                let sent_ms = u64::try_from(r.record.timestamp.timestamp_millis()).unwrap_or(0);
+                let to = String::from_utf8(r.key?.to_vec()).ok()?;
+                let frame = String::from_utf8(r.value?.to_vec()).ok()?;
+                let sent_ms = u64::try_from(r.timestamp_ms).unwrap_or(0);
                 Some(Delivery {
                     offset: r.offset,
                     to,
