@@ -237,6 +237,91 @@ impl Windows {
     }
 }
 
+/// The fraction of the socket container's CPU limit at which the shipped
+/// backup ScaledObject's cpu trigger fires (deploy/k8s/base: 175 % of a
+/// 500m request with a limit of 1 CPU), above the policy's hotspot CPU of
+/// 0.85.
+pub const BACKUP_CPU_OF_LIMIT: f64 = 0.875;
+/// The same for memory (181 % of a 512Mi request with a 1Gi limit), above
+/// the policy's hotspot memory of 0.90.
+pub const BACKUP_MEMORY_OF_LIMIT: f64 = 0.905;
+/// The socket container's CPU request and limit in the backup run: small
+/// enough that the load generator can drive two pods to their limit on
+/// this machine, in the local overlay's ratio of 1 to 5.
+pub const BACKUP_CPU: (&str, &str) = ("10m", "50m");
+
+/// A CPU quantity (`250m`, `0.5`, `2`) in millicores.
+fn cpu_millis(quantity: &str) -> Option<f64> {
+    let q = quantity.trim();
+    match q.strip_suffix('m') {
+        Some(m) => m.parse().ok(),
+        None => q.parse::<f64>().ok().map(|cores| cores * 1000.0),
+    }
+    .filter(|m: &f64| m.is_finite() && *m > 0.0)
+}
+
+/// A memory quantity (`64Mi`, `1Gi`, `512Ki`, `1000000`) in bytes.
+fn memory_bytes(quantity: &str) -> Option<f64> {
+    let q = quantity.trim();
+    let (number, unit) = [("Ki", 1024.0), ("Mi", 1024.0 * 1024.0), ("Gi", 1024.0 * 1024.0 * 1024.0)]
+        .iter()
+        .find_map(|(suffix, unit)| q.strip_suffix(suffix).map(|n| (n, *unit)))
+        .unwrap_or((q, 1.0));
+    number
+        .parse::<f64>()
+        .ok()
+        .map(|n| n * unit)
+        .filter(|b| b.is_finite() && *b > 0.0)
+}
+
+/// The utilization trigger, % of `request`, that fires at `of_limit` of
+/// `limit`: KEDA's (the HPA's) utilization is of the request, the policy's
+/// fractions are of the limit.
+pub fn trigger_percent(of_limit: f64, request: f64, limit: f64) -> u32 {
+    // Two decimals first, so that 0.875 x 5 x 100 is 437.5 and not 437.50000001.
+    let percent = (of_limit * limit / request * 100.0 * 100.0).round() / 100.0;
+    // Saturating float-to-int: a trigger is at least 1 %.
+    (percent.ceil() as u32).max(1)
+}
+
+/// The backup run's socket container: [`BACKUP_CPU`], and the backup
+/// ScaledObject's triggers (`scaled`) at [`BACKUP_CPU_OF_LIMIT`] and
+/// [`BACKUP_MEMORY_OF_LIMIT`] of the container's limits, as the base's
+/// triggers are of the base's sizing.
+fn size_for_backup(socket: &mut Value, scaled: &mut Value) -> Result<(), CompareError> {
+    let containers = socket["spec"]["template"]["spec"]["containers"]
+        .as_array_mut()
+        .ok_or(CompareError::Missing("socket container"))?;
+    let container = containers
+        .iter_mut()
+        .find(|c| c["name"] == "socket")
+        .ok_or(CompareError::Missing("socket container"))?;
+    let resources = &mut container["resources"];
+    resources["requests"]["cpu"] = json!(BACKUP_CPU.0);
+    resources["limits"]["cpu"] = json!(BACKUP_CPU.1);
+    let memory = resources["requests"]["memory"]
+        .as_str()
+        .and_then(memory_bytes)
+        .zip(resources["limits"]["memory"].as_str().and_then(memory_bytes))
+        .ok_or(CompareError::Missing("socket memory request and limit"))?;
+    let cpu = (
+        cpu_millis(BACKUP_CPU.0).unwrap_or(1.0),
+        cpu_millis(BACKUP_CPU.1).unwrap_or(1.0),
+    );
+    let triggers = scaled["spec"]["triggers"]
+        .as_array_mut()
+        .ok_or(CompareError::Missing("backup ScaledObject triggers"))?;
+    for trigger in triggers {
+        let value = match trigger["type"].as_str() {
+            Some("cpu") => trigger_percent(BACKUP_CPU_OF_LIMIT, cpu.0, cpu.1),
+            Some("memory") => trigger_percent(BACKUP_MEMORY_OF_LIMIT, memory.0, memory.1),
+            _ => continue,
+        };
+        trigger["metadata"]["value"] = json!(value.to_string());
+    }
+    Ok(())
+}
+
 fn replicas_of(config: &Value, key: &str, default: u32) -> u32 {
     config["data"][key]
         .as_str()
@@ -247,13 +332,16 @@ fn replicas_of(config: &Value, key: &str, default: u32) -> u32 {
 /// The rendered overlay made into the fleet of one run: the ConfigMap's
 /// windows and the socket pods' grace period scaled; the load-balancer
 /// left out unless `system` is it; the shipped backup ScaledObject left
-/// out unless `system` is [`System::Backup`]; an HPA or a ScaledObject
-/// added for those systems, on the ConfigMap's replica bounds.
+/// out unless `system` is [`System::Backup`], whose socket container is
+/// then sized to [`BACKUP_CPU`] with the triggers moved to match; an HPA or
+/// a ScaledObject added for those systems, on the ConfigMap's replica
+/// bounds.
 ///
 /// # Errors
 ///
 /// [`CompareError::Missing`] when the ConfigMap or the socket Deployment
-/// is missing.
+/// is missing, or, for the backup run, the socket container's resources or
+/// the ScaledObject's triggers.
 pub fn fleet_for(
     docs: Vec<Value>,
     system: &System,
@@ -262,6 +350,7 @@ pub fn fleet_for(
     let mut out = Vec::new();
     let mut config = None;
     let mut namespace = None;
+    let (mut backup, mut socket) = (None, None);
     for mut doc in docs {
         let kind = doc["kind"].as_str().unwrap_or_default().to_owned();
         let name = doc["metadata"]["name"].as_str().unwrap_or_default();
@@ -271,6 +360,7 @@ pub fn fleet_for(
                     windows.backup_behavior();
                 doc["spec"]["pollingInterval"] = json!(windows.secs(30));
                 doc["spec"]["cooldownPeriod"] = json!(windows.secs(600));
+                backup = Some(out.len());
                 out.push(doc);
             }
             continue;
@@ -288,8 +378,15 @@ pub fn fleet_for(
             doc["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] =
                 json!(windows.drain_s() + 20);
             namespace = doc["metadata"]["namespace"].as_str().map(str::to_owned);
+            socket = Some(out.len());
         }
         out.push(doc);
+    }
+    if let (Some(b), Some(s)) = (backup, socket) {
+        let mut scaled = out[b].take();
+        let result = size_for_backup(&mut out[s], &mut scaled);
+        out[b] = scaled;
+        result?;
     }
     let config = config.ok_or(CompareError::Missing("ConfigMap rtc-config"))?;
     let namespace = namespace.ok_or(CompareError::Missing("Deployment socket"))?;
@@ -1098,9 +1195,14 @@ mod tests {
     fn rendered() -> Vec<Value> {
         vec![
             json!({"kind": "ConfigMap", "metadata": {"name": "rtc-config", "namespace": "rtc"}, "data": {"SOCKET_MIN_REPLICAS": "2", "SOCKET_MAX_REPLICAS": "8"}}),
-            json!({"kind": "Deployment", "metadata": {"name": "socket", "namespace": "rtc"}, "spec": {"template": {"spec": {}}}}),
+            json!({"kind": "Deployment", "metadata": {"name": "socket", "namespace": "rtc"}, "spec": {"template": {"spec": {"containers": [
+                {"name": "socket", "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"cpu": "500m", "memory": "512Mi"}}}
+            ]}}}}),
             json!({"kind": "Deployment", "metadata": {"name": "load-balancer", "namespace": "rtc"}}),
-            json!({"kind": "ScaledObject", "metadata": {"name": "socket-backup", "namespace": "rtc"}, "spec": {}}),
+            json!({"kind": "ScaledObject", "metadata": {"name": "socket-backup", "namespace": "rtc"}, "spec": {"triggers": [
+                {"type": "cpu", "metricType": "Utilization", "metadata": {"value": "175"}},
+                {"type": "memory", "metricType": "Utilization", "metadata": {"value": "181"}}
+            ]}}),
         ]
     }
 
@@ -1181,11 +1283,84 @@ mod tests {
                 ["selectPolicy"],
             "Disabled"
         );
+        // The backup run's small pods, and triggers at the base's fractions
+        // of their limits: 0.875 x 50m / 10m and 0.905 x 512Mi / 64Mi.
+        let resources = &backup[1]["spec"]["template"]["spec"]["containers"][0]["resources"];
+        assert_eq!(resources["requests"]["cpu"], "10m");
+        assert_eq!(resources["limits"]["cpu"], "50m");
+        assert_eq!(resources["limits"]["memory"], "512Mi");
+        let triggers = &backup[3]["spec"]["triggers"];
+        assert_eq!(triggers[0]["metadata"]["value"], "438");
+        assert_eq!(triggers[1]["metadata"]["value"], "724");
+        // No other run is resized.
+        assert_eq!(
+            lb[1]["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"],
+            "500m"
+        );
         assert_eq!(
             fleet_for(rendered()[1..].to_vec(), &System::LoadBalancer, w).err(),
             Some(CompareError::Missing("ConfigMap rtc-config"))
         );
         Ok(())
+    }
+
+    #[test]
+    fn the_backup_fractions_are_the_shipped_triggers_over_the_base_sizing()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/k8s/base");
+        let docs = |file: &str| -> Result<Vec<Value>, Box<dyn std::error::Error>> {
+            let text = std::fs::read_to_string(base.join(file))?;
+            Ok(serde_saphyr::from_multiple(&text)?)
+        };
+        let keda = docs("05-keda-scaler.yaml")?;
+        let scaled = keda
+            .iter()
+            .find(|d| d["kind"] == "ScaledObject")
+            .ok_or("no ScaledObject")?;
+        let socket = docs("04-socket.yaml")?;
+        let container = socket
+            .iter()
+            .filter(|d| d["kind"] == "Deployment")
+            .flat_map(|d| d["spec"]["template"]["spec"]["containers"].as_array().cloned().unwrap_or_default())
+            .find(|c| c["name"] == "socket")
+            .ok_or("no socket container")?;
+        let quantity = |kind: &str, name: &str| -> Result<f64, String> {
+            let q = &container["resources"][kind][name];
+            let text = q.as_str().map(str::to_owned).unwrap_or_else(|| q.to_string());
+            let parsed = if name == "cpu" { cpu_millis(&text) } else { memory_bytes(&text) };
+            parsed.ok_or_else(|| format!("resources.{kind}.{name} = {text}"))
+        };
+        for (kind, fraction) in [("cpu", BACKUP_CPU_OF_LIMIT), ("memory", BACKUP_MEMORY_OF_LIMIT)] {
+            let value: f64 = scaled["spec"]["triggers"]
+                .as_array()
+                .and_then(|t| t.iter().find(|t| t["type"] == kind))
+                .and_then(|t| t["metadata"]["value"].as_str())
+                .ok_or("no trigger")?
+                .parse()?;
+            let shipped = value / 100.0 * quantity("requests", kind)? / quantity("limits", kind)?;
+            assert!((shipped - fraction).abs() < 1e-9, "{kind}: {shipped} against {fraction}");
+            // And back: the base's own sizing gives the shipped trigger.
+            assert_eq!(
+                f64::from(trigger_percent(fraction, quantity("requests", kind)?, quantity("limits", kind)?)),
+                value
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn quantities_parse_and_bad_ones_are_none() {
+        assert_eq!(cpu_millis("250m"), Some(250.0));
+        assert_eq!(cpu_millis("1"), Some(1000.0));
+        assert_eq!(cpu_millis("0.5"), Some(500.0));
+        assert_eq!(memory_bytes("64Mi"), Some(64.0 * 1024.0 * 1024.0));
+        assert_eq!(memory_bytes("1Gi"), Some(1024.0 * 1024.0 * 1024.0));
+        assert_eq!(memory_bytes("2048"), Some(2048.0));
+        for bad in ["", "m", "-1", "0", "ten", "1Xi"] {
+            assert_eq!(cpu_millis(bad).or(memory_bytes(bad)), None, "{bad:?}");
+        }
+        assert_eq!(trigger_percent(0.875, 10.0, 50.0), 438);
+        assert_eq!(trigger_percent(0.875, 500.0, 1000.0), 175);
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! The broker's own ceiling on this machine: a plain produce/fetch loop
-//! with rskafka on one topic of one partition, the shape of one node
+//! with the relay's broker client (`rtc_kafka_wire::RecordClient`, one
+//! connection for the producer and one for the consumer) on one topic of
+//! one partition, the shape of one node
 //! pair's delivery topic, with records of the relay's size and its batch
 //! bounds, measured in the same run as the relay's cross-node figure.
 //!
@@ -12,16 +14,15 @@
 //! its batch (the time is written into the record's value) to the return of
 //! the fetch that read it, both on this process's monotonic clock.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
 use hdrhistogram::Histogram;
+use bytes::Bytes;
 use rskafka::client::ClientBuilder;
-use rskafka::client::partition::{Compression, UnknownTopicHandling};
-use rskafka::record::Record;
+use rtc_kafka_wire::{NewRecord, RecordClient};
 
 /// What the loop is given.
 #[derive(Debug, Clone)]
@@ -77,18 +78,23 @@ pub(crate) async fn ceiling(cfg: &CeilingConfig) -> anyhow::Result<Ceiling> {
         .create_topic(cfg.topic.as_str(), 1, 1, 5_000)
         .await
         .context("creating the ceiling topic")?;
-    let producer = client
-        .partition_client(cfg.topic.clone(), 0, UnknownTopicHandling::Retry)
-        .await?;
-    let consumer = client
-        .partition_client(cfg.topic.clone(), 0, UnknownTopicHandling::Retry)
-        .await?;
+    let records = |name: &str| {
+        RecordClient::new(
+            vec![cfg.bootstrap.clone()],
+            name,
+            cfg.topic.clone(),
+            0,
+            Duration::from_secs(5),
+        )
+    };
+    let producer = records("rtc-bench-ceiling-producer");
+    let consumer = records("rtc-bench-ceiling-consumer");
     let per_record = cfg.value_bytes + cfg.key_bytes;
     let batch_records = cfg
         .max_records
         .min(cfg.max_bytes / per_record.max(1))
         .max(1);
-    let key = vec![b'k'; cfg.key_bytes];
+    let key = Bytes::from(vec![b'k'; cfg.key_bytes]);
     let origin = tokio::time::Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let produced = Arc::new(AtomicU64::new(0));
@@ -103,18 +109,15 @@ pub(crate) async fn ceiling(cfg: &CeilingConfig) -> anyhow::Result<Ceiling> {
                 let mut value = t.into_bytes();
                 value.push(b' ');
                 value.resize(cfg_value_bytes(&value, per_record, key.len()), b'x');
-                let records = (0..batch_records)
-                    .map(|_| Record {
-                        key: Some(key.clone()),
-                        value: Some(value.clone()),
-                        headers: BTreeMap::new(),
-                        timestamp: Default::default(),
+                let value = Bytes::from(value);
+                let records: Vec<NewRecord> = (0..batch_records)
+                    .map(|_| NewRecord {
+                        key: key.clone(),
+                        value: value.clone(),
+                        timestamp_ms: 0,
                     })
                     .collect();
-                producer
-                    .produce(records, Compression::NoCompression)
-                    .await
-                    .context("producing")?;
+                producer.produce(&records).await.context("producing")?;
                 produced.fetch_add(batch_records as u64, Ordering::Relaxed);
             }
             anyhow::Ok(())
@@ -127,18 +130,21 @@ pub(crate) async fn ceiling(cfg: &CeilingConfig) -> anyhow::Result<Ceiling> {
     let started = tokio::time::Instant::now();
     let produced_at_start = produced.load(Ordering::Relaxed);
     while started.elapsed() < cfg.length {
-        let (records, _high) = consumer
-            .fetch_records(position, 1..cfg.fetch_max_bytes, cfg.fetch_wait_ms)
+        let fetched_now = consumer
+            .fetch(
+                position,
+                cfg.fetch_max_bytes,
+                Duration::from_millis(u64::try_from(cfg.fetch_wait_ms).unwrap_or(0)),
+            )
             .await
             .context("fetching")?;
         let now = now_us(origin);
-        for r in &records {
+        for r in &fetched_now.records {
             if r.offset < position {
                 continue;
             }
             position = r.offset + 1;
             let sent = r
-                .record
                 .value
                 .as_deref()
                 .and_then(|v| std::str::from_utf8(v.split(|b| *b == b' ').next()?).ok())
