@@ -35,6 +35,7 @@ use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::Mutex;
 
 mod offsets;
 mod records;
@@ -135,6 +136,131 @@ struct Conn {
     addr: String,
     stream: TcpStream,
     correlation: i32,
+}
+
+/// The connection to the one broker that serves a subject (a group's
+/// coordinator, a partition's leader), found through a bootstrap server on
+/// first use and again after any failure. One request at a time.
+#[derive(Debug)]
+struct Link {
+    bootstrap: Vec<String>,
+    client_id: String,
+    subject: String,
+    timeout: Duration,
+    conn: Mutex<Option<Conn>>,
+}
+
+impl Link {
+    fn new(bootstrap: Vec<String>, client_id: String, subject: String, timeout: Duration) -> Self {
+        Self {
+            bootstrap,
+            client_id,
+            subject,
+            timeout,
+            conn: Mutex::new(None),
+        }
+    }
+
+    /// The broker's refusal of `api` with `code`, or `None` for no error.
+    fn refusal(&self, api: &'static str, code: i16) -> Option<WireError> {
+        ResponseError::try_from_code(code).map(|error| WireError::Broker {
+            api,
+            subject: self.subject.clone(),
+            code,
+            error,
+        })
+    }
+
+    /// `Ok` for no error; else the refusal, after dropping the connection
+    /// when the error is one of `moved` (the subject is served elsewhere
+    /// now: the next call finds the broker again).
+    async fn check(
+        &self,
+        api: &'static str,
+        code: i16,
+        moved: &[ResponseError],
+    ) -> Result<(), WireError> {
+        let Some(refusal) = self.refusal(api, code) else {
+            return Ok(());
+        };
+        if let WireError::Broker { error, .. } = &refusal
+            && moved.contains(error)
+        {
+            *self.conn.lock().await = None;
+        }
+        Err(refusal)
+    }
+
+    /// Sends `request` on the connection (found with `find` first when
+    /// there is none) and reads its response within `timeout`; drops the
+    /// connection on failure.
+    async fn call<Q: Encodable, R: Decodable, F: Future<Output = Result<Conn, WireError>>>(
+        &self,
+        (key, api, version): (ApiKey, &'static str, i16),
+        request: &Q,
+        timeout: Duration,
+        find: impl FnOnce() -> F,
+    ) -> Result<R, WireError> {
+        let mut guard = self.conn.lock().await;
+        let mut conn = match guard.take() {
+            Some(c) => c,
+            None => find().await?,
+        };
+        let result = exchange(
+            &mut conn,
+            &self.client_id,
+            key,
+            api,
+            version,
+            request,
+            timeout,
+        )
+        .await;
+        if result.is_ok() {
+            *guard = Some(conn);
+        }
+        result
+    }
+
+    /// Asks each bootstrap server in turn `request`, and connects to the
+    /// address `target` reads from the first usable answer (or stays, when
+    /// it is the same broker).
+    async fn locate<Q: Encodable, R: Decodable>(
+        &self,
+        (key, api, version): (ApiKey, &'static str, i16),
+        request: &Q,
+        target: impl Fn(&R) -> Result<String, WireError>,
+    ) -> Result<Conn, WireError> {
+        let mut last = WireError::NoBootstrap {
+            subject: self.subject.clone(),
+        };
+        for addr in &self.bootstrap {
+            let found = async {
+                let mut conn = connect(addr, self.timeout).await?;
+                let response: R = exchange(
+                    &mut conn,
+                    &self.client_id,
+                    key,
+                    api,
+                    version,
+                    request,
+                    self.timeout,
+                )
+                .await?;
+                let target = target(&response)?;
+                if target == conn.addr {
+                    Ok(conn)
+                } else {
+                    connect(&target, self.timeout).await
+                }
+            };
+            match found.await {
+                Ok(conn) => return Ok(conn),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
 }
 
 async fn connect(addr: &str, timeout: Duration) -> Result<Conn, WireError> {
@@ -244,17 +370,22 @@ async fn exchange<Q: Encodable, R: Decodable>(
     R::decode(&mut buf, version).map_err(codec)
 }
 
+/// A loopback port nobody listens on: bound, then closed.
+#[cfg(test)]
+fn closed_port() -> String {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| "127.0.0.1:1".to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[tokio::test]
     async fn a_broker_that_is_down_is_a_typed_error_naming_it() {
-        // A port nobody listens on: bind, then close.
-        let addr = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.to_string())
-            .unwrap_or_else(|_| "127.0.0.1:1".to_owned());
+        let addr = closed_port();
         let client = OffsetClient::new(vec![addr.clone()], "t", "g", Duration::from_secs(1));
         let err = client.fetch("t", 0).await.err();
         assert!(

@@ -15,6 +15,7 @@
 
 use std::time::Duration;
 
+use crate::{Conn, Link, WireError};
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::{
     ApiKey, FindCoordinatorRequest, FindCoordinatorResponse, GroupId, OffsetCommitRequest,
@@ -22,22 +23,22 @@ use kafka_protocol::messages::{
     offset_commit_request, offset_fetch_request,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
-use tokio::sync::Mutex;
-
-use crate::{Conn, WireError, connect, exchange};
 
 const FIND_COORDINATOR_VERSION: i16 = 1;
 const OFFSET_COMMIT_VERSION: i16 = 2;
 const OFFSET_FETCH_VERSION: i16 = 1;
+/// Answers after which the coordinator is looked up again.
+const COORDINATOR_MOVED: &[ResponseError] = &[
+    ResponseError::NotCoordinator,
+    ResponseError::CoordinatorNotAvailable,
+    ResponseError::CoordinatorLoadInProgress,
+];
 
 /// Commits and fetches one group's offsets.
 #[derive(Debug)]
 pub struct OffsetClient {
-    bootstrap: Vec<String>,
-    client_id: String,
     group: String,
-    timeout: Duration,
-    conn: Mutex<Option<Conn>>,
+    link: Link,
 }
 
 impl OffsetClient {
@@ -49,12 +50,15 @@ impl OffsetClient {
         group: impl Into<String>,
         timeout: Duration,
     ) -> Self {
+        let group = group.into();
         Self {
-            bootstrap,
-            client_id: client_id.into(),
-            group: group.into(),
-            timeout,
-            conn: Mutex::new(None),
+            link: Link::new(
+                bootstrap,
+                client_id.into(),
+                format!("group {group}"),
+                timeout,
+            ),
+            group,
         }
     }
 
@@ -68,12 +72,7 @@ impl OffsetClient {
     /// # Errors
     ///
     /// [`WireError`] when the broker cannot be reached or refuses.
-    pub async fn commit(
-        &self,
-        topic: &str,
-        partition: i32,
-        offset: i64,
-    ) -> Result<(), WireError> {
+    pub async fn commit(&self, topic: &str, partition: i32, offset: i64) -> Result<(), WireError> {
         const API: &str = "OffsetCommit";
         let request = OffsetCommitRequest::default()
             .with_group_id(GroupId(StrBytes::from_string(self.group.clone())))
@@ -139,42 +138,20 @@ impl OffsetClient {
         }
     }
 
-    fn subject(&self) -> String {
-        format!("group {}", self.group)
-    }
-
     fn missing(&self, api: &'static str, topic: &str, partition: i32) -> WireError {
         WireError::Missing {
             api,
-            subject: self.subject(),
+            subject: self.link.subject.clone(),
             topic: topic.to_owned(),
             partition,
         }
     }
 
     async fn check(&self, api: &'static str, code: i16) -> Result<(), WireError> {
-        let Some(error) = ResponseError::try_from_code(code) else {
-            return Ok(());
-        };
-        if matches!(
-            error,
-            ResponseError::NotCoordinator
-                | ResponseError::CoordinatorNotAvailable
-                | ResponseError::CoordinatorLoadInProgress
-        ) {
-            // Find the coordinator again next time.
-            *self.conn.lock().await = None;
-        }
-        Err(WireError::Broker {
-            api,
-            subject: self.subject(),
-            code,
-            error,
-        })
+        self.link.check(api, code, COORDINATOR_MOVED).await
     }
 
-    /// Sends `request` on the coordinator connection (made first when there
-    /// is none) and reads its response; drops the connection on failure.
+    /// Sends `request` to the group's coordinator.
     async fn call<Q: Encodable, R: Decodable>(
         &self,
         key: ApiKey,
@@ -182,81 +159,35 @@ impl OffsetClient {
         version: i16,
         request: &Q,
     ) -> Result<R, WireError> {
-        let mut guard = self.conn.lock().await;
-        let mut conn = match guard.take() {
-            Some(c) => c,
-            None => self.coordinator().await?,
-        };
-        let result = exchange(
-            &mut conn,
-            &self.client_id,
-            key,
-            api,
-            version,
-            request,
-            self.timeout,
-        )
-        .await;
-        if result.is_ok() {
-            *guard = Some(conn);
-        }
-        result
+        self.link
+            .call((key, api, version), request, self.link.timeout, || {
+                self.coordinator()
+            })
+            .await
     }
 
-    /// Connects to a bootstrap server, asks it for the group's coordinator
-    /// and connects there (or stays, when it is the same broker).
+    /// Asks a bootstrap server for the group's coordinator and connects
+    /// there.
     async fn coordinator(&self) -> Result<Conn, WireError> {
-        const API: &str = "FindCoordinator";
-        let mut last = WireError::NoBootstrap {
-            subject: self.subject(),
-        };
-        for addr in &self.bootstrap {
-            let mut conn = match connect(addr, self.timeout).await {
-                Ok(c) => c,
-                Err(e) => {
-                    last = e;
-                    continue;
-                }
-            };
-            let request = FindCoordinatorRequest::default()
-                .with_key(StrBytes::from_string(self.group.clone()))
-                .with_key_type(0);
-            let response: FindCoordinatorResponse = match exchange(
-                &mut conn,
-                &self.client_id,
-                ApiKey::FindCoordinator,
-                API,
-                FIND_COORDINATOR_VERSION,
+        let request = FindCoordinatorRequest::default()
+            .with_key(StrBytes::from_string(self.group.clone()))
+            .with_key_type(0);
+        self.link
+            .locate(
+                (
+                    ApiKey::FindCoordinator,
+                    "FindCoordinator",
+                    FIND_COORDINATOR_VERSION,
+                ),
                 &request,
-                self.timeout,
+                |response: &FindCoordinatorResponse| match self
+                    .link
+                    .refusal("FindCoordinator", response.error_code)
+                {
+                    Some(refusal) => Err(refusal),
+                    None => Ok(format!("{}:{}", response.host.as_str(), response.port)),
+                },
             )
             .await
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    last = e;
-                    continue;
-                }
-            };
-            if let Some(error) = ResponseError::try_from_code(response.error_code) {
-                last = WireError::Broker {
-                    api: API,
-                    subject: self.subject(),
-                    code: response.error_code,
-                    error,
-                };
-                continue;
-            }
-            let target = format!("{}:{}", response.host.as_str(), response.port);
-            if target == conn.addr {
-                return Ok(conn);
-            }
-            match connect(&target, self.timeout).await {
-                Ok(c) => return Ok(c),
-                Err(e) => last = e,
-            }
-        }
-        Err(last)
     }
 }
-

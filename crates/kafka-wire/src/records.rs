@@ -17,6 +17,7 @@
 
 use std::time::Duration;
 
+use crate::{Conn, Link, WireError};
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::ResponseError;
 use kafka_protocol::indexmap::IndexMap;
@@ -26,16 +27,20 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use kafka_protocol::records::{
-    Compression, NO_PARTITION_LEADER_EPOCH, NO_PRODUCER_EPOCH, NO_PRODUCER_ID, NO_SEQUENCE,
-    Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    Compression, NO_PARTITION_LEADER_EPOCH, NO_PRODUCER_EPOCH, NO_PRODUCER_ID, NO_SEQUENCE, Record,
+    RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
-use tokio::sync::Mutex;
-
-use crate::{Conn, WireError, connect, exchange};
 
 const METADATA_VERSION: i16 = 4;
 const PRODUCE_VERSION: i16 = 3;
 const FETCH_VERSION: i16 = 4;
+/// Answers after which the partition's leader is looked up again.
+const LEADER_MOVED: &[ResponseError] = &[
+    ResponseError::NotLeaderOrFollower,
+    ResponseError::LeaderNotAvailable,
+    ResponseError::UnknownTopicOrPartition,
+    ResponseError::FencedLeaderEpoch,
+];
 /// A batch's base offset (8 bytes) and length (4 bytes) come first.
 const BATCH_HEADER: usize = 12;
 
@@ -76,12 +81,9 @@ pub struct Fetched {
 /// Produces to and fetches from one partition of one topic.
 #[derive(Debug)]
 pub struct RecordClient {
-    bootstrap: Vec<String>,
-    client_id: String,
     topic: String,
     partition: i32,
-    timeout: Duration,
-    conn: Mutex<Option<Conn>>,
+    link: Link,
 }
 
 impl RecordClient {
@@ -95,13 +97,16 @@ impl RecordClient {
         partition: i32,
         timeout: Duration,
     ) -> Self {
+        let topic = topic.into();
         Self {
-            bootstrap,
-            client_id: client_id.into(),
-            topic: topic.into(),
+            link: Link::new(
+                bootstrap,
+                client_id.into(),
+                format!("partition {topic}/{partition}"),
+                timeout,
+            ),
+            topic,
             partition,
-            timeout,
-            conn: Mutex::new(None),
         }
     }
 
@@ -121,10 +126,11 @@ impl RecordClient {
         if records.is_empty() {
             return Ok(None);
         }
-        let batch = encode_batch(records).map_err(|message| WireError::Codec { api: API, message })?;
+        let batch =
+            encode_batch(records).map_err(|message| WireError::Codec { api: API, message })?;
         let request = ProduceRequest::default()
             .with_acks(-1)
-            .with_timeout_ms(millis(self.timeout))
+            .with_timeout_ms(millis(self.link.timeout))
             .with_topic_data(vec![
                 produce_request::TopicProduceData::default()
                     .with_name(self.topic_name())
@@ -135,7 +141,13 @@ impl RecordClient {
                     ]),
             ]);
         let response: ProduceResponse = self
-            .call(ApiKey::Produce, API, PRODUCE_VERSION, &request, self.timeout)
+            .call(
+                ApiKey::Produce,
+                API,
+                PRODUCE_VERSION,
+                &request,
+                self.link.timeout,
+            )
             .await?;
         let partition = response
             .responses
@@ -186,7 +198,7 @@ impl RecordClient {
                 API,
                 FETCH_VERSION,
                 &request,
-                self.timeout + max_wait,
+                self.link.timeout + max_wait,
             )
             .await?;
         let partition = response
@@ -198,7 +210,9 @@ impl RecordClient {
             .ok_or_else(|| self.missing(API))?;
         self.check(API, partition.error_code).await?;
         let records = match partition.records {
-            Some(bytes) => decode_batches(bytes).map_err(|message| WireError::Codec { api: API, message })?,
+            Some(bytes) => {
+                decode_batches(bytes).map_err(|message| WireError::Codec { api: API, message })?
+            }
             None => Vec::new(),
         };
         Ok(Fetched {
@@ -211,43 +225,21 @@ impl RecordClient {
         TopicName(StrBytes::from_string(self.topic.clone()))
     }
 
-    fn subject(&self) -> String {
-        format!("partition {}/{}", self.topic, self.partition)
-    }
-
     fn missing(&self, api: &'static str) -> WireError {
         WireError::Missing {
             api,
-            subject: self.subject(),
+            subject: self.link.subject.clone(),
             topic: self.topic.clone(),
             partition: self.partition,
         }
     }
 
     async fn check(&self, api: &'static str, code: i16) -> Result<(), WireError> {
-        let Some(error) = ResponseError::try_from_code(code) else {
-            return Ok(());
-        };
-        if matches!(
-            error,
-            ResponseError::NotLeaderOrFollower
-                | ResponseError::LeaderNotAvailable
-                | ResponseError::UnknownTopicOrPartition
-                | ResponseError::FencedLeaderEpoch
-        ) {
-            // Find the leader again next time.
-            *self.conn.lock().await = None;
-        }
-        Err(WireError::Broker {
-            api,
-            subject: self.subject(),
-            code,
-            error,
-        })
+        self.link.check(api, code, LEADER_MOVED).await
     }
 
-    /// Sends `request` on the leader's connection (made first when there is
-    /// none) and reads its response; drops the connection on failure.
+    /// Sends `request` to the partition's leader, waiting at most
+    /// `timeout` for its response.
     async fn call<Q: Encodable, R: Decodable>(
         &self,
         key: ApiKey,
@@ -256,115 +248,59 @@ impl RecordClient {
         request: &Q,
         timeout: Duration,
     ) -> Result<R, WireError> {
-        let mut guard = self.conn.lock().await;
-        let mut conn = match guard.take() {
-            Some(c) => c,
-            None => self.leader().await?,
-        };
-        let result = exchange(
-            &mut conn,
-            &self.client_id,
-            key,
-            api,
-            version,
-            request,
-            timeout,
-        )
-        .await;
-        if result.is_ok() {
-            *guard = Some(conn);
-        }
-        result
+        self.link
+            .call((key, api, version), request, timeout, || self.leader())
+            .await
     }
 
-    /// Connects to a bootstrap server, asks it for the partition's leader
-    /// and connects there (or stays, when it is the same broker).
+    /// Asks a bootstrap server for the partition's leader and connects
+    /// there. Topics are never created by it.
     async fn leader(&self) -> Result<Conn, WireError> {
-        const API: &str = "Metadata";
-        let mut last = WireError::NoBootstrap {
-            subject: self.subject(),
-        };
-        for addr in &self.bootstrap {
-            let mut conn = match connect(addr, self.timeout).await {
-                Ok(c) => c,
-                Err(e) => {
-                    last = e;
-                    continue;
-                }
-            };
-            let request = MetadataRequest::default()
-                .with_topics(Some(vec![
-                    metadata_request::MetadataRequestTopic::default()
-                        .with_name(Some(self.topic_name())),
-                ]))
-                .with_allow_auto_topic_creation(false);
-            let response: MetadataResponse = match exchange(
-                &mut conn,
-                &self.client_id,
-                ApiKey::Metadata,
-                API,
-                METADATA_VERSION,
+        let request = MetadataRequest::default()
+            .with_topics(Some(vec![
+                metadata_request::MetadataRequestTopic::default()
+                    .with_name(Some(self.topic_name())),
+            ]))
+            .with_allow_auto_topic_creation(false);
+        self.link
+            .locate(
+                (ApiKey::Metadata, "Metadata", METADATA_VERSION),
                 &request,
-                self.timeout,
+                |response: &MetadataResponse| self.leader_of(response),
             )
             .await
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    last = e;
-                    continue;
-                }
-            };
-            let target = match self.leader_of(&response) {
-                Ok(t) => t,
-                Err(e) => {
-                    last = e;
-                    continue;
-                }
-            };
-            if target == conn.addr {
-                return Ok(conn);
-            }
-            match connect(&target, self.timeout).await {
-                Ok(c) => return Ok(c),
-                Err(e) => last = e,
-            }
-        }
-        Err(last)
     }
 
     /// The address of the partition's leader in a Metadata response.
     fn leader_of(&self, response: &MetadataResponse) -> Result<String, WireError> {
         const API: &str = "Metadata";
-        let refused = |code: i16| WireError::Broker {
-            api: API,
-            subject: self.subject(),
-            code,
-            error: ResponseError::try_from_code(code)
-                .unwrap_or(ResponseError::UnknownServerError),
-        };
         let topic = response
             .topics
             .iter()
             .find(|t| t.name.as_ref().is_some_and(|n| n.as_str() == self.topic))
             .ok_or_else(|| self.missing(API))?;
-        if ResponseError::try_from_code(topic.error_code).is_some() {
-            return Err(refused(topic.error_code));
+        if let Some(refusal) = self.link.refusal(API, topic.error_code) {
+            return Err(refusal);
         }
         let partition = topic
             .partitions
             .iter()
             .find(|p| p.partition_index == self.partition)
             .ok_or_else(|| self.missing(API))?;
-        if ResponseError::try_from_code(partition.error_code).is_some() {
-            return Err(refused(partition.error_code));
+        if let Some(refusal) = self.link.refusal(API, partition.error_code) {
+            return Err(refusal);
         }
         response
             .brokers
             .iter()
             .find(|b| b.node_id == partition.leader_id)
             .map(|b| format!("{}:{}", b.host.as_str(), b.port))
-            .ok_or_else(|| refused(ResponseError::LeaderNotAvailable.code()))
+            .ok_or_else(|| WireError::Broker {
+                api: API,
+                subject: self.link.subject.clone(),
+                code: ResponseError::LeaderNotAvailable.code(),
+                error: ResponseError::LeaderNotAvailable,
+            })
     }
 }
 
@@ -419,7 +355,10 @@ fn decode_batches(mut bytes: Bytes) -> Result<Vec<FetchedRecord>, String> {
         length.copy_from_slice(&bytes[8..BATCH_HEADER]);
         let length = usize::try_from(i32::from_be_bytes(length))
             .map_err(|_| "a record batch with a negative length".to_owned())?;
-        let Some(total) = BATCH_HEADER.checked_add(length).filter(|t| *t <= bytes.len()) else {
+        let Some(total) = BATCH_HEADER
+            .checked_add(length)
+            .filter(|t| *t <= bytes.len())
+        else {
             break;
         };
         let mut batch = bytes.split_to(total);
@@ -453,7 +392,11 @@ mod tests {
 
     #[test]
     fn a_batch_decodes_to_its_records_in_order() {
-        let sent = [record("a", "one", 10), record("b", "two", 11), record("c", "", 12)];
+        let sent = [
+            record("a", "one", 10),
+            record("b", "two", 11),
+            record("c", "", 12),
+        ];
         let batch = encode_batch(&sent).expect("encodes");
         assert_eq!(
             RecordBatchDecoder::decode_batch_info(&mut batch.clone())
@@ -472,7 +415,14 @@ mod tests {
         let want: Vec<_> = sent
             .iter()
             .zip(0i64..)
-            .map(|(r, o)| (o, Some(r.key.clone()), Some(r.value.clone()), r.timestamp_ms))
+            .map(|(r, o)| {
+                (
+                    o,
+                    Some(r.key.clone()),
+                    Some(r.value.clone()),
+                    r.timestamp_ms,
+                )
+            })
             .collect();
         assert_eq!(got, want);
     }
@@ -480,7 +430,8 @@ mod tests {
     #[test]
     fn a_cut_last_batch_is_left_for_the_next_fetch() {
         let first = encode_batch(&[record("a", "one", 1)]).expect("encodes");
-        let second = encode_batch(&[record("b", "two", 2), record("c", "three", 3)]).expect("encodes");
+        let second =
+            encode_batch(&[record("b", "two", 2), record("c", "three", 3)]).expect("encodes");
         let mut both = BytesMut::new();
         both.extend_from_slice(&first);
         both.extend_from_slice(&second);
@@ -496,7 +447,8 @@ mod tests {
 
     #[test]
     fn a_malformed_batch_is_an_error_not_a_panic() {
-        let mut batch = BytesMut::from(&encode_batch(&[record("a", "one", 1)]).expect("encodes")[..]);
+        let mut batch =
+            BytesMut::from(&encode_batch(&[record("a", "one", 1)]).expect("encodes")[..]);
         // Flip a byte of the record data: the CRC no longer matches.
         let last = batch.len() - 1;
         batch[last] ^= 0xff;
@@ -509,10 +461,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_broker_that_is_down_is_a_typed_error_naming_the_partition() {
-        let addr = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.to_string())
-            .unwrap_or_else(|_| "127.0.0.1:1".to_owned());
+        let addr = crate::closed_port();
         let client = RecordClient::new(vec![addr.clone()], "t", "topic", 0, Duration::from_secs(1));
         let err = client.produce(&[record("a", "b", 1)]).await.err();
         assert!(

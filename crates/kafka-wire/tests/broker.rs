@@ -34,13 +34,18 @@ fn client_for(kafka: &TestKafka) -> RecordClient {
 type Seen = Vec<(i64, Vec<u8>, Vec<u8>, i64)>;
 
 #[tokio::test]
-async fn produced_batches_read_back_in_order_by_both_clients() -> Result<(), Box<dyn std::error::Error>> {
+async fn produced_batches_read_back_in_order_by_both_clients()
+-> Result<(), Box<dyn std::error::Error>> {
     let kafka = TestKafka::connect(&Endpoints::from_env(), 1).await?;
     let client = client_for(&kafka);
     let batches = [
         vec![record("a", "1", 1_000), record("b", "2", 1_001)],
         vec![record("c", "3", 1_002)],
-        vec![record("d", "4", 1_003), record("e", "", 1_004), record("f", "6", 1_005)],
+        vec![
+            record("d", "4", 1_003),
+            record("e", "", 1_004),
+            record("f", "6", 1_005),
+        ],
     ];
     let mut bases = Vec::new();
     for batch in &batches {
@@ -103,10 +108,15 @@ async fn records_written_by_rskafka_are_read() -> Result<(), Box<dyn std::error:
             key: Some(format!("k{i}").into_bytes()),
             value: Some(format!("v{i}").into_bytes()),
             headers: BTreeMap::new(),
-            timestamp: Utc.timestamp_millis_opt(2_000 + i).single().unwrap_or_default(),
+            timestamp: Utc
+                .timestamp_millis_opt(2_000 + i)
+                .single()
+                .unwrap_or_default(),
         })
         .collect();
-    partition.produce(records, Compression::NoCompression).await?;
+    partition
+        .produce(records, Compression::NoCompression)
+        .await?;
     let fetched = client_for(&kafka)
         .fetch(0, 1 << 20, Duration::from_millis(100))
         .await?;
@@ -128,7 +138,8 @@ async fn records_written_by_rskafka_are_read() -> Result<(), Box<dyn std::error:
 }
 
 #[tokio::test]
-async fn a_small_byte_bound_still_returns_a_whole_first_batch() -> Result<(), Box<dyn std::error::Error>> {
+async fn a_small_byte_bound_still_returns_a_whole_first_batch()
+-> Result<(), Box<dyn std::error::Error>> {
     let kafka = TestKafka::connect(&Endpoints::from_env(), 1).await?;
     let client = client_for(&kafka);
     let big = "x".repeat(4_000);
@@ -142,7 +153,12 @@ async fn a_small_byte_bound_still_returns_a_whole_first_batch() -> Result<(), Bo
         offsets.starts_with(&[0, 1]),
         "the first batch comes whole: {offsets:?}"
     );
-    assert!(fetched.records.iter().all(|r| r.value.as_deref() == Some(big.as_bytes())));
+    assert!(
+        fetched
+            .records
+            .iter()
+            .all(|r| r.value.as_deref() == Some(big.as_bytes()))
+    );
     kafka.cleanup().await?;
     Ok(())
 }
@@ -198,7 +214,15 @@ async fn a_missing_topic_is_a_refusal_naming_it_and_a_position_past_the_end_read
         "the error names the partition: {text}"
     );
     assert!(
-        matches!(&err, Some(WireError::Broker { api: "Metadata", .. } | WireError::Missing { .. })),
+        matches!(
+            &err,
+            Some(
+                WireError::Broker {
+                    api: "Metadata",
+                    ..
+                } | WireError::Missing { .. }
+            )
+        ),
         "{err:?}"
     );
     kafka.cleanup().await?;
