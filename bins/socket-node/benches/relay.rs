@@ -69,6 +69,9 @@ relay bench: socket-node vs a Node.js `ws` relay, on loopback
   --drain N          clients in the drain phase (default 10000)
   --drain-timeout D  DRAIN_TIMEOUT of the drained node (default 20s)
   --skip LIST        phases to skip, comma-separated: idle,local,cross,ceiling,drain
+  --node-env LIST    settings for every socket node, comma-separated KEY=VALUE
+                     (e.g. FETCH_MAX_WAIT_MS=5); the broker's loop takes its
+                     FETCH_MAX_WAIT_MS from here too
                      (ceiling: the broker's own produce/fetch loop, benches/broker/mod.rs);
                      `centrifugo` leaves the Centrifugo peer out of every phase
 ";
@@ -87,6 +90,16 @@ fn flag(name: &str) -> Option<String> {
 
 fn num(name: &str, default: u64) -> u64 {
     flag(name).and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// `--node-env`'s KEY=VALUE pairs, in order.
+fn node_env() -> Vec<(String, String)> {
+    flag("--node-env")
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect()
 }
 
 fn skipped(phase: &str) -> bool {
@@ -227,6 +240,9 @@ impl Cluster {
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         for (key, value) in extra {
+            command.env(key, value);
+        }
+        for (key, value) in node_env() {
             command.env(key, value);
         }
         let target = Target {
@@ -1332,7 +1348,11 @@ async fn ceiling_phase(cluster: &Cluster, length: Duration) -> Result<broker::Ce
         key_bytes: "x-r12".len(),
         max_records: bounds.max_records,
         max_bytes: bounds.max_bytes,
-        fetch_wait_ms: i32::try_from(rtc_relay::DEFAULT_FETCH_WAIT.as_millis()).unwrap_or(250),
+        fetch_wait_ms: node_env()
+            .iter()
+            .find(|(k, _)| k == "FETCH_MAX_WAIT_MS")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(i32::try_from(rtc_relay::DEFAULT_FETCH_WAIT.as_millis()).unwrap_or(250)),
         fetch_max_bytes: rtc_relay::DEFAULT_FETCH_MAX_BYTES,
         length,
     };
