@@ -42,6 +42,18 @@ pub struct KafkaBus {
 /// The default of [`KafkaBus::with_fetch_max_bytes`]: 1 MiB.
 pub const DEFAULT_FETCH_MAX_BYTES: i32 = 1_048_576;
 
+/// How long a gap in the offsets a fetch returns may stay before the reader
+/// goes past it. A delivery topic has no gaps (no compaction, no
+/// transactions), but a broker may show a batch before an earlier one is
+/// readable: the stack's (tansu 0.6.0) does while several producers write
+/// one partition. Reading on over that gap would skip the earlier batch
+/// for good.
+const GAP_GRACE: Duration = Duration::from_secs(2);
+
+/// The pause before a fetch that found only a gap answers, so that the
+/// reader does not spin while the missing batch becomes readable.
+const GAP_PAUSE: Duration = Duration::from_millis(2);
+
 /// One node's delivery topic on the broker.
 #[derive(Debug)]
 pub struct KafkaTopic {
@@ -50,6 +62,47 @@ pub struct KafkaTopic {
     records: RecordClient,
     offsets: OffsetClient,
     fetch_max_bytes: i32,
+    gap: Mutex<GapWatch>,
+}
+
+/// The gap a reader is waiting at, and since when.
+#[derive(Debug, Default)]
+struct GapWatch(Option<(i64, tokio::time::Instant)>);
+
+impl GapWatch {
+    /// A fetch at a position found a gap at offset `at` (`None`: no gap):
+    /// whether to read on past it now, because it has stayed at least
+    /// [`GAP_GRACE`].
+    fn pass(&mut self, at: Option<i64>, now: tokio::time::Instant) -> bool {
+        match (at, self.0) {
+            (None, _) => {
+                self.0 = None;
+                false
+            }
+            (Some(at), Some((seen, since))) if seen == at => {
+                if now.duration_since(since) >= GAP_GRACE {
+                    self.0 = None;
+                    true
+                } else {
+                    false
+                }
+            }
+            (Some(at), _) => {
+                self.0 = Some((at, now));
+                false
+            }
+        }
+    }
+}
+
+/// How many of `offsets` (ascending, none before `position`) follow
+/// `position` without a gap.
+fn contiguous(position: i64, offsets: impl IntoIterator<Item = i64>) -> usize {
+    offsets
+        .into_iter()
+        .zip(position..)
+        .take_while(|(offset, expected)| offset == expected)
+        .count()
 }
 
 /// Produces a batch to one partition in one request.
@@ -152,6 +205,7 @@ impl KafkaBus {
             records: self.records(node),
             offsets: self.offsets(node),
             fetch_max_bytes: self.fetch_max_bytes,
+            gap: Mutex::new(GapWatch::default()),
         }
     }
 }
@@ -207,9 +261,9 @@ impl Bus for KafkaBus {
         if producers.get(node).is_some_and(Batcher::is_closed) {
             producers.remove(node);
         }
-        let batcher = producers.entry(node.to_owned()).or_insert_with(|| {
-            Batcher::spawn(PartitionProducer(self.records(node)), self.bounds)
-        });
+        let batcher = producers
+            .entry(node.to_owned())
+            .or_insert_with(|| Batcher::spawn(PartitionProducer(self.records(node)), self.bounds));
         batcher.submit(Outgoing {
             to: Arc::from(to),
             frame,
@@ -229,7 +283,8 @@ impl Topic for KafkaTopic {
 
     /// Records before `position` (a fetch may return the start of a batch)
     /// are skipped; the position after them counts records that are not
-    /// deliveries too.
+    /// deliveries too. Only the records up to the first gap in the offsets
+    /// are returned, until that gap has stayed [`GAP_GRACE`].
     async fn fetch(&self, position: i64, max_wait_ms: i32) -> Result<Batch, BusError> {
         let fetched = self
             .records
@@ -239,16 +294,40 @@ impl Topic for KafkaTopic {
                 Duration::from_millis(u64::try_from(max_wait_ms).unwrap_or(0)),
             )
             .await?;
-        let (records, high_watermark) = (fetched.records, fetched.high_watermark);
-        let next = records
-            .iter()
-            .map(|r| r.offset + 1)
-            .max()
-            .unwrap_or(position)
-            .max(position);
-        let deliveries = records
+        let high_watermark = fetched.high_watermark;
+        let mut records: Vec<_> = fetched
+            .records
             .into_iter()
             .filter(|r| r.offset >= position)
+            .collect();
+        records.sort_by_key(|r| r.offset);
+        let whole = contiguous(position, records.iter().map(|r| r.offset));
+        if whole < records.len() {
+            let at = position + i64::try_from(whole).unwrap_or(i64::MAX);
+            let pass = self
+                .gap
+                .lock()
+                .await
+                .pass(Some(at), tokio::time::Instant::now());
+            if pass {
+                let to = records.get(whole).map_or(at, |r| r.offset);
+                tracing::warn!(topic = %self.name, from = at, to, "reading on past a gap in the topic's offsets");
+                metrics::counter!("rtc_socket_offset_gaps_total").increment(1);
+            } else {
+                records.truncate(whole);
+                if whole == 0 {
+                    tokio::time::sleep(GAP_PAUSE).await;
+                }
+            }
+        } else {
+            self.gap
+                .lock()
+                .await
+                .pass(None, tokio::time::Instant::now());
+        }
+        let next = records.last().map_or(position, |r| r.offset + 1);
+        let deliveries = records
+            .into_iter()
             .filter_map(|r| {
                 let to = String::from_utf8(r.key?.to_vec()).ok()?;
                 let frame = String::from_utf8(r.value?.to_vec()).ok()?;
@@ -278,5 +357,36 @@ impl Topic for KafkaTopic {
 
     async fn commit(&self, position: i64) -> Result<(), BusError> {
         Ok(self.offsets.commit(&self.name, 0, position).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::time::Instant;
+
+    use super::{GAP_GRACE, GapWatch, contiguous};
+
+    #[test]
+    fn the_contiguous_prefix_stops_at_the_first_gap() {
+        assert_eq!(contiguous(10, [10, 11, 12]), 3);
+        assert_eq!(contiguous(10, [10, 11, 13, 14]), 2);
+        assert_eq!(contiguous(10, [12, 13]), 0);
+        assert_eq!(contiguous(10, []), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_gap_is_passed_only_after_it_stayed_the_grace() {
+        let mut watch = GapWatch::default();
+        let start = Instant::now();
+        assert!(!watch.pass(Some(7), start), "a new gap is waited at");
+        assert!(!watch.pass(Some(7), start + GAP_GRACE / 2));
+        assert!(watch.pass(Some(7), start + GAP_GRACE), "it stayed: read on");
+        // Once passed, a gap at the same offset is new again.
+        assert!(!watch.pass(Some(7), start + GAP_GRACE));
+        // A gap that closes, or moves on, starts over.
+        assert!(!watch.pass(None, start + GAP_GRACE * 2));
+        assert!(!watch.pass(Some(7), start + GAP_GRACE * 3));
+        assert!(!watch.pass(Some(9), start + GAP_GRACE * 5));
+        assert!(watch.pass(Some(9), start + GAP_GRACE * 6));
     }
 }
