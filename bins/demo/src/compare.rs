@@ -263,10 +263,14 @@ fn cpu_millis(quantity: &str) -> Option<f64> {
 /// A memory quantity (`64Mi`, `1Gi`, `512Ki`, `1000000`) in bytes.
 fn memory_bytes(quantity: &str) -> Option<f64> {
     let q = quantity.trim();
-    let (number, unit) = [("Ki", 1024.0), ("Mi", 1024.0 * 1024.0), ("Gi", 1024.0 * 1024.0 * 1024.0)]
-        .iter()
-        .find_map(|(suffix, unit)| q.strip_suffix(suffix).map(|n| (n, *unit)))
-        .unwrap_or((q, 1.0));
+    let (number, unit) = [
+        ("Ki", 1024.0),
+        ("Mi", 1024.0 * 1024.0),
+        ("Gi", 1024.0 * 1024.0 * 1024.0),
+    ]
+    .iter()
+    .find_map(|(suffix, unit)| q.strip_suffix(suffix).map(|n| (n, *unit)))
+    .unwrap_or((q, 1.0));
     number
         .parse::<f64>()
         .ok()
@@ -302,7 +306,11 @@ fn size_for_backup(socket: &mut Value, scaled: &mut Value) -> Result<(), Compare
     let memory = resources["requests"]["memory"]
         .as_str()
         .and_then(memory_bytes)
-        .zip(resources["limits"]["memory"].as_str().and_then(memory_bytes))
+        .zip(
+            resources["limits"]["memory"]
+                .as_str()
+                .and_then(memory_bytes),
+        )
         .ok_or(CompareError::Missing("socket memory request and limit"))?;
     let cpu = (
         cpu_millis(BACKUP_CPU.0).unwrap_or(1.0),
@@ -1321,16 +1329,31 @@ mod tests {
         let container = socket
             .iter()
             .filter(|d| d["kind"] == "Deployment")
-            .flat_map(|d| d["spec"]["template"]["spec"]["containers"].as_array().cloned().unwrap_or_default())
+            .flat_map(|d| {
+                d["spec"]["template"]["spec"]["containers"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
             .find(|c| c["name"] == "socket")
             .ok_or("no socket container")?;
         let quantity = |kind: &str, name: &str| -> Result<f64, String> {
             let q = &container["resources"][kind][name];
-            let text = q.as_str().map(str::to_owned).unwrap_or_else(|| q.to_string());
-            let parsed = if name == "cpu" { cpu_millis(&text) } else { memory_bytes(&text) };
+            let text = q
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| q.to_string());
+            let parsed = if name == "cpu" {
+                cpu_millis(&text)
+            } else {
+                memory_bytes(&text)
+            };
             parsed.ok_or_else(|| format!("resources.{kind}.{name} = {text}"))
         };
-        for (kind, fraction) in [("cpu", BACKUP_CPU_OF_LIMIT), ("memory", BACKUP_MEMORY_OF_LIMIT)] {
+        for (kind, fraction) in [
+            ("cpu", BACKUP_CPU_OF_LIMIT),
+            ("memory", BACKUP_MEMORY_OF_LIMIT),
+        ] {
             let value: f64 = scaled["spec"]["triggers"]
                 .as_array()
                 .and_then(|t| t.iter().find(|t| t["type"] == kind))
@@ -1338,10 +1361,17 @@ mod tests {
                 .ok_or("no trigger")?
                 .parse()?;
             let shipped = value / 100.0 * quantity("requests", kind)? / quantity("limits", kind)?;
-            assert!((shipped - fraction).abs() < 1e-9, "{kind}: {shipped} against {fraction}");
+            assert!(
+                (shipped - fraction).abs() < 1e-9,
+                "{kind}: {shipped} against {fraction}"
+            );
             // And back: the base's own sizing gives the shipped trigger.
             assert_eq!(
-                f64::from(trigger_percent(fraction, quantity("requests", kind)?, quantity("limits", kind)?)),
+                f64::from(trigger_percent(
+                    fraction,
+                    quantity("requests", kind)?,
+                    quantity("limits", kind)?
+                )),
                 value
             );
         }

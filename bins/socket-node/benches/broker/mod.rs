@@ -19,8 +19,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
-use hdrhistogram::Histogram;
 use bytes::Bytes;
+use hdrhistogram::Histogram;
 use rskafka::client::ClientBuilder;
 use rtc_kafka_wire::{NewRecord, RecordClient};
 
