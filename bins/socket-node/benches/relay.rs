@@ -69,11 +69,11 @@ relay bench: socket-node vs a Node.js `ws` relay, on loopback
   --drain N          clients in the drain phase (default 10000)
   --drain-timeout D  DRAIN_TIMEOUT of the drained node (default 20s)
   --skip LIST        phases to skip, comma-separated: idle,local,cross,ceiling,drain
+                     (ceiling: the broker's own produce/fetch loop, benches/broker/mod.rs);
+                     `centrifugo` leaves the Centrifugo peer out of every phase
   --node-env LIST    settings for every socket node, comma-separated KEY=VALUE
                      (e.g. FETCH_MAX_WAIT_MS=5); the broker's loop takes its
                      FETCH_MAX_WAIT_MS from here too
-                     (ceiling: the broker's own produce/fetch loop, benches/broker/mod.rs);
-                     `centrifugo` leaves the Centrifugo peer out of every phase
 ";
 
 fn args() -> Vec<String> {

@@ -206,20 +206,24 @@ impl Link {
             Some(c) => c,
             None => find().await?,
         };
-        let result = exchange(
-            &mut conn,
-            &self.client_id,
-            key,
-            api,
-            version,
-            request,
-            timeout,
-        )
-        .await;
+        let result = self
+            .exchange(&mut conn, (key, api, version), request, timeout)
+            .await;
         if result.is_ok() {
             *guard = Some(conn);
         }
         result
+    }
+
+    /// [`exchange`] as this link's client.
+    async fn exchange<Q: Encodable, R: Decodable>(
+        &self,
+        conn: &mut Conn,
+        (key, api, version): (ApiKey, &'static str, i16),
+        request: &Q,
+        timeout: Duration,
+    ) -> Result<R, WireError> {
+        exchange(conn, &self.client_id, key, api, version, request, timeout).await
     }
 
     /// Asks each bootstrap server in turn `request`, and connects to the
@@ -237,16 +241,9 @@ impl Link {
         for addr in &self.bootstrap {
             let found = async {
                 let mut conn = connect(addr, self.timeout).await?;
-                let response: R = exchange(
-                    &mut conn,
-                    &self.client_id,
-                    key,
-                    api,
-                    version,
-                    request,
-                    self.timeout,
-                )
-                .await?;
+                let response: R = self
+                    .exchange(&mut conn, (key, api, version), request, self.timeout)
+                    .await?;
                 let target = target(&response)?;
                 if target == conn.addr {
                     Ok(conn)
