@@ -105,6 +105,14 @@ async fn api_server_down_fails_ticks_cleanly_and_recovery_follows() -> Result {
     })
     .await
     .ok_or_else(|| format!("no recovery after the API server returned:\n{}", lb.log()))?;
+    // The controller-manager's watches come back on their own backoff; the
+    // next test's fresh workload must not wait for that.
+    rtc_testkit::fixtures::settled_within(
+        &ns.api::<k8s_openapi::api::apps::v1::Deployment>(),
+        NAME,
+        Duration::from_secs(120),
+    )
+    .await?;
     drop(lb);
     ns.cleanup().await?;
     Ok(())

@@ -222,7 +222,28 @@ pub async fn settled<K>(api: &Api<K>, name: &str) -> Result<(), Error>
 where
     K: Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
 {
-    let deadline = tokio::time::Instant::now() + OBSERVE_TIMEOUT;
+    settled_within(api, name, OBSERVE_TIMEOUT).await
+}
+
+/// [`settled`] with its own bound on the wait.
+///
+/// After an API server restart the controllers' informers list again only
+/// when their watch backoff (up to half a minute in client-go) runs out; a
+/// test that restarts it waits here with a longer bound, so the next test
+/// does not meet a controller still catching up.
+///
+/// # Errors
+///
+/// As [`settled`].
+pub async fn settled_within<K>(
+    api: &Api<K>,
+    name: &str,
+    timeout: std::time::Duration,
+) -> Result<(), Error>
+where
+    K: Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let object = serde_json::to_value(api.get(name).await?).unwrap_or_default();
         let generation = object["metadata"]["generation"].as_i64();
@@ -232,7 +253,7 @@ where
         if tokio::time::Instant::now() >= deadline {
             return Err(Error::NotObserved {
                 name: name.to_owned(),
-                waited: OBSERVE_TIMEOUT,
+                waited: timeout,
             });
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
