@@ -160,6 +160,12 @@ pub(crate) struct NodeArgs {
     #[arg(long, env = "FETCH_MAX_BYTES", default_value_t = 1_048_576)]
     pub(crate) fetch_max_bytes: usize,
 
+    /// How long the node the store named for a recipient is used for its
+    /// next messages without asking again, ms (or with a unit); 0 asks for
+    /// every message. Less than FORWARD_RETIRE_AFTER_MS minus PRESENCE_TTL_MS.
+    #[arg(long, env = "ROUTE_CACHE_MS", default_value = "1000")]
+    pub(crate) route_cache_ms: String,
+
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
     pub(crate) log_format: LogFormat,
@@ -207,6 +213,7 @@ impl NodeArgs {
             produce_batch_bytes: self.produce_batch_bytes,
             fetch_max_wait_ms: self.fetch_max_wait_ms.clone(),
             fetch_max_bytes: self.fetch_max_bytes,
+            route_cache_ms: self.route_cache_ms.clone(),
             hostname,
             boot_id: format!("{}-{pid}", now.as_millis()),
             drain_seed: u64::from(pid) ^ u64::from(now.subsec_nanos()),
@@ -290,6 +297,11 @@ mod tests {
         assert_eq!(d.batch, rtc_relay::BatchBounds::DEFAULT);
         assert_eq!(d.fetch_wait, Duration::from_millis(20));
         assert_eq!(d.fetch_max_bytes, 1_048_576);
+        assert_eq!(d.route_cache, Duration::from_secs(1));
+        assert_eq!(
+            settings(&["--route-cache-ms", "0"])?.route_cache,
+            Duration::ZERO
+        );
         let s = settings(&[
             "--produce-linger-ms",
             "0",
@@ -371,6 +383,18 @@ mod tests {
             (vec!["--fetch-max-wait-ms", "0"], "FETCH_MAX_WAIT_MS"),
             (vec!["--fetch-max-wait-ms", "1m"], "FETCH_MAX_WAIT_MS"),
             (vec!["--fetch-max-bytes", "10"], "FETCH_MAX_BYTES"),
+            (vec!["--route-cache-ms", "soon"], "ROUTE_CACHE_MS"),
+            (
+                vec![
+                    "--route-cache-ms",
+                    "10m",
+                    "--presence-ttl-ms",
+                    "30s",
+                    "--forward-retire-after-ms",
+                    "10m",
+                ],
+                "ROUTE_CACHE_MS",
+            ),
         ] {
             let err = settings(&args)
                 .err()

@@ -17,8 +17,8 @@
 //! - [`store`] and [`bus`]: the two I/O boundaries as narrow traits
 //!   ([`PresenceStore`], [`Registry`]; [`Bus`], [`Topic`]).
 //! - [`redis`] and [`kafka`]: their real implementations, on fred and
-//!   rskafka (positions through `rtc-kafka-offsets`); [`batch`]: the
-//!   produce batching of the Kafka bus.
+//!   `rtc-kafka-wire` (produce, fetch and positions; rskafka lists and
+//!   creates topics); [`batch`]: the produce batching of the Kafka bus.
 //! - [`Relay`]: the driver of the core over a store and a bus, the local
 //!   connection table, and this node's topic consumer; [`forward`]: the
 //!   forwarder of topics of nodes that are gone.
@@ -37,6 +37,10 @@
 //!   store operations: a message finds either the recipient's presence or
 //!   its buffer, and a connecting client takes its buffer as it claims
 //!   presence.
+//! - **A remembered route costs a hop, never a message.** A client's frame
+//!   for a recipient on another node goes to the node the store named for
+//!   it up to ROUTE_CACHE_MS before ([`core::routes`]); a node that finds
+//!   the recipient gone hands the record on through the store.
 //! - **Never skips a topic record.** A record is handed on (retrying while
 //!   the store is down) before the position passes it.
 
@@ -60,8 +64,8 @@ pub use forward::{ForwardConfig, ForwardError, Pass};
 pub use kafka::{DEFAULT_FETCH_MAX_BYTES, KafkaBus, KafkaTopic};
 pub use redis::RedisStore;
 pub use relay::{
-    DEFAULT_FETCH_WAIT, Inbox, Kick, KickReason, Outbound, Publishing, Relay, RelayError, Routed,
-    TryRecvError,
+    DEFAULT_FETCH_WAIT, DEFAULT_ROUTE_CACHE, Inbox, Kick, KickReason, Outbound, Publishing, Relay,
+    RelayError, Routed, TryRecvError,
 };
 // The wall clock the relay takes (`Relay::with_wall_clock`).
 pub use rtc_time::{ManualClock, SystemClock, WallClock};

@@ -18,7 +18,8 @@ use crate::bus::{Bus, Delivery, SHORT_WAIT_MS, Topic};
 use crate::core::cursor::{Cursor, Held, commit_point, resume_at};
 use crate::core::message_id;
 use crate::core::protocol::Status;
-use crate::core::routing::{Event, Offer, Origin, Routing, Step};
+use crate::core::routes::{self, RouteCache};
+use crate::core::routing::{Event, Lookup, Offer, Origin, Routing, Step};
 use crate::store::{PresenceStore, StoreError};
 
 /// A frame on its way to a local connection.
@@ -380,7 +381,11 @@ pub struct Relay<S, B> {
     position: AtomicU64,
     holds: Arc<Holds>,
     fetch_wait: Duration,
+    routes: std::sync::Mutex<RouteCache>,
 }
+
+/// The default of [`Relay::with_route_cache`].
+pub const DEFAULT_ROUTE_CACHE: Duration = Duration::from_millis(routes::DEFAULT_TTL_MS);
 
 /// The default of [`Relay::with_fetch_wait`]: short, because some brokers
 /// hold a fetch for most of its wait even when records are there.
@@ -409,7 +414,19 @@ impl<S: PresenceStore, B: Bus> Relay<S, B> {
             position: AtomicU64::new(0),
             holds: Arc::default(),
             fetch_wait: DEFAULT_FETCH_WAIT,
+            routes: std::sync::Mutex::new(RouteCache::default()),
         }
+    }
+
+    /// The same relay remembering the node the store names for a recipient
+    /// for `ttl` ([`DEFAULT_ROUTE_CACHE`] unless set; zero: every
+    /// message asks the store). See [`routes`] for why a stale entry costs
+    /// a hop and never a message, and the bound `ttl` must keep.
+    #[must_use]
+    pub fn with_route_cache(self, ttl: Duration) -> Self {
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        *lock(&self.routes) = RouteCache::new(ttl_ms, routes::DEFAULT_MAX_ENTRIES);
+        self
     }
 
     /// The same relay whose consumer waits up to `wait` for records when
@@ -470,6 +487,8 @@ impl<S: PresenceStore, B: Bus> Relay<S, B> {
             kick: Arc::clone(&kick),
             room: self.queue,
         };
+        // Served here now: whatever this node remembered of its node is stale.
+        lock(&self.routes).forget(client);
         let previous = lock(&self.local).insert(client.to_owned(), Local { conn, tx });
         if let Some(previous) = previous {
             previous.tx.kick.fire(KickReason::Superseded);
@@ -674,6 +693,7 @@ impl<S: PresenceStore, B: Bus> Relay<S, B> {
                 Ok(()) => Event::Published,
                 Err(e) => {
                     tracing::warn!(error = %e, node = %p.node, "relay failed; buffering");
+                    lock(&self.routes).forget(&p.to);
                     Event::PublishFailed
                 }
             };
@@ -719,13 +739,32 @@ impl<S: PresenceStore, B: Bus> Relay<S, B> {
                     self.handed_off.fetch_add(1, Ordering::Relaxed);
                     Event::Counted
                 }
-                Step::Lookup => match self.store.route(to, frame).await {
-                    Ok(lookup) => Event::Looked(lookup),
-                    Err(e) => {
-                        failure = Some(e);
-                        Event::StoreFailed
+                Step::Lookup => {
+                    // Only a client's own frames take the remembered node: a
+                    // record reached this node's topic or a closing connection
+                    // because its recipient moved, so it asks the store.
+                    let cached = (*routing.origin() == Origin::Client)
+                        .then(|| lock(&self.routes).get(self.mono_ms(), to))
+                        .flatten();
+                    if let Some(node) = cached {
+                        metrics::counter!("rtc_socket_route_lookups_total", "source" => "cache")
+                            .increment(1);
+                        Event::Looked(Lookup::Node(node.to_string()))
+                    } else {
+                        metrics::counter!("rtc_socket_route_lookups_total", "source" => "store")
+                            .increment(1);
+                        match self.store.route(to, frame).await {
+                            Ok(lookup) => {
+                                self.remember(to, &lookup);
+                                Event::Looked(lookup)
+                            }
+                            Err(e) => {
+                                failure = Some(e);
+                                Event::StoreFailed
+                            }
+                        }
                     }
-                },
+                }
                 Step::Publish(node) => {
                     let receipt = self.bus.send(&node, to, Arc::clone(frame), sent_ms).await;
                     return Driven::Publishing(Publishing(Box::new(Pending {
@@ -765,6 +804,16 @@ impl<S: PresenceStore, B: Bus> Relay<S, B> {
                 }
             };
             routing.on(event);
+        }
+    }
+
+    /// Keeps what the store answered for `to`: the node serving it, or
+    /// that none does.
+    fn remember(&self, to: &str, lookup: &Lookup) {
+        let mut routes = lock(&self.routes);
+        match lookup {
+            Lookup::Node(node) => routes.put(self.mono_ms(), to, node),
+            Lookup::Buffered => routes.forget(to),
         }
     }
 

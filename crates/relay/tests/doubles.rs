@@ -217,6 +217,86 @@ async fn submitted_frames_keep_their_order_and_a_failed_produce_is_buffered_neve
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_remembered_node_skips_the_store_and_a_stale_one_costs_a_hop_not_the_message() -> Result {
+    let (redis, bus) = (MemoryRedis::default(), MemoryBus::default());
+    let a = Arc::new(
+        Relay::new(
+            "a".to_owned(),
+            "boot".to_owned(),
+            redis.store("a", TTL, LIMITS),
+            bus.clone(),
+            8,
+            Meter::new(10)?,
+        )
+        .with_route_cache(Duration::from_secs(1)),
+    );
+    let b = relay(&redis, &bus, "b", 8)?;
+    bus.own_topic("b").await?;
+    bus.own_topic("c").await?;
+    redis.store("b", TTL, LIMITS).connect("bob").await?;
+    assert_eq!(a.route("bob", frame(1), 1).await?, Status::Relayed);
+
+    // Within the ttl the store is not asked: it could be down.
+    redis.set_down(true);
+    assert_eq!(a.route("bob", frame(2), 2).await?, Status::Relayed);
+    redis.set_down(false);
+    assert_eq!(bus.records("b").len(), 2);
+
+    // Bob moves to c; a still sends to b, which hands the record on.
+    redis.store("c", TTL, LIMITS).connect("bob").await?;
+    assert_eq!(a.route("bob", frame(3), 3).await?, Status::Relayed);
+    assert_eq!(bus.records("b").len(), 3);
+    let (stop, stop_rx) = watch::channel(false);
+    let consumer = tokio::spawn(Arc::clone(&b).consume(
+        bus.open("b").await?,
+        Duration::from_millis(100),
+        stop_rx,
+    ));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let on_c: Vec<u64> = bus.records("c").iter().map(|d| d.sent_ms).collect();
+    assert_eq!(on_c, [1, 2, 3], "b found bob gone and relayed to c");
+    assert_eq!(b.handed_off(), 3);
+
+    // Past the ttl, a asks the store again and sends to c itself.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(a.route("bob", frame(4), 4).await?, Status::Relayed);
+    assert_eq!(bus.records("b").len(), 3);
+    assert_eq!(bus.records("c").len(), 4);
+
+    // Bob connects to a itself: the remembered node is forgotten.
+    let (rx, _kick) = a.attach("bob", 1);
+    a.claim("bob").await?;
+    a.detach("bob", 1, rx).await;
+    redis.set_down(true);
+    let err = a.route("bob", frame(5), 5).await.err();
+    assert!(matches!(err, Some(RelayError::Store(_))), "{err:?}");
+    stop.send(true)?;
+    consumer.await?;
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_the_route_cache_off_every_message_asks_the_store() -> Result {
+    let (redis, bus) = (MemoryRedis::default(), MemoryBus::default());
+    let a = Relay::new(
+        "a".to_owned(),
+        "boot".to_owned(),
+        redis.store("a", TTL, LIMITS),
+        bus.clone(),
+        8,
+        Meter::new(10)?,
+    )
+    .with_route_cache(Duration::ZERO);
+    bus.own_topic("b").await?;
+    redis.store("b", TTL, LIMITS).connect("bob").await?;
+    assert_eq!(a.route("bob", frame(1), 1).await?, Status::Relayed);
+    redis.set_down(true);
+    let err = a.route("bob", frame(2), 2).await.err();
+    assert!(matches!(err, Some(RelayError::Store(_))), "{err:?}");
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_restarted_consumer_resumes_from_the_committed_offset() -> Result {
     let (redis, bus) = (MemoryRedis::default(), MemoryBus::default());
     let a = relay(&redis, &bus, "a", 8)?;

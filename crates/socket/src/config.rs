@@ -92,6 +92,9 @@ pub struct Settings {
     pub fetch_wait: Duration,
     /// FETCH_MAX_BYTES: bytes one fetch reads at most.
     pub fetch_max_bytes: i32,
+    /// ROUTE_CACHE_MS: how long a node the store named for a recipient is
+    /// used without asking again; zero asks for every message.
+    pub route_cache: Duration,
 }
 
 /// The largest FETCH_MAX_WAIT_MS allowed.
@@ -183,6 +186,10 @@ pub struct RawSettings {
     pub fetch_max_wait_ms: String,
     /// Bytes one fetch reads at most.
     pub fetch_max_bytes: usize,
+    /// How long the node the store named for a recipient is used without
+    /// asking again, ms; less than FORWARD_RETIRE_AFTER_MS minus
+    /// PRESENCE_TTL_MS.
+    pub route_cache_ms: String,
     /// HOSTNAME, the fallback for the node id.
     pub hostname: Option<String>,
     /// Differs on every start (from the caller's clock and process id).
@@ -471,6 +478,18 @@ impl RawSettings {
                 ),
             ));
         }
+        let route_cache = duration("ROUTE_CACHE_MS", &self.route_cache_ms, MS)?;
+        let route_bound = retire_after.saturating_sub(presence_ttl);
+        if route_cache >= route_bound {
+            return Err(ConfigError::new(
+                "ROUTE_CACHE_MS",
+                format!(
+                    "bad setting ROUTE_CACHE_MS: value {:?} is not allowed; allowed: 0 to less than FORWARD_RETIRE_AFTER_MS minus PRESENCE_TTL_MS ({}), so a remembered node's topic is still read",
+                    self.route_cache_ms,
+                    format_duration(route_bound)
+                ),
+            ));
+        }
         Ok(Settings {
             node_id,
             boot_id: self.boot_id.clone(),
@@ -514,6 +533,7 @@ impl RawSettings {
                 max_bytes: self.produce_batch_bytes,
             },
             fetch_wait,
+            route_cache,
             fetch_max_bytes: i32::try_from(self.fetch_max_bytes).unwrap_or(i32::MAX),
         })
     }

@@ -249,7 +249,8 @@ pub async fn start(
             settings.send_queue,
             meter,
         )
-        .with_fetch_wait(settings.fetch_wait),
+        .with_fetch_wait(settings.fetch_wait)
+        .with_route_cache(settings.route_cache),
     );
 
     let (consumer_stop, consumer_stop_rx) = watch::channel(false);

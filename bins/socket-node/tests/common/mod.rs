@@ -89,6 +89,9 @@ impl Cluster {
             batch: rtc_relay::BatchBounds::DEFAULT,
             fetch_wait: rtc_relay::DEFAULT_FETCH_WAIT,
             fetch_max_bytes: rtc_relay::DEFAULT_FETCH_MAX_BYTES,
+            // Below FORWARD_RETIRE_AFTER minus PRESENCE_TTL, as the settings
+            // require.
+            route_cache: Duration::from_millis(500),
         }
     }
 

@@ -8,12 +8,14 @@
 //! - [`limit`]: the per-connection flood guard.
 //! - [`forwarding`]: which topics of gone nodes to forward, and when to
 //!   retire them.
+//! - [`routes`]: the recipients' nodes a sender remembers for a while.
 
 pub mod cursor;
 pub mod forwarding;
 pub mod limit;
 pub mod presence;
 pub mod protocol;
+pub mod routes;
 pub mod routing;
 
 /// A message id, unique across nodes and restarts: `<node>/<boot>/<seq>`.

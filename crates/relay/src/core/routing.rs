@@ -153,6 +153,11 @@ impl Routing {
         }
     }
 
+    /// Where the frame comes from.
+    pub fn origin(&self) -> &Origin {
+        &self.origin
+    }
+
     /// The step to do now.
     pub fn step(&self) -> &Step {
         &self.step
