@@ -169,181 +169,193 @@ async fn reject(mut socket: WebSocket, code: u16, reason: &'static str, error_co
 /// (Redis, the broker, frame handling, rejections) are boxed, so an idle
 /// connection's future stays small: most connections are idle most of the
 /// time.
-async fn session(
+///
+/// An `async move` block rather than an `async fn`: an async function
+/// moves its arguments into locals as it starts and its future keeps room
+/// for both (about 470 bytes more per connection here); a block uses what
+/// it captured in place.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn's future keeps its arguments twice; see above"
+)]
+fn session(
     state: Public,
     mut socket: WebSocket,
     client_id: Option<String>,
     mut conn: Connection,
-) {
-    let client = match client_id {
-        Some(id) if protocol::valid_client_id(&id) => id,
-        _ => {
-            metrics::counter!("rtc_socket_refused_total", "reason" => "bad_client_id").increment(1);
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let client = match client_id {
+            Some(id) if protocol::valid_client_id(&id) => id,
+            _ => {
+                metrics::counter!("rtc_socket_refused_total", "reason" => "bad_client_id")
+                    .increment(1);
+                Box::pin(reject(
+                    socket,
+                    close::POLICY,
+                    "missing or malformed client_id: 1-128 characters from [A-Za-z0-9._~@-]",
+                    "bad_client_id",
+                ))
+                .await;
+                return;
+            }
+        };
+        if state.drain.active() > state.limits.max_connections {
+            metrics::counter!("rtc_socket_refused_total", "reason" => "full").increment(1);
             Box::pin(reject(
                 socket,
-                close::POLICY,
-                "missing or malformed client_id: 1-128 characters from [A-Za-z0-9._~@-]",
-                "bad_client_id",
+                close::TRY_AGAIN_LATER,
+                "node full: try again later",
+                "node_full",
             ))
             .await;
             return;
         }
-    };
-    if state.drain.active() > state.limits.max_connections {
-        metrics::counter!("rtc_socket_refused_total", "reason" => "full").increment(1);
-        Box::pin(reject(
-            socket,
-            close::TRY_AGAIN_LATER,
-            "node full: try again later",
-            "node_full",
+        metrics::counter!("rtc_socket_connections_total").increment(1);
+        let relay = Arc::clone(&state.relay);
+        let (mut rx, kick) = relay.attach(&client, conn.id());
+        let pending = match Box::pin(relay.claim(&client)).await {
+            Ok(frames) => frames,
+            Err(e) => {
+                tracing::warn!(error = %e, "claiming the client failed");
+                let _ = socket
+                    .send(closing(
+                        close::TRY_AGAIN_LATER,
+                        "presence store unavailable",
+                    ))
+                    .await;
+                Box::pin(relay.detach(&client, conn.id(), rx)).await;
+                return;
+            }
+        };
+        let welcome = Control::Welcome {
+            client_id: &client,
+            node: relay.node(),
+        }
+        .encode();
+        let welcomed = socket.send(Message::Text(welcome.into())).await.is_ok();
+        let open = Box::pin(write_buffered(
+            &relay,
+            &mut socket,
+            &client,
+            pending,
+            welcomed,
         ))
         .await;
-        return;
-    }
-    metrics::counter!("rtc_socket_connections_total").increment(1);
-    let relay = Arc::clone(&state.relay);
-    let (mut rx, kick) = relay.attach(&client, conn.id());
-    let pending = match Box::pin(relay.claim(&client)).await {
-        Ok(frames) => frames,
-        Err(e) => {
-            tracing::warn!(error = %e, "claiming the client failed");
-            let _ = socket
-                .send(closing(
-                    close::TRY_AGAIN_LATER,
-                    "presence store unavailable",
-                ))
-                .await;
+
+        let origin = Instant::now();
+        let now_ms = || u64::try_from(origin.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let mut bucket = TokenBucket::new(state.limits.rate_per_second, state.limits.burst, 0);
+        let mut refresh = tokio::time::interval_at(
+            Instant::now() + state.limits.presence_refresh,
+            state.limits.presence_refresh,
+        );
+        if !open {
             Box::pin(relay.detach(&client, conn.id(), rx)).await;
             return;
         }
-    };
-    let welcome = Control::Welcome {
-        client_id: &client,
-        node: relay.node(),
-    }
-    .encode();
-    let welcomed = socket.send(Message::Text(welcome.into())).await.is_ok();
-    let open = Box::pin(write_buffered(
-        &relay,
-        &mut socket,
-        &client,
-        pending,
-        welcomed,
-    ))
-    .await;
-
-    let origin = Instant::now();
-    let now_ms = || u64::try_from(origin.elapsed().as_millis()).unwrap_or(u64::MAX);
-    let mut bucket = TokenBucket::new(state.limits.rate_per_second, state.limits.burst, 0);
-    let mut refresh = tokio::time::interval_at(
-        Instant::now() + state.limits.presence_refresh,
-        state.limits.presence_refresh,
-    );
-    if !open {
-        Box::pin(relay.detach(&client, conn.id(), rx)).await;
-        return;
-    }
-    let mut replies = Replies::new();
-    loop {
-        tokio::select! {
-            Some(reply) = replies.next(), if !replies.is_empty() => {
-                if socket.send(Message::Text(reply.into())).await.is_err() {
-                    break;
-                }
-            }
-            instruction = conn.instruction() => {
-                Box::pin(flush(&mut socket, &mut replies)).await;
-                let frame = match instruction {
-                    Instruction::Reconnect { retry_after } => Control::Reconnect {
-                        retry_after_ms: u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX),
-                    },
-                    Instruction::Shed { retry_after } => Control::Reconnect {
-                        retry_after_ms: u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX),
-                    },
-                    Instruction::Close => Control::Reconnect { retry_after_ms: 0 },
-                };
-                let why = if matches!(instruction, Instruction::Shed { .. }) {
-                    "node rebalancing: reconnect to another node"
-                } else {
-                    "node draining: reconnect to another node"
-                };
-                let _ = socket.send(Message::Text(frame.encode().into())).await;
-                let _ = socket.send(closing(close::SERVICE_RESTART, why)).await;
-                break;
-            }
-            () = kick.buffered_for_me() => {
-                // A frame was buffered while this connection is open here.
-                if !Box::pin(take_buffer(&relay, &mut socket, &client)).await {
-                    break;
-                }
-            }
-            reason = kick.wait() => {
-                Box::pin(flush(&mut socket, &mut replies)).await;
-                let (code, text) = match reason {
-                    KickReason::Slow => (close::TRY_AGAIN_LATER, "too slow to keep up: reconnect"),
-                    KickReason::Superseded => (close::SUPERSEDED, "replaced by a newer connection"),
-                };
-                let _ = socket.send(closing(code, text)).await;
-                break;
-            }
-            out = rx.recv() => {
-                let Some(out) = out else { break };
-                let text = Utf8Bytes::from(out.frame.as_ref());
-                if socket.send(Message::Text(text)).await.is_err() {
-                    // Not written: handed on like the rest at detach.
-                    Box::pin(relay.hand_back(&client, out)).await;
-                    break;
-                }
-                relay.written(out);
-            }
-            _ = refresh.tick() => {
-                if !Box::pin(take_buffer(&relay, &mut socket, &client)).await {
-                    break;
-                }
-            }
-            incoming = socket.recv() => {
-                let Some(Ok(message)) = incoming else {
-                    if let Some(Err(e)) = incoming {
-                        tracing::debug!(error = %e, "socket error");
-                        let text = e.to_string();
-                        if text.contains("too long") || text.contains("Space limit") || text.contains("size") {
-                            metrics::counter!("rtc_socket_rejected_total", "reason" => "too_big").increment(1);
-                            let _ = socket.send(closing(close::TOO_BIG, "frame too large")).await;
-                        }
+        let mut replies = Replies::new();
+        loop {
+            tokio::select! {
+                Some(reply) = replies.next(), if !replies.is_empty() => {
+                    if socket.send(Message::Text(reply.into())).await.is_err() {
+                        break;
                     }
+                }
+                instruction = conn.instruction() => {
+                    Box::pin(flush(&mut socket, &mut replies)).await;
+                    let frame = match instruction {
+                        Instruction::Reconnect { retry_after } => Control::Reconnect {
+                            retry_after_ms: u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX),
+                        },
+                        Instruction::Shed { retry_after } => Control::Reconnect {
+                            retry_after_ms: u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX),
+                        },
+                        Instruction::Close => Control::Reconnect { retry_after_ms: 0 },
+                    };
+                    let why = if matches!(instruction, Instruction::Shed { .. }) {
+                        "node rebalancing: reconnect to another node"
+                    } else {
+                        "node draining: reconnect to another node"
+                    };
+                    let _ = socket.send(Message::Text(frame.encode().into())).await;
+                    let _ = socket.send(closing(close::SERVICE_RESTART, why)).await;
                     break;
-                };
-                match message {
-                    Message::Text(text) => {
-                        while replies.len() >= MAX_UNSETTLED {
-                            let Some(reply) = replies.next().await else { break };
-                            let _ = socket.send(Message::Text(reply.into())).await;
-                        }
-                        if !Box::pin(handle_text(&state, &relay, &mut socket, &client, &mut bucket, now_ms(), text.as_str(), &mut replies)).await {
-                            break;
-                        }
+                }
+                () = kick.buffered_for_me() => {
+                    // A frame was buffered while this connection is open here.
+                    if !Box::pin(take_buffer(&relay, &mut socket, &client)).await {
+                        break;
                     }
-                    Message::Binary(_) => {
-                        metrics::counter!("rtc_socket_rejected_total", "reason" => "binary").increment(1);
-                        Box::pin(flush(&mut socket, &mut replies)).await;
-                        Box::pin(reject(socket, close::UNSUPPORTED_DATA, "binary frames are not supported: send JSON text", "binary_not_supported")).await;
-                        Box::pin(relay.detach(&client, conn.id(), rx)).await;
-                        return;
+                }
+                reason = kick.wait() => {
+                    Box::pin(flush(&mut socket, &mut replies)).await;
+                    let (code, text) = match reason {
+                        KickReason::Slow => (close::TRY_AGAIN_LATER, "too slow to keep up: reconnect"),
+                        KickReason::Superseded => (close::SUPERSEDED, "replaced by a newer connection"),
+                    };
+                    let _ = socket.send(closing(code, text)).await;
+                    break;
+                }
+                out = rx.recv() => {
+                    let Some(out) = out else { break };
+                    let text = Utf8Bytes::from(out.frame.as_ref());
+                    if socket.send(Message::Text(text)).await.is_err() {
+                        // Not written: handed on like the rest at detach.
+                        Box::pin(relay.hand_back(&client, out)).await;
+                        break;
                     }
-                    Message::Close(_) => break,
-                    Message::Ping(_) | Message::Pong(_) => {}
+                    relay.written(out);
+                }
+                _ = refresh.tick() => {
+                    if !Box::pin(take_buffer(&relay, &mut socket, &client)).await {
+                        break;
+                    }
+                }
+                incoming = socket.recv() => {
+                    let Some(Ok(message)) = incoming else {
+                        if let Some(Err(e)) = incoming {
+                            tracing::debug!(error = %e, "socket error");
+                            let text = e.to_string();
+                            if text.contains("too long") || text.contains("Space limit") || text.contains("size") {
+                                metrics::counter!("rtc_socket_rejected_total", "reason" => "too_big").increment(1);
+                                let _ = socket.send(closing(close::TOO_BIG, "frame too large")).await;
+                            }
+                        }
+                        break;
+                    };
+                    match message {
+                        Message::Text(text) => {
+                            while replies.len() >= MAX_UNSETTLED {
+                                let Some(reply) = replies.next().await else { break };
+                                let _ = socket.send(Message::Text(reply.into())).await;
+                            }
+                            if !Box::pin(handle_text(&state, &relay, &mut socket, &client, &mut bucket, now_ms(), text.as_str(), &mut replies)).await {
+                                break;
+                            }
+                        }
+                        Message::Binary(_) => {
+                            metrics::counter!("rtc_socket_rejected_total", "reason" => "binary").increment(1);
+                            Box::pin(flush(&mut socket, &mut replies)).await;
+                            Box::pin(reject(socket, close::UNSUPPORTED_DATA, "binary frames are not supported: send JSON text", "binary_not_supported")).await;
+                            Box::pin(relay.detach(&client, conn.id(), rx)).await;
+                            return;
+                        }
+                        Message::Close(_) => break,
+                        Message::Ping(_) | Message::Pong(_) => {}
+                    }
                 }
             }
         }
+        // Every message taken is settled (relayed, or buffered when its
+        // produce failed) before the connection ends; its reply is written if
+        // the socket still takes it.
+        Box::pin(flush(&mut socket, &mut replies)).await;
+        Box::pin(linger(&mut socket)).await;
+        drop(socket);
+        Box::pin(relay.detach(&client, conn.id(), rx)).await;
+        drop(conn);
     }
-    // Every message taken is settled (relayed, or buffered when its
-    // produce failed) before the connection ends; its reply is written if
-    // the socket still takes it.
-    Box::pin(flush(&mut socket, &mut replies)).await;
-    Box::pin(linger(&mut socket)).await;
-    drop(socket);
-    Box::pin(relay.detach(&client, conn.id(), rx)).await;
-    drop(conn);
 }
 
 /// Waits for every unsettled message and writes its reply, in order,
