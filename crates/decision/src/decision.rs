@@ -111,6 +111,13 @@ pub enum Reason {
     Balanced,
     /// Rebalance: the connections of the fresh nodes spread too far apart.
     ConnectionSpread,
+    /// Rebalance instead of a scale-out: the only rule that fires is the
+    /// hotspot, and the hot nodes are those holding more than their share
+    /// of the connections.
+    HotspotSpread,
+    /// Hold: a hotspot persists, but a rebalance's moved clients are still
+    /// landing (its window has not passed).
+    Rebalancing,
 }
 
 impl Reason {
@@ -134,11 +141,13 @@ impl Reason {
             Reason::Balanced => "balanced",
             Reason::BelowMin => "below-min",
             Reason::ConnectionSpread => "connection-spread",
+            Reason::HotspotSpread => "hotspot-spread",
+            Reason::Rebalancing => "rebalancing",
         }
     }
 
     /// Every reason, for pre-registering metric series.
-    pub const ALL: [Reason; 16] = [
+    pub const ALL: [Reason; 19] = [
         Reason::ResourceOverload,
         Reason::HotspotDetected,
         Reason::CapacityExhausted,
@@ -155,6 +164,9 @@ impl Reason {
         Reason::Stabilizing,
         Reason::Balanced,
         Reason::BelowMin,
+        Reason::ConnectionSpread,
+        Reason::HotspotSpread,
+        Reason::Rebalancing,
     ];
 }
 

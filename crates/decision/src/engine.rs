@@ -196,6 +196,9 @@ impl Engine {
         let settling = within(state.last_scale_out.map(|s| s.at_ms), self.policy.settle_ms);
         let recent_move = within(state.last_rebalance_ms, r.window_ms)
             || within(state.last_scale_in_ms, r.window_ms);
+        if r.enabled && self.only_hotspot(&d) {
+            return self.hotspot_spread(state, obs, scan, d, next, complete, recent_move);
+        }
         if !r.enabled || !holding || !complete || settling || recent_move {
             return (d, next);
         }
@@ -211,6 +214,96 @@ impl Engine {
         let next = State {
             last_rebalance_ms: Some(obs.now_ms),
             ..next
+        };
+        (d, next)
+    }
+
+    /// Whether `d` scales out on rule 2 alone: one node is hot while the
+    /// fleet as a whole is neither overloaded, out of capacity, slow under
+    /// pressure nor backlogged.
+    fn only_hotspot(&self, d: &Decision) -> bool {
+        if d.action != Action::ScaleOut || d.trigger != Some(Reason::HotspotDetected) {
+            return false;
+        }
+        let (rules, _) = self.rules(&d.aggregates);
+        rules
+            .iter()
+            .all(|(reason, _, fired)| !fired || *reason == Reason::HotspotDetected)
+    }
+
+    /// A scale-out on rule 2 alone, with rebalancing on: when the hot nodes
+    /// are hot because they hold more than their share of the connections,
+    /// moving connections is the fix, and more pods would receive only new
+    /// clients while the hot ones stay hot. So it becomes a rebalance
+    /// (reason `hotspot-spread`) when the data is complete (every replica
+    /// reports: the last scale-out's pods have joined), no scale-in or
+    /// rebalance is within the window, the spread is over the bounds, and
+    /// every hot node is one that sheds. Within the window of a rebalance
+    /// it holds (`rebalancing`) while the moved clients land. Otherwise the
+    /// scale-out stands.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the tick's inputs and the two facts the caller already derived"
+    )]
+    fn hotspot_spread(
+        &self,
+        state: &State,
+        obs: &Observation<'_>,
+        scan: &Scan<'_>,
+        d: Decision,
+        next: State,
+        complete: bool,
+        recent_move: bool,
+    ) -> (Decision, State) {
+        let r = &self.policy.rebalance;
+        let now = obs.now_ms;
+        let rebalanced_recently = state
+            .last_rebalance_ms
+            .is_some_and(|t| i128::from(now.saturating_sub(t)) < i128::from(r.window_ms));
+        // The scale-out is replaced: the state moves on as for a hold.
+        let held = State {
+            version: STATE_VERSION,
+            low_since_ms: None,
+            low_seen_ms: None,
+            replicas_seen: Some(obs.replicas),
+            ..state.clone()
+        };
+        let keep = |reason| Decision {
+            action: Action::Hold,
+            to: d.from,
+            reason,
+            step: None,
+            ..d.clone()
+        };
+        if rebalanced_recently {
+            return (keep(Reason::Rebalancing), held);
+        }
+        if !complete || recent_move {
+            return (d, next);
+        }
+        let Some(plan) = self.plan_rebalance(obs.nodes, scan.aggregates.avg_conn) else {
+            return (d, next);
+        };
+        let t = &self.policy.urgency;
+        let stale_after = u64::try_from(self.policy.stale_after_ms).unwrap_or(0);
+        let every_hot_node_sheds = obs
+            .nodes
+            .iter()
+            .filter(|n| n.age_ms <= stale_after && !n.draining && self.is_valid(n))
+            .filter(|n| n.cpu > t.hotspot_cpu || n.mem > t.hotspot_mem)
+            .all(|n| plan.sheds.iter().any(|s| s.node == n.id));
+        if !every_hot_node_sheds {
+            return (d, next);
+        }
+        let d = Decision {
+            action: Action::Rebalance,
+            reason: Reason::HotspotSpread,
+            rebalance: Some(plan),
+            ..keep(Reason::HotspotSpread)
+        };
+        let next = State {
+            last_rebalance_ms: Some(now),
+            ..held
         };
         (d, next)
     }
@@ -423,6 +516,21 @@ impl Engine {
 
     /// Urgency is the highest rule that fires; the trigger is the first.
     fn assess(&self, a: &Aggregates) -> (Urgency, Option<Reason>, Indicators) {
+        let (rules, indicators) = self.rules(a);
+        let mut urgency = Urgency::None;
+        let mut trigger = None;
+        for (reason, level, fired) in rules {
+            if fired {
+                urgency = urgency.max(level);
+                trigger = trigger.or(Some(reason));
+            }
+        }
+        (urgency, trigger, indicators)
+    }
+
+    /// The six urgency rules, in order, each with whether it fires on `a`,
+    /// and the rule-6 indicators that held.
+    fn rules(&self, a: &Aggregates) -> ([(Reason, Urgency, bool); 6], Indicators) {
         let t = &self.policy.urgency;
         let above = |v: Option<f64>, limit: f64| v.is_some_and(|v| v > limit);
         let pressured = a.avg_cpu > t.pressure_gate_cpu || a.avg_mem > t.pressure_gate_mem;
@@ -477,15 +585,7 @@ impl Engine {
                 indicators.count() >= t.pressure_min_indicators,
             ),
         ];
-        let mut urgency = Urgency::None;
-        let mut trigger = None;
-        for (reason, level, fired) in rules {
-            if fired {
-                urgency = urgency.max(level);
-                trigger = trigger.or(Some(reason));
-            }
-        }
-        (urgency, trigger, indicators)
+        (rules, indicators)
     }
 
     fn scale_out(

@@ -1,7 +1,8 @@
 //! The rebalance rule: after a scale-out has settled, nodes far above the
 //! mean shed part of their connections; never below the mean, never more
 //! than the bound, never during a drain or while settling, never twice in a
-//! window; and switched off, nothing differs.
+//! window; a hotspot the spread explains is rebalanced instead of scaled
+//! out; and switched off, nothing differs.
 
 mod common;
 
@@ -117,6 +118,132 @@ fn a_small_or_even_spread_is_left_alone() {
     );
 }
 
+/// The same fleet after a scale-out, but the old nodes' clients send so
+/// much that both are hot: rule 2 fires, nothing else does (average CPU
+/// 0.44).
+fn hot_after_scale_out() -> Vec<NodeSample> {
+    fleet(5, |i, n| NodeSample {
+        cpu: if i < 2 { 0.95 } else { 0.10 },
+        ..after_scale_out()[i].clone()
+    })
+}
+
+#[test]
+fn a_hotspot_the_spread_explains_is_rebalanced_instead_of_scaled_out() {
+    let e = engine_with(on());
+    let (d, next) = decide(&e, &State::default(), 100_000, 5, &hot_after_scale_out());
+    assert_eq!(
+        (d.action, d.reason, d.trigger),
+        (
+            Action::Rebalance,
+            Reason::HotspotSpread,
+            Some(Reason::HotspotDetected)
+        ),
+        "{d:?}"
+    );
+    assert_eq!((d.from, d.to, d.step), (5, 5, None));
+    let sheds: Vec<(&str, u64)> = d
+        .rebalance
+        .as_ref()
+        .expect("a plan")
+        .sheds
+        .iter()
+        .map(|s| (s.node.as_str(), s.connections))
+        .collect();
+    assert_eq!(sheds, [("socket-0", 76), ("socket-1", 76)]);
+    assert_eq!(next.last_rebalance_ms, Some(100_000));
+    assert_eq!(
+        next.last_scale_out, None,
+        "no scale-out recorded: none happened"
+    );
+
+    // Still hot while the moved clients land: hold, do not scale out.
+    let (held, after) = decide(&e, &next, 110_000, 5, &hot_after_scale_out());
+    assert_eq!(
+        (held.action, held.reason, held.to),
+        (Action::Hold, Reason::Rebalancing, 5),
+        "{held:?}"
+    );
+    assert_eq!(after.last_rebalance_ms, Some(100_000));
+    // Past the window and still spread and hot: move again.
+    let (again, _) = decide(&e, &after, 160_000, 5, &hot_after_scale_out());
+    assert_eq!(again.action, Action::Rebalance, "{again:?}");
+
+    // Off, the same fleet scales out, as it always did.
+    let (off, _) = decide(
+        &engine(),
+        &State::default(),
+        100_000,
+        5,
+        &hot_after_scale_out(),
+    );
+    assert_eq!(
+        (off.action, off.reason),
+        (Action::ScaleOut, Reason::HotspotDetected)
+    );
+}
+
+#[test]
+fn once_the_connections_are_even_a_hotspot_scales_out_again() {
+    let e = engine_with(on());
+    let (_, next) = decide(&e, &State::default(), 100_000, 5, &hot_after_scale_out());
+    // Moved, and still hot everywhere it matters: past the window, no plan
+    // (the spread is within the bounds), so more pods.
+    let even = fleet(5, |i, n| NodeSample {
+        cpu: if i == 0 { 0.95 } else { 0.5 },
+        conn: 120.0,
+        ..n
+    });
+    let (d, _) = decide(&e, &next, 160_000, 5, &even);
+    assert_eq!(
+        (d.action, d.reason),
+        (Action::ScaleOut, Reason::HotspotDetected),
+        "{d:?}"
+    );
+}
+
+#[test]
+fn a_hotspot_the_spread_does_not_explain_still_scales_out() {
+    let e = engine_with(on());
+    // The hot node is one of the nearly empty ones: its load is not its
+    // share of the connections, and moving others' clients onto it would
+    // not help.
+    let odd = fleet(5, |i, n| NodeSample {
+        cpu: if i == 4 { 0.95 } else { 0.3 },
+        ..after_scale_out()[i].clone()
+    });
+    let (d, _) = decide(&e, &State::default(), 100_000, 5, &odd);
+    assert_eq!(
+        (d.action, d.reason),
+        (Action::ScaleOut, Reason::HotspotDetected),
+        "{d:?}"
+    );
+}
+
+#[test]
+fn an_overloaded_or_incomplete_fleet_scales_out_whatever_the_spread() {
+    let e = engine_with(on());
+    // Average CPU 0.78: rule 1 fires, the fleet as a whole is short.
+    let overloaded = fleet(5, |i, n| NodeSample {
+        cpu: if i < 2 { 0.95 } else { 0.66 },
+        ..after_scale_out()[i].clone()
+    });
+    let (d, _) = decide(&e, &State::default(), 100_000, 5, &overloaded);
+    assert_eq!(
+        (d.action, d.reason),
+        (Action::ScaleOut, Reason::ResourceOverload),
+        "{d:?}"
+    );
+    // A sixth replica has not reported yet: not a settled picture.
+    let (d, _) = decide(&e, &State::default(), 100_000, 6, &hot_after_scale_out());
+    assert_eq!(d.action, Action::ScaleOut, "{d:?}");
+    // A node draining: never during a drain.
+    let mut draining = hot_after_scale_out();
+    draining[4].draining = true;
+    let (d, _) = decide(&e, &State::default(), 100_000, 5, &draining);
+    assert_ne!(d.action, Action::Rebalance, "{d:?}");
+}
+
 #[test]
 fn a_bad_rebalance_policy_is_refused_naming_the_field() {
     let mut p = on();
@@ -132,20 +259,28 @@ fn a_bad_rebalance_policy_is_refused_naming_the_field() {
 }
 
 fn any_fleet() -> impl Strategy<Value = Vec<NodeSample>> {
-    proptest::collection::vec((0.0f64..2_000.0, any::<bool>(), 0u64..30_000), 1..12).prop_map(
-        |nodes| {
-            nodes
-                .into_iter()
-                .enumerate()
-                .map(|(i, (conn, draining, age_ms))| NodeSample {
-                    conn,
-                    draining: draining && i % 3 == 0,
-                    age_ms,
-                    ..node(&format!("socket-{i}"))
-                })
-                .collect()
-        },
+    proptest::collection::vec(
+        (
+            0.0f64..2_000.0,
+            any::<bool>(),
+            0u64..30_000,
+            prop_oneof![Just(0.4), 0.0f64..1.0],
+        ),
+        1..12,
     )
+    .prop_map(|nodes| {
+        nodes
+            .into_iter()
+            .enumerate()
+            .map(|(i, (conn, draining, age_ms, cpu))| NodeSample {
+                conn,
+                cpu,
+                draining: draining && i % 3 == 0,
+                age_ms,
+                ..node(&format!("socket-{i}"))
+            })
+            .collect()
+    })
 }
 
 proptest! {
@@ -163,6 +298,7 @@ proptest! {
         let (d, _) = decide(&e, &State::default(), now, replicas, &nodes);
         if let Some(r) = &d.rebalance {
             prop_assert_eq!(d.action, Action::Rebalance);
+            prop_assert!(!d.is_scaling());
             prop_assert_eq!(d.from, d.to);
             prop_assert!(nodes.iter().all(|n| !n.draining && n.age_ms <= 15_000));
             prop_assert_eq!(replicas as usize, nodes.len());
@@ -176,6 +312,30 @@ proptest! {
             }
         } else {
             prop_assert_ne!(d.action, Action::Rebalance);
+        }
+    }
+
+    /// Switched on, the rule changes a decision only into a rebalance or a
+    /// hold of the same replicas, and only a hold it may take over or a
+    /// scale-out on the hotspot rule alone.
+    #[test]
+    fn switched_on_it_only_replaces_holds_and_hotspot_scale_outs(
+        nodes in any_fleet(),
+        now in 0u64..1_000_000,
+        rebalanced_ago in proptest::option::of(0u64..120_000),
+    ) {
+        let replicas = u32::try_from(nodes.len()).unwrap_or(u32::MAX);
+        let state = State {
+            last_rebalance_ms: rebalanced_ago.map(|ago| now.saturating_sub(ago)),
+            ..State::default()
+        };
+        let (off, _) = decide(&engine(), &state, now, replicas, &nodes);
+        let (on, _) = decide(&engine_with(on()), &state, now, replicas, &nodes);
+        if on != off {
+            prop_assert!(matches!(on.action, Action::Rebalance | Action::Hold), "{on:?}");
+            prop_assert_eq!(on.to, on.from);
+            let hotspot_out = off.action == Action::ScaleOut && off.reason == Reason::HotspotDetected;
+            prop_assert!(hotspot_out || off.action == Action::Hold, "{off:?} became {on:?}");
         }
     }
 
