@@ -122,10 +122,16 @@ fn a_small_or_even_spread_is_left_alone() {
 /// much that both are hot: rule 2 fires, nothing else does (average CPU
 /// 0.44).
 fn hot_after_scale_out() -> Vec<NodeSample> {
-    fleet(5, |i, n| NodeSample {
-        cpu: if i < 2 { 0.95 } else { 0.10 },
-        ..after_scale_out()[i].clone()
-    })
+    after_scale_out_with_cpu(|i| if i < 2 { 0.95 } else { 0.10 })
+}
+
+/// [`after_scale_out`] with node `i`'s CPU at `cpu(i)`.
+fn after_scale_out_with_cpu(cpu: impl Fn(usize) -> f64) -> Vec<NodeSample> {
+    after_scale_out()
+        .into_iter()
+        .enumerate()
+        .map(|(i, n)| NodeSample { cpu: cpu(i), ..n })
+        .collect()
 }
 
 #[test]
@@ -208,10 +214,7 @@ fn a_hotspot_the_spread_does_not_explain_still_scales_out() {
     // The hot node is one of the nearly empty ones: its load is not its
     // share of the connections, and moving others' clients onto it would
     // not help.
-    let odd = fleet(5, |i, n| NodeSample {
-        cpu: if i == 4 { 0.95 } else { 0.3 },
-        ..after_scale_out()[i].clone()
-    });
+    let odd = after_scale_out_with_cpu(|i| if i == 4 { 0.95 } else { 0.3 });
     let (d, _) = decide(&e, &State::default(), 100_000, 5, &odd);
     assert_eq!(
         (d.action, d.reason),
@@ -224,10 +227,7 @@ fn a_hotspot_the_spread_does_not_explain_still_scales_out() {
 fn an_overloaded_or_incomplete_fleet_scales_out_whatever_the_spread() {
     let e = engine_with(on());
     // Average CPU 0.78: rule 1 fires, the fleet as a whole is short.
-    let overloaded = fleet(5, |i, n| NodeSample {
-        cpu: if i < 2 { 0.95 } else { 0.66 },
-        ..after_scale_out()[i].clone()
-    });
+    let overloaded = after_scale_out_with_cpu(|i| if i < 2 { 0.95 } else { 0.66 });
     let (d, _) = decide(&e, &State::default(), 100_000, 5, &overloaded);
     assert_eq!(
         (d.action, d.reason),
