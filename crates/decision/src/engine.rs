@@ -218,28 +218,32 @@ impl Engine {
         (d, next)
     }
 
-    /// Whether `d` scales out on rule 2 alone: one node is hot while the
-    /// fleet as a whole is neither overloaded, out of capacity, slow under
-    /// pressure nor backlogged.
+    /// Whether `d` scales out on a hotspot while the fleet as a whole has
+    /// room: rule 2 fires, and neither rule 1 (average CPU or memory) nor
+    /// rule 3 (connections or throughput per pod) does. Rules 4 to 6 may:
+    /// their averages of latency and lag are what the hot nodes' own
+    /// clients feel, and moving clients off those nodes is what lowers
+    /// them.
     fn only_hotspot(&self, d: &Decision) -> bool {
         if d.action != Action::ScaleOut || d.trigger != Some(Reason::HotspotDetected) {
             return false;
         }
         let (rules, _) = self.rules(&d.aggregates);
-        rules
-            .iter()
-            .all(|(reason, _, fired)| !fired || *reason == Reason::HotspotDetected)
+        rules.iter().all(|(reason, _, fired)| {
+            !fired || !matches!(reason, Reason::ResourceOverload | Reason::CapacityExhausted)
+        })
     }
 
     /// A scale-out on rule 2 alone, with rebalancing on: when the hot nodes
     /// are hot because they hold more than their share of the connections,
     /// moving connections is the fix, and more pods would receive only new
-    /// clients while the hot ones stay hot. So it becomes a rebalance
-    /// (reason `hotspot-spread`) when the data is complete (every replica
-    /// reports: the last scale-out's pods have joined), no scale-in or
-    /// rebalance is within the window, the spread is over the bounds, and
-    /// every hot node is one that sheds. Within the window of a rebalance
-    /// it holds (`rebalancing`) while the moved clients land. Otherwise the
+    /// clients while the hot ones stay hot. Within the window of a
+    /// rebalance it holds (`rebalancing`) while the moved clients land, and
+    /// within `settle_ms` of a scale-out (`settling`) while its pods start
+    /// taking clients. Then it becomes a rebalance (reason
+    /// `hotspot-spread`) when the data is complete (every replica reports),
+    /// no scale-in or rebalance is within the window, the spread is over
+    /// the bounds, and every hot node is one that sheds. Otherwise the
     /// scale-out stands.
     #[expect(
         clippy::too_many_arguments,
@@ -277,6 +281,14 @@ impl Engine {
         };
         if rebalanced_recently {
             return (keep(Reason::Rebalancing), held);
+        }
+        // The last scale-out's pods may report before they take clients;
+        // a client moved now would come back to the hot nodes.
+        let settling = state.last_scale_out.is_some_and(|last| {
+            i128::from(now.saturating_sub(last.at_ms)) < i128::from(self.policy.settle_ms)
+        });
+        if settling {
+            return (keep(Reason::Settling), held);
         }
         if !complete || recent_move {
             return (d, next);

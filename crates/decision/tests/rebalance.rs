@@ -190,6 +190,55 @@ fn a_hotspot_the_spread_explains_is_rebalanced_instead_of_scaled_out() {
 }
 
 #[test]
+fn after_a_scale_out_its_pods_get_settle_ms_before_clients_move_to_them() {
+    let e = engine_with(on());
+    // Two hot pods scale out by 3 at 90 s; settle_ms is 60 s.
+    let (_, scaled) = decide(&e, &State::default(), 90_000, 2, &loaded(2, 0.95, 0.5));
+    assert!(scaled.last_scale_out.is_some());
+    let (d, next) = decide(&e, &scaled, 95_000, 5, &hot_after_scale_out());
+    assert_eq!(
+        (d.action, d.reason, d.to),
+        (Action::Hold, Reason::Settling, 5),
+        "every pod reports, but the new ones may not take clients yet: {d:?}"
+    );
+    let (d, _) = decide(&e, &next, 150_000, 5, &hot_after_scale_out());
+    assert_eq!(
+        (d.action, d.reason),
+        (Action::Rebalance, Reason::HotspotSpread),
+        "{d:?}"
+    );
+}
+
+#[test]
+fn the_hot_nodes_own_latency_does_not_stop_the_move_but_a_fleet_short_of_capacity_does() {
+    let e = engine_with(on());
+    // The hot nodes' p95 lifts the average over rule 4's 500 ms, with the
+    // average CPU over its 0.5 gate: still theirs to fix by moving clients.
+    let slow = fleet(5, |i, n| NodeSample {
+        cpu: if i < 2 { 0.99 } else { 0.3 },
+        p95_ms: if i < 2 { 2_000.0 } else { 20.0 },
+        ..hot_after_scale_out()[i].clone()
+    });
+    let (d, _) = decide(&e, &State::default(), 100_000, 5, &slow);
+    assert_eq!(d.reason, Reason::HotspotSpread, "{d:?}");
+    // Throughput per pod over rule 3's bound: more pods, whatever the spread.
+    let mut p = on();
+    p.mps_capacity = Some(50.0);
+    let (d, _) = decide(
+        &engine_with(p),
+        &State::default(),
+        100_000,
+        5,
+        &hot_after_scale_out(),
+    );
+    assert_eq!(
+        (d.action, d.reason),
+        (Action::ScaleOut, Reason::HotspotDetected),
+        "{d:?}"
+    );
+}
+
+#[test]
 fn once_the_connections_are_even_a_hotspot_scales_out_again() {
     let e = engine_with(on());
     let (_, next) = decide(&e, &State::default(), 100_000, 5, &hot_after_scale_out());
