@@ -214,11 +214,15 @@ fn the_hot_nodes_own_latency_does_not_stop_the_move_but_a_fleet_short_of_capacit
     let e = engine_with(on());
     // The hot nodes' p95 lifts the average over rule 4's 500 ms, with the
     // average CPU over its 0.5 gate: still theirs to fix by moving clients.
-    let slow = fleet(5, |i, n| NodeSample {
-        cpu: if i < 2 { 0.99 } else { 0.3 },
-        p95_ms: if i < 2 { 2_000.0 } else { 20.0 },
-        ..hot_after_scale_out()[i].clone()
-    });
+    let slow: Vec<NodeSample> = hot_after_scale_out()
+        .into_iter()
+        .enumerate()
+        .map(|(i, n)| NodeSample {
+            cpu: if i < 2 { 0.99 } else { 0.3 },
+            p95_ms: if i < 2 { 2_000.0 } else { 20.0 },
+            ..n
+        })
+        .collect();
     let (d, _) = decide(&e, &State::default(), 100_000, 5, &slow);
     assert_eq!(d.reason, Reason::HotspotSpread, "{d:?}");
     // Throughput per pod over rule 3's bound: more pods, whatever the spread.
