@@ -202,7 +202,7 @@ impl Engine {
         if !r.enabled || !holding || !complete || settling || recent_move {
             return (d, next);
         }
-        let Some(plan) = self.plan_rebalance(obs.nodes, a.avg_conn) else {
+        let Some(plan) = self.plan_rebalance(obs.nodes, a.avg_conn, r.min_spread_conns) else {
             return (d, next);
         };
         let d = Decision {
@@ -243,7 +243,8 @@ impl Engine {
     /// taking clients. Then it becomes a rebalance (reason
     /// `hotspot-spread`) when the data is complete (every replica reports),
     /// no scale-in or rebalance is within the window, the spread is over
-    /// the bounds, and every hot node is one that sheds. Otherwise the
+    /// `max_spread` times the mean (not `min_spread_conns`: the hot node is
+    /// the reason to move), and every hot node is one that sheds. Otherwise the
     /// scale-out stands.
     #[expect(
         clippy::too_many_arguments,
@@ -293,7 +294,8 @@ impl Engine {
         if !complete || recent_move {
             return (d, next);
         }
-        let Some(plan) = self.plan_rebalance(obs.nodes, scan.aggregates.avg_conn) else {
+        // A hot node is reason enough to move: no floor in connections.
+        let Some(plan) = self.plan_rebalance(obs.nodes, scan.aggregates.avg_conn, 0.0) else {
             return (d, next);
         };
         let t = &self.policy.urgency;
@@ -320,10 +322,11 @@ impl Engine {
         (d, next)
     }
 
-    /// Who sheds how many connections, when the spread is over the bounds:
-    /// each node above `mean` its excess, all scaled down together so that
-    /// at most `max_share` of the connections move.
-    fn plan_rebalance(&self, nodes: &[NodeSample], mean: f64) -> Option<Rebalance> {
+    /// Who sheds how many connections, when the spread is over `max_spread`
+    /// times `mean` and over `floor` connections: each node above `mean`
+    /// its excess, all scaled down together so that at most `max_share` of
+    /// the connections move.
+    fn plan_rebalance(&self, nodes: &[NodeSample], mean: f64, floor: f64) -> Option<Rebalance> {
         let r = &self.policy.rebalance;
         let stale_after = u64::try_from(self.policy.stale_after_ms).unwrap_or(0);
         let fresh: Vec<&NodeSample> = nodes
@@ -333,7 +336,7 @@ impl Engine {
         let most = fresh.iter().map(|n| n.conn).fold(f64::MIN, f64::max);
         let fewest = fresh.iter().map(|n| n.conn).fold(f64::MAX, f64::min);
         let spread = most - fewest;
-        if fresh.is_empty() || spread <= (r.max_spread * mean).max(r.min_spread_conns) {
+        if fresh.is_empty() || spread <= (r.max_spread * mean).max(floor) {
             return None;
         }
         let total: f64 = fresh.iter().map(|n| n.conn).sum();

@@ -262,6 +262,33 @@ fn once_the_connections_are_even_a_hotspot_scales_out_again() {
 }
 
 #[test]
+fn a_hot_node_needs_no_floor_of_connections_to_shed() {
+    let e = engine_with(on());
+    // 45 and 45 against 10, 10 and 10: a spread of 35, under the 50
+    // connections a calm fleet needs, but 1.5 times the mean of 24.
+    let few = fleet(5, |i, n| NodeSample {
+        conn: if i < 2 { 45.0 } else { 10.0 },
+        cpu: if i < 2 { 0.94 } else { 0.4 },
+        ..n
+    });
+    let (d, _) = decide(&e, &State::default(), 100_000, 5, &few);
+    assert_eq!(
+        (d.action, d.reason),
+        (Action::Rebalance, Reason::HotspotSpread),
+        "{d:?}"
+    );
+    // The same spread on a calm fleet is left alone.
+    let calm = fleet(5, |i, n| NodeSample {
+        conn: if i < 2 { 45.0 } else { 10.0 },
+        ..n
+    });
+    assert_eq!(
+        decide(&e, &State::default(), 100_000, 5, &calm).0.action,
+        Action::Hold
+    );
+}
+
+#[test]
 fn a_hotspot_the_spread_does_not_explain_still_scales_out() {
     let e = engine_with(on());
     // The hot node is one of the nearly empty ones: its load is not its
