@@ -120,6 +120,20 @@ pub struct Engine {
     policy: Policy,
 }
 
+/// What the rebalance rules ask of a tick: whether every replica reports,
+/// and which windows are still open.
+#[derive(Debug, Clone, Copy)]
+struct Recent {
+    /// Every spec replica reports fresh, none draining, stale or invalid.
+    complete: bool,
+    /// The last scale-out is within `settle_ms`.
+    settling: bool,
+    /// The last rebalance is within `rebalance.window_ms`.
+    rebalanced: bool,
+    /// The last scale-in is within `rebalance.window_ms`.
+    scaled_in: bool,
+}
+
 /// One pass over the nodes.
 struct Scan<'a> {
     aggregates: Aggregates,
@@ -193,13 +207,22 @@ impl Engine {
         let within = |at: Option<u64>, window: i64| {
             since(at).is_some_and(|s| i128::from(s) < i128::from(window))
         };
-        let settling = within(state.last_scale_out.map(|s| s.at_ms), self.policy.settle_ms);
-        let recent_move = within(state.last_rebalance_ms, r.window_ms)
-            || within(state.last_scale_in_ms, r.window_ms);
+        let recent = Recent {
+            complete,
+            settling: within(state.last_scale_out.map(|s| s.at_ms), self.policy.settle_ms),
+            rebalanced: within(state.last_rebalance_ms, r.window_ms),
+            scaled_in: within(state.last_scale_in_ms, r.window_ms),
+        };
         if r.enabled && self.only_hotspot(&d) {
-            return self.hotspot_spread(state, obs, scan, d, next, complete, recent_move);
+            return self.hotspot_spread(state, obs, scan, d, next, recent);
         }
-        if !r.enabled || !holding || !complete || settling || recent_move {
+        if !r.enabled
+            || !holding
+            || !complete
+            || recent.settling
+            || recent.rebalanced
+            || recent.scaled_in
+        {
             return (d, next);
         }
         let Some(plan) = self.plan_rebalance(obs.nodes, a.avg_conn, r.min_spread_conns) else {
@@ -246,10 +269,6 @@ impl Engine {
     /// `max_spread` times the mean (not `min_spread_conns`: the hot node is
     /// the reason to move), and every hot node is one that sheds. Otherwise the
     /// scale-out stands.
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "the tick's inputs and the two facts the caller already derived"
-    )]
     fn hotspot_spread(
         &self,
         state: &State,
@@ -257,14 +276,9 @@ impl Engine {
         scan: &Scan<'_>,
         d: Decision,
         next: State,
-        complete: bool,
-        recent_move: bool,
+        recent: Recent,
     ) -> (Decision, State) {
-        let r = &self.policy.rebalance;
         let now = obs.now_ms;
-        let rebalanced_recently = state
-            .last_rebalance_ms
-            .is_some_and(|t| i128::from(now.saturating_sub(t)) < i128::from(r.window_ms));
         // The scale-out is replaced: the state moves on as for a hold.
         let held = State {
             version: STATE_VERSION,
@@ -280,18 +294,15 @@ impl Engine {
             step: None,
             ..d.clone()
         };
-        if rebalanced_recently {
+        if recent.rebalanced {
             return (keep(Reason::Rebalancing), held);
         }
         // The last scale-out's pods may report before they take clients;
         // a client moved now would come back to the hot nodes.
-        let settling = state.last_scale_out.is_some_and(|last| {
-            i128::from(now.saturating_sub(last.at_ms)) < i128::from(self.policy.settle_ms)
-        });
-        if settling {
+        if recent.settling {
             return (keep(Reason::Settling), held);
         }
-        if !complete || recent_move {
+        if !recent.complete || recent.scaled_in {
             return (d, next);
         }
         // A hot node is reason enough to move: no floor in connections.
