@@ -310,11 +310,8 @@ impl Engine {
             return (d, next);
         };
         let t = &self.policy.urgency;
-        let stale_after = u64::try_from(self.policy.stale_after_ms).unwrap_or(0);
-        let every_hot_node_sheds = obs
-            .nodes
-            .iter()
-            .filter(|n| n.age_ms <= stale_after && !n.draining && self.is_valid(n))
+        let every_hot_node_sheds = self
+            .fresh(obs.nodes)
             .filter(|n| n.cpu > t.hotspot_cpu || n.mem > t.hotspot_mem)
             .all(|n| plan.sheds.iter().any(|s| s.node == n.id));
         if !every_hot_node_sheds {
@@ -333,17 +330,21 @@ impl Engine {
         (d, next)
     }
 
+    /// The nodes a rebalance may name: fresh, not draining, valid.
+    fn fresh<'a>(&'a self, nodes: &'a [NodeSample]) -> impl Iterator<Item = &'a NodeSample> {
+        let stale_after = u64::try_from(self.policy.stale_after_ms).unwrap_or(0);
+        nodes
+            .iter()
+            .filter(move |n| n.age_ms <= stale_after && !n.draining && self.is_valid(n))
+    }
+
     /// Who sheds how many connections, when the spread is over `max_spread`
     /// times `mean` and over `floor` connections: each node above `mean`
     /// its excess, all scaled down together so that at most `max_share` of
     /// the connections move.
     fn plan_rebalance(&self, nodes: &[NodeSample], mean: f64, floor: f64) -> Option<Rebalance> {
         let r = &self.policy.rebalance;
-        let stale_after = u64::try_from(self.policy.stale_after_ms).unwrap_or(0);
-        let fresh: Vec<&NodeSample> = nodes
-            .iter()
-            .filter(|n| n.age_ms <= stale_after && !n.draining && self.is_valid(n))
-            .collect();
+        let fresh: Vec<&NodeSample> = self.fresh(nodes).collect();
         let most = fresh.iter().map(|n| n.conn).fold(f64::MIN, f64::max);
         let fewest = fresh.iter().map(|n| n.conn).fold(f64::MAX, f64::min);
         let spread = most - fewest;
