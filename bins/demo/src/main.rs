@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::Parser;
 use rtc_demo::{DemoConfig, Outcome, report};
 use rtc_loadgen::Profile;
+use rtc_loadgen::ledger::AckStatus;
 use rtc_time::{SystemClock, WallClock};
 
 /// The whole scaling flow live on the local stack: a socket fleet and two
@@ -175,14 +176,14 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
 /// The two runs of `--compare-rebalance`, as a markdown table.
 fn rebalance_table(rows: &[(&str, Outcome)]) -> String {
     let mut out = vec![
-        "| rebalancing | peak replicas | rebalances | spread at the spike's end | p95 of the first pods over the spike (median of heartbeats) | messages lost | p99 of all messages |".to_owned(),
-        "|---|---|---|---|---|---|---|".to_owned(),
+        "| rebalancing | peak replicas | rebalances | spread at the spike's end | p95 of the first pods over the spike (median of heartbeats) | messages lost | p95 of all messages (on one pod / through the broker) | p99 of all messages |".to_owned(),
+        "|---|---|---|---|---|---|---|---|".to_owned(),
     ];
     for (label, o) in rows {
         let s = &o.story;
         let m = &o.load.messages;
         out.push(format!(
-            "| {label} | {} | {} | {} | {} | {} of {} | {:.0} ms |",
+            "| {label} | {} | {} | {} | {} | {} of {} | {:.0} ms ({} / {}) | {:.0} ms |",
             s.peak_replicas,
             s.rebalances.len(),
             s.spike_end_spread
@@ -191,10 +192,21 @@ fn rebalance_table(rows: &[(&str, Outcome)]) -> String {
                 .map_or("n/a".to_owned(), |v| format!("{v:.0} ms")),
             m.lost,
             m.sent,
+            o.load.latency.p95_ms,
+            path_p95(o, AckStatus::Delivered),
+            path_p95(o, AckStatus::Relayed),
             o.load.latency.p99_ms,
         ));
     }
     out.join("\n")
+}
+
+/// The p95 of the messages whose first ack had `status`, or `n/a`.
+fn path_p95(o: &Outcome, status: AckStatus) -> String {
+    o.load
+        .latency_by_ack
+        .get(&status)
+        .map_or("n/a".to_owned(), |l| format!("{:.0} ms", l.p95_ms))
 }
 
 #[cfg(test)]

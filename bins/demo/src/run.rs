@@ -1,6 +1,7 @@
 //! One run of the demo: install the fleet, drive the load, watch, record,
 //! remove the fleet, summarise.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -10,6 +11,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::ListParams;
 use rtc_loadgen::discovery::Discovery;
+use rtc_loadgen::ledger::{AckStatus, Latency};
 use rtc_loadgen::progress::{Progress, Snapshot};
 use rtc_loadgen::{Profile, RunConfig};
 use rtc_time::{SystemClock, WallClock};
@@ -384,6 +386,19 @@ pub async fn run(config: DemoConfig, stop: impl Future<Output = ()>) -> Result<O
     Ok(outcome)
 }
 
+/// `; p95 delivered X ms, relayed Y ms` for the paths a run's messages
+/// took, by their first ack (nothing when no message was received).
+fn by_path(by_ack: &BTreeMap<AckStatus, Latency>) -> String {
+    if by_ack.is_empty() {
+        return String::new();
+    }
+    let paths: Vec<String> = by_ack
+        .iter()
+        .map(|(ack, l)| format!("{ack} {:.1} ms ({})", l.p95_ms, l.count))
+        .collect();
+    format!("; p95 by first ack: {}", paths.join(", "))
+}
+
 /// The summary printed at the end.
 pub fn report(o: &Outcome) -> String {
     let s = &o.story;
@@ -421,8 +436,15 @@ pub fn report(o: &Outcome) -> String {
             list(&s.leaders)
         ),
         format!(
-            "  messages: {} sent, {} received, {} lost, {} duplicates; latency p50 {:.1} ms, p99 {:.1} ms",
-            m.sent, m.received, m.lost, m.duplicates, o.load.latency.p50_ms, o.load.latency.p99_ms
+            "  messages: {} sent, {} received, {} lost, {} duplicates; latency p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms{}",
+            m.sent,
+            m.received,
+            m.lost,
+            m.duplicates,
+            o.load.latency.p50_ms,
+            o.load.latency.p95_ms,
+            o.load.latency.p99_ms,
+            by_path(&o.load.latency_by_ack)
         ),
         match &s.leader_deleted {
             Some((pod, Some(ms))) => format!(

@@ -82,6 +82,8 @@ struct Record {
     first_sent: Duration,
     ack: Option<AckStatus>,
     arrivals: u32,
+    /// The first arrival's latency, µs (0 until then).
+    latency_us: u64,
 }
 
 /// Counts of messages, as in the summary.
@@ -131,6 +133,8 @@ pub struct Latency {
     pub p50_ms: f64,
     /// 90th percentile, in milliseconds.
     pub p90_ms: f64,
+    /// 95th percentile, in milliseconds.
+    pub p95_ms: f64,
     /// 99th percentile, in milliseconds.
     pub p99_ms: f64,
     /// Highest, in milliseconds.
@@ -169,10 +173,7 @@ impl Ledger {
             counts: MessageCounts::default(),
             pending_by_recipient: HashMap::new(),
             pending: 0,
-            // Three significant digits over 1 µs to an hour: fixed bounds, so
-            // construction cannot fail.
-            latency_us: Histogram::new_with_bounds(1, LATENCY_MAX_US, 3)
-                .unwrap_or_else(|_| unreachable!("valid fixed histogram bounds")),
+            latency_us: latency_histogram(),
         }
     }
 
@@ -189,6 +190,7 @@ impl Ledger {
                         first_sent: at,
                         ack: None,
                         arrivals: 0,
+                        latency_us: 0,
                     },
                 );
                 self.counts.sent += 1;
@@ -234,6 +236,7 @@ impl Ledger {
         let us = u64::try_from(at.saturating_sub(record.first_sent).as_micros())
             .unwrap_or(u64::MAX)
             .clamp(1, LATENCY_MAX_US);
+        record.latency_us = us;
         // In bounds by the clamp.
         let _ = self.latency_us.record(us);
     }
@@ -300,7 +303,43 @@ impl Ledger {
     /// Latency percentiles of first arrivals.
     #[must_use]
     pub fn latency(&self) -> Latency {
-        let h = &self.latency_us;
+        Latency::of(&self.latency_us)
+    }
+
+    /// Latency percentiles of first arrivals by the status of the message's
+    /// first ack: `delivered` went from node to client on one node,
+    /// `relayed` through the broker to another node, `buffered` through an
+    /// offline buffer. A message received but never acked is in none.
+    #[must_use]
+    pub fn latency_by_ack(&self) -> BTreeMap<AckStatus, Latency> {
+        let mut by_ack: BTreeMap<AckStatus, Histogram<u64>> = BTreeMap::new();
+        for record in self.records.values() {
+            let Some(ack) = record.ack else { continue };
+            if record.arrivals == 0 {
+                continue;
+            }
+            // Recorded in bounds by `received`.
+            let _ = by_ack
+                .entry(ack)
+                .or_insert_with(latency_histogram)
+                .record(record.latency_us);
+        }
+        by_ack
+            .iter()
+            .map(|(ack, h)| (*ack, Latency::of(h)))
+            .collect()
+    }
+}
+
+/// Three significant digits over 1 µs to an hour: fixed bounds, so
+/// construction cannot fail.
+fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, LATENCY_MAX_US, 3)
+        .unwrap_or_else(|_| unreachable!("valid fixed histogram bounds"))
+}
+
+impl Latency {
+    fn of(h: &Histogram<u64>) -> Self {
         let ms = |us: u64| {
             if h.is_empty() {
                 0.0
@@ -308,10 +347,11 @@ impl Ledger {
                 us as f64 / 1000.0
             }
         };
-        Latency {
+        Self {
             count: h.len(),
             p50_ms: ms(h.value_at_quantile(0.50)),
             p90_ms: ms(h.value_at_quantile(0.90)),
+            p95_ms: ms(h.value_at_quantile(0.95)),
             p99_ms: ms(h.value_at_quantile(0.99)),
             max_ms: ms(h.max()),
             clock: "monotonic clock of the generator's one process: sender's first write to recipient's first read",
@@ -376,6 +416,40 @@ mod tests {
         let latency = ledger.latency();
         assert_eq!(latency.count, 2);
         assert!((latency.max_ms - 20.0).abs() < 0.1, "{latency:?}");
+    }
+
+    #[test]
+    fn latency_is_split_by_the_first_ack_whenever_it_came() {
+        let mut ledger = Ledger::new();
+        // Local: received before its ack, as a recipient on the sender's
+        // node can be.
+        ledger.record_sent(id(0, 0), 1, ms(0));
+        ledger.received(id(0, 0), 1, ms(4));
+        ledger.acked(id(0, 0), AckStatus::Delivered);
+        ledger.record_sent(id(0, 1), 1, ms(10));
+        ledger.acked(id(0, 1), AckStatus::Delivered);
+        ledger.received(id(0, 1), 1, ms(16));
+        // Through the broker, a later ack of another status is ignored.
+        ledger.record_sent(id(1, 0), 0, ms(20));
+        ledger.acked(id(1, 0), AckStatus::Relayed);
+        ledger.acked(id(1, 0), AckStatus::Buffered);
+        ledger.received(id(1, 0), 0, ms(120));
+        // Received but never acked, and acked but never received: in none.
+        ledger.record_sent(id(1, 1), 0, ms(30));
+        ledger.received(id(1, 1), 0, ms(35));
+        ledger.record_sent(id(1, 2), 0, ms(40));
+        ledger.acked(id(1, 2), AckStatus::Relayed);
+
+        let by_ack = ledger.latency_by_ack();
+        assert_eq!(by_ack.len(), 2, "{by_ack:?}");
+        let local = &by_ack[&AckStatus::Delivered];
+        assert_eq!(local.count, 2);
+        assert!((local.max_ms - 6.0).abs() < 0.1, "{local:?}");
+        assert!((local.p50_ms - 4.0).abs() < 0.1, "{local:?}");
+        let relayed = &by_ack[&AckStatus::Relayed];
+        assert_eq!(relayed.count, 1);
+        assert!((relayed.p95_ms - 100.0).abs() < 0.1, "{relayed:?}");
+        assert_eq!(ledger.latency().count, 4);
     }
 
     #[derive(Debug, Clone)]

@@ -257,6 +257,7 @@ pub async fn run_until(
         reconnects: driver.reconnects.clone(),
         refusals: driver.refusals.clone(),
         latency: driver.ledger.latency(),
+        latency_by_ack: driver.ledger.latency_by_ack(),
         never_received: driver.ledger.missing(&driver.config.run_id),
     })
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::frames::Reason;
-use crate::ledger::{Latency, MessageCounts, Missing};
+use crate::ledger::{AckStatus, Latency, MessageCounts, Missing};
 use crate::profile::Profile;
 
 /// Connections over the run.
@@ -43,6 +43,9 @@ pub struct Summary {
     pub refusals: BTreeMap<String, u64>,
     /// End-to-end latency.
     pub latency: Latency,
+    /// End-to-end latency by the status of each message's first ack: the
+    /// local path (`delivered`) apart from the broker's (`relayed`).
+    pub latency_by_ack: BTreeMap<AckStatus, Latency>,
     /// Every message never received by its recipient, by id.
     pub never_received: Vec<Missing>,
 }
