@@ -55,7 +55,7 @@ decide *ARGS:
 trace:
     cargo run --quiet -p rtc-decision --example simulate > {{trace}}
 
-# The whole test suite: starts the local stack (with Prometheus and kafka-exporter), runs every test, stops the stack whatever the outcome.
+# The whole test suite: starts the local stack (with Prometheus and kafka-exporter), runs every test, then the relay's server tests on Apache Kafka, stops the stack whatever the outcome.
 test: check-decision-deps check-decision-publish check-relay-core check-dashboard
     #!/usr/bin/env bash
     set -euo pipefail
@@ -65,6 +65,11 @@ test: check-decision-deps check-decision-publish check-relay-core check-dashboar
     deploy/local/stack up prometheus kafka-exporter
     eval "$(deploy/local/stack env)"
     cargo test --workspace --locked
+    # The relay against real servers once more, on the stack's other broker
+    # (Apache Kafka in place of tansu, on the same address).
+    deploy/local/stack down kafka
+    RTC_KAFKA_BROKER=apache deploy/local/stack up kafka
+    cargo test --locked -p rtc-relay --test servers
 
 # Unit, property and doc tests, and the offline manifest and overlay checks (no servers needed; kubectl for the overlays).
 test-offline:
