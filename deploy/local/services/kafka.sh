@@ -103,9 +103,12 @@ install_apache() {
       || die "$NAME: RTC_KAFKA_BROKER=apache needs Maven (mvn) to fetch the broker's jars from Maven Central; install it (apt-get install maven) or use the default broker (unset RTC_KAFKA_BROKER)"
     log "$NAME: copying Apache Kafka $KAFKA_APACHE_VERSION's jars from Maven Central into $dir (once)"
     rm -rf "$dir"
-    mvn -q -B -Dstyle.color=never -f "$KAFKA_APACHE_DIR/pom.xml" -Dmaven.repo.local="$RTC_STACK_CACHE/m2" \
-      dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$dir" >&2 \
-      || die "$NAME: Maven could not copy Apache Kafka's jars (it needs to reach Maven Central); see the output above"
+    local mvn_log="$RTC_STACK_CACHE/build-kafka-apache.log"
+    if ! mvn -B -Dstyle.color=never -f "$KAFKA_APACHE_DIR/pom.xml" -Dmaven.repo.local="$RTC_STACK_CACHE/m2" \
+      dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$dir" >"$mvn_log" 2>&1; then
+      tail -n 20 "$mvn_log" >&2
+      die "$NAME: Maven could not copy Apache Kafka's jars (it needs to reach Maven Central); see $mvn_log"
+    fi
     touch "$dir/.installed"
   fi
   echo "$dir"
