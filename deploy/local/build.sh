@@ -23,8 +23,10 @@
 # Each component is a small Go module beside this script whose go.mod pins
 # every version and whose go.sum pins every checksum; nothing downloaded is
 # kept in the repository. Module downloads go to $GOMODCACHE (default
-# $RTC_STACK_CACHE/go/mod), compiled packages to $GOCACHE (default
-# Go's own, ~/.cache/go-build), binaries to $RTC_STACK_CACHE/<component>-<key>,
+# $RTC_STACK_CACHE/go/mod), compiled packages to $GOCACHE (when it is not
+# set, a cache of the stack's own, $RTC_STACK_CACHE/go-build, dropped once a
+# binary is in place: a binary is built again only when a pin changes, and
+# the cache would keep about 6 GiB that nothing reads), binaries to $RTC_STACK_CACHE/<component>-<key>,
 # where the key is a hash of the module's go.mod and go.sum: a second run
 # with unchanged pins returns at once, a changed pin builds anew.
 
@@ -43,7 +45,11 @@ PROMETHEUS_VERSION="v0.316.0"
 PROMETHEUS_RELEASE="3.16.0"
 
 : "${GOMODCACHE:=$RTC_STACK_CACHE/go/mod}"
-: "${GOCACHE:=${XDG_CACHE_HOME:-$HOME/.cache}/go-build}"
+DROP_GOCACHE=""
+if [[ -z "${GOCACHE:-}" ]]; then
+  GOCACHE="$RTC_STACK_CACHE/go-build"
+  DROP_GOCACHE=1
+fi
 export GOMODCACHE GOCACHE CGO_ENABLED=0 GOFLAGS="-mod=readonly -buildvcs=false"
 # The module proxy only; a module it does not serve is an error, not a clone.
 export GOPROXY="${RTC_GOPROXY:-https://proxy.golang.org}" GONOSUMDB="" GOTOOLCHAIN=local
@@ -98,6 +104,7 @@ go_build() {
     die "$component: go build failed (see $log); fix the error above and run 'deploy/local/stack up' again"
   fi
   rm -rf "$out" && mv "$out.tmp" "$out"
+  [[ -z "$DROP_GOCACHE" ]] || rm -rf "$GOCACHE"
   log "$component: built in $((SECONDS - start))s into $out"
 }
 
