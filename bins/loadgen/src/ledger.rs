@@ -150,6 +150,8 @@ pub struct Ledger {
     counts: MessageCounts,
     /// Sent, not yet received, by recipient.
     pending_by_recipient: HashMap<u32, u64>,
+    /// Handed to a sender, not yet written, by recipient.
+    in_hand_by_recipient: HashMap<u32, u64>,
     pending: u64,
     latency_us: Histogram<u64>,
 }
@@ -172,9 +174,17 @@ impl Ledger {
             records: HashMap::new(),
             counts: MessageCounts::default(),
             pending_by_recipient: HashMap::new(),
+            in_hand_by_recipient: HashMap::new(),
             pending: 0,
             latency_us: latency_histogram(),
         }
+    }
+
+    /// A message to `recipient` was handed to its sender, which writes it
+    /// when its connection lets it: until then it is on its way to
+    /// `recipient` without a record ([`Self::pending_to`] counts it).
+    pub fn handed_out(&mut self, recipient: u32) {
+        *self.in_hand_by_recipient.entry(recipient).or_default() += 1;
     }
 
     /// `id` was written to `recipient` at `at` (a resend when it had been
@@ -183,6 +193,9 @@ impl Ledger {
         match self.records.get(&id) {
             Some(_) => self.counts.resent += 1,
             None => {
+                if let Some(n) = self.in_hand_by_recipient.get_mut(&recipient) {
+                    *n = n.saturating_sub(1);
+                }
                 self.records.insert(
                     id,
                     Record {
@@ -253,13 +266,12 @@ impl Ledger {
         self.pending
     }
 
-    /// Messages sent to `recipient` and not yet received by it.
+    /// Messages on their way to `recipient`: handed to a sender or sent,
+    /// and not yet received by it.
     #[must_use]
     pub fn pending_to(&self, recipient: u32) -> u64 {
-        self.pending_by_recipient
-            .get(&recipient)
-            .copied()
-            .unwrap_or(0)
+        let count = |map: &HashMap<u32, u64>| map.get(&recipient).copied().unwrap_or(0);
+        count(&self.pending_by_recipient) + count(&self.in_hand_by_recipient)
     }
 
     /// The counts so far; `lost` and `unacked` as if the run ended now.
@@ -370,6 +382,29 @@ mod tests {
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
+    }
+
+    #[test]
+    fn a_message_handed_to_a_sender_is_pending_before_it_is_written() {
+        let mut ledger = Ledger::new();
+        ledger.handed_out(7);
+        ledger.handed_out(7);
+        assert_eq!(
+            ledger.pending_to(7),
+            2,
+            "in a sender's queue, not yet written"
+        );
+        assert_eq!(ledger.pending(), 0, "nothing written yet");
+        ledger.record_sent(id(1, 0), 7, ms(1));
+        assert_eq!(ledger.pending_to(7), 2, "one written, one in hand");
+        ledger.record_sent(id(1, 0), 7, ms(2));
+        assert_eq!(ledger.pending_to(7), 2, "a resend is not a second message");
+        ledger.record_sent(id(1, 1), 7, ms(3));
+        ledger.received(id(1, 0), 7, ms(4));
+        assert_eq!(ledger.pending_to(7), 1);
+        ledger.received(id(1, 1), 7, ms(5));
+        assert_eq!(ledger.pending_to(7), 0);
+        assert_eq!(ledger.pending_to(8), 0);
     }
 
     #[test]

@@ -324,6 +324,7 @@ impl Driver {
                 };
                 slot.next_seq += 1;
                 let _ = slot.commands.send(Command::Send { id, to });
+                self.ledger.handed_out(to);
                 self.handed_out += 1;
             }
         }
