@@ -113,6 +113,28 @@ fn kubectl(args: &[&str]) -> Result<String> {
     kubectl_with(Some(&kubeconfig), args)
 }
 
+/// Every overlay in deploy/k8s/overlays, by directory name, sorted.
+fn overlay_names() -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(base().join("../overlays"))? {
+        let entry = entry?;
+        if entry.path().join("kustomization.yaml").is_file() {
+            names.push(
+                entry
+                    .file_name()
+                    .into_string()
+                    .map_err(|n| format!("{n:?} is not UTF-8"))?,
+            );
+        }
+    }
+    names.sort();
+    assert!(
+        names.iter().any(|n| n == "local") && names.iter().any(|n| n == "production"),
+        "{names:?}"
+    );
+    Ok(names)
+}
+
 /// The objects `kubectl kustomize` renders of deploy/k8s/overlays/`name`.
 fn overlay(name: &str) -> Result<Vec<serde_json::Value>> {
     let dir = base().join("../overlays").join(name);
@@ -218,8 +240,8 @@ fn kubectl_apply_server_side_of_the_base_succeeds() -> Result {
 /// dry run: nothing is created, so the stack is left as it was).
 #[test]
 fn every_overlay_passes_a_server_side_dry_run() -> Result {
-    for overlay in ["local", "production"] {
-        let dir = base().join("../overlays").join(overlay);
+    for overlay in overlay_names()? {
+        let dir = base().join("../overlays").join(&overlay);
         let dir = dir.to_str().ok_or("overlay path is not UTF-8")?;
         let out = kubectl(&[
             "apply",
@@ -303,9 +325,9 @@ fn every_configured_key_is_a_setting_of_a_binary() -> Result {
 #[test]
 fn every_key_an_overlay_sets_is_a_setting_of_a_binary() -> Result {
     let known = known_keys()?;
-    for name in ["local", "production"] {
+    for name in overlay_names()? {
         let mut checked = 0;
-        for doc in overlay(name)? {
+        for doc in overlay(&name)? {
             if doc["kind"] == "ConfigMap" && doc["metadata"]["name"] == "rtc-config" {
                 for key in doc["data"].as_object().ok_or("no data")?.keys() {
                     assert!(known.contains(key), "overlay {name}: {key} is no setting");
