@@ -323,9 +323,12 @@ impl Driver {
                     seq: slot.next_seq,
                 };
                 slot.next_seq += 1;
-                let _ = slot.commands.send(Command::Send { id, to });
-                self.ledger.handed_out(to);
-                self.handed_out += 1;
+                // A finished client's channel is closed: the message is never
+                // written, so it holds no recipient open.
+                if slot.commands.send(Command::Send { id, to }).is_ok() {
+                    self.ledger.handed_out(to);
+                    self.handed_out += 1;
+                }
             }
         }
         // Messages due while no client was active are skipped, not queued.
