@@ -19,8 +19,11 @@ demo *ARGS:
         echo "[demo] installing the Debian package fonts-dejavu-core for the chart's labels" >&2
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends fonts-dejavu-core >/dev/null 2>&1 || true
     fi
-    cargo build --quiet --locked -p rtc-demo
-    exec target/debug/demo {{ARGS}}
+    # RTC_CARGO_PROFILE=release runs the demo (and its load generator) and the
+    # stack's pods on release builds.
+    profile="${RTC_CARGO_PROFILE:-dev}"
+    cargo build --quiet --locked --profile "$profile" -p rtc-demo
+    exec "target/$([[ "$profile" == dev ]] && echo debug || echo "$profile")/demo" {{ARGS}}
 
 # The same load against the same socket Deployment, scaled by the load-balancer, by an HPA on CPU (50 % and 70 %) and by KEDA: tables and charts (docs/compare.md; `just compare --help`).
 compare *ARGS:

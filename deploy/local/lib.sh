@@ -38,6 +38,10 @@ RTC_LOCAL_DIR="$RTC_REPO_ROOT/deploy/local"
 : "${RTC_POD_IP_BASE:=127.10}"
 # Node I serves its kubelet port (/metrics/resource) on RTC_KUBELET_PORT + I.
 : "${RTC_KUBELET_PORT:=17250}"
+# The cargo profile of the binaries the stack's pods run (and the node agents):
+# dev (the default, what the tests build) or release, for measurements in
+# which the socket nodes' own cost per message matters.
+: "${RTC_CARGO_PROFILE:=dev}"
 # metrics-server, the metrics.k8s.io API behind the API server.
 : "${RTC_METRICS_SERVER_PORT:=14443}"
 
@@ -198,3 +202,13 @@ start_component() {
 
 # healthz URL: the component at URL answers ok on /healthz.
 healthz() { [[ "$(curl -ksS --max-time 2 "$1/healthz" 2>/dev/null)" == ok ]]; }
+
+# profile_dir PROFILE: the directory under the cargo target that PROFILE
+# builds into.
+profile_dir() {
+  case "$1" in
+    dev) echo debug ;;
+    release) echo release ;;
+    *) die "RTC_CARGO_PROFILE is '$1'; it must be dev or release" ;;
+  esac
+}

@@ -5,10 +5,12 @@
 #
 #   nodes.sh start|stop|status
 #
-# start builds the agent and the binaries pods run (cargo, dev profile, the
-# workspace's one target directory), makes each node's client certificate
-# (CN system:node:<name>, O system:nodes), starts one agent per node, and
-# waits until every Node is Ready. Pod IPs of rtc-node-I are
+# start builds the agent and the binaries pods run (cargo, profile
+# $RTC_CARGO_PROFILE, dev unless set; the workspace's one target
+# directory), makes each node's client certificate (CN system:node:<name>,
+# O system:nodes), starts one agent per node, and
+# waits until every Node is Ready. Agents already running are kept if
+# they are of the same profile; start stops with a message otherwise. Pod IPs of rtc-node-I are
 # $RTC_POD_IP_BASE.I.2 and up (default 127.10.I.2); pod logs are under
 # $RTC_STACK_RUN/nodes/<node>/pods. Pod cgroups are under a parent named
 # after this stack's run directory, so two stacks never touch each other's.
@@ -25,7 +27,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
 NAME=nodes
 TARGET="${CARGO_TARGET_DIR:-$RTC_REPO_ROOT/target}"
-AGENT="$TARGET/debug/rtc-node-agent"
+BIN="$TARGET/$(profile_dir "$RTC_CARGO_PROFILE")"
+AGENT="$BIN/rtc-node-agent"
 ADMIN="$RTC_STACK_RUN/kubeconfig"
 CGROUP_PARENT="rtc-stack-$(printf '%s' "$RTC_STACK_RUN" | sha256sum | cut -c1-8)"
 
@@ -46,8 +49,8 @@ all_ready() {
 
 build() {
   command -v cargo >/dev/null 2>&1 || die "nodes: cargo is not on PATH; install Rust with rustup and run 'deploy/local/stack up' again"
-  log "nodes: building the node agent and the binaries pods run (cargo build)"
-  (cd "$RTC_REPO_ROOT" && cargo build --locked --quiet -p rtc-node-agent -p rtc-socket-node -p rtc-load-balancer --bins) \
+  log "nodes: building the node agent and the binaries pods run (cargo build, profile $RTC_CARGO_PROFILE)"
+  (cd "$RTC_REPO_ROOT" && cargo build --locked --quiet --profile "$RTC_CARGO_PROFILE" -p rtc-node-agent -p rtc-socket-node -p rtc-load-balancer --bins) \
     || die "nodes: cargo build of rtc-node-agent, rtc-socket-node or rtc-load-balancer failed (see above); fix it and run 'deploy/local/stack up' again"
 }
 
@@ -55,8 +58,19 @@ build() {
 images() {
   local python
   python="$(command -v python3 || true)"
-  echo "--image rtc/socket-node=$TARGET/debug/socket-node --image rtc/load-balancer=$TARGET/debug/load-balancer"
+  echo "--image rtc/socket-node=$BIN/socket-node --image rtc/load-balancer=$BIN/load-balancer"
   [[ -n "$python" ]] && echo "--image rtc/python=$python"
+}
+
+# agent_exe NAME: the program the running agent NAME was started from.
+agent_exe() { readlink "/proc/$(cat "$(pidfile "$1")")/exe" 2>/dev/null || true; }
+
+# running_profile_matches NAME: the running agent NAME is this profile's build
+# (its pods run the same profile's binaries).
+running_profile_matches() {
+  local exe
+  exe="$(agent_exe "$1")"
+  [[ "${exe% (deleted)}" == "$(readlink -f "$AGENT")" ]]
 }
 
 start() {
@@ -67,7 +81,10 @@ start() {
   read -ra map <<<"$(images | tr '\n' ' ')"
   for ((i = 0; i < RTC_NODES; i++)); do
     name="$(node_name "$i")"
-    if is_running "$name"; then continue; fi
+    if is_running "$name"; then
+      running_profile_matches "$name" || die "nodes: $name runs $(agent_exe "$name"), not $AGENT (RTC_CARGO_PROFILE=$RTC_CARGO_PROFILE); stop the nodes first: deploy/local/stack down nodes"
+      continue
+    fi
     port=$((RTC_KUBELET_PORT + i))
     port_free "$name" "$port" RTC_KUBELET_PORT
     kc="$RTC_STACK_RUN/kubeconfigs/node-$name.kubeconfig"
