@@ -212,6 +212,44 @@ fn path_p95(o: &Outcome, status: AckStatus) -> String {
 #[cfg(test)]
 mod tests {
     use super::setting;
+    use rtc_loadgen::Profile;
+    use std::path::{Path, PathBuf};
+
+    fn json_files(dir: &Path, found: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).expect("profiles directory") {
+            let path = entry.expect("directory entry").path();
+            if path.is_dir() {
+                json_files(&path, found);
+            } else if path.extension().is_some_and(|e| e == "json") {
+                found.push(path);
+            }
+        }
+    }
+
+    /// Every profile shipped under bins/demo/profiles, the comparison's
+    /// included, is one the load generator accepts.
+    #[test]
+    fn every_bundled_profile_is_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles");
+        let mut files = Vec::new();
+        json_files(&dir, &mut files);
+        assert!(
+            files.len() >= 8,
+            "only {} profiles in {}",
+            files.len(),
+            dir.display()
+        );
+        for file in files {
+            let text = std::fs::read_to_string(&file).expect("readable profile");
+            let profile =
+                Profile::from_json(&text).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+            assert!(
+                !profile.duration().is_zero(),
+                "{} lasts no time",
+                file.display()
+            );
+        }
+    }
 
     #[test]
     fn settings_are_upper_case_keys_with_a_value() {
