@@ -8,9 +8,9 @@
 # start builds the agent and the binaries pods run (cargo, profile
 # $RTC_CARGO_PROFILE, dev unless set; the workspace's one target
 # directory), makes each node's client certificate (CN system:node:<name>,
-# O system:nodes), starts one agent per node, and
-# waits until every Node is Ready. Agents already running are kept if
-# they are of the same profile; start stops with a message otherwise. Pod IPs of rtc-node-I are
+# O system:nodes), starts one agent per node, and waits until every Node is
+# Ready. Agents already running are kept if they are of the same profile;
+# start stops with a message otherwise. Pod IPs of rtc-node-I are
 # $RTC_POD_IP_BASE.I.2 and up (default 127.10.I.2); pod logs are under
 # $RTC_STACK_RUN/nodes/<node>/pods. Pod cgroups are under a parent named
 # after this stack's run directory, so two stacks never touch each other's.
