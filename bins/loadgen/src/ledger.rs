@@ -152,6 +152,7 @@ pub struct Ledger {
     pending_by_recipient: HashMap<u32, u64>,
     /// Handed to a sender, not yet written, by recipient.
     in_hand_by_recipient: HashMap<u32, u64>,
+    in_hand: u64,
     pending: u64,
     latency_us: Histogram<u64>,
 }
@@ -175,6 +176,7 @@ impl Ledger {
             counts: MessageCounts::default(),
             pending_by_recipient: HashMap::new(),
             in_hand_by_recipient: HashMap::new(),
+            in_hand: 0,
             pending: 0,
             latency_us: latency_histogram(),
         }
@@ -185,6 +187,7 @@ impl Ledger {
     /// `recipient` without a record ([`Self::pending_to`] counts it).
     pub fn handed_out(&mut self, recipient: u32) {
         *self.in_hand_by_recipient.entry(recipient).or_default() += 1;
+        self.in_hand += 1;
     }
 
     /// `id` was written to `recipient` at `at` (a resend when it had been
@@ -193,8 +196,11 @@ impl Ledger {
         match self.records.get(&id) {
             Some(_) => self.counts.resent += 1,
             None => {
-                if let Some(n) = self.in_hand_by_recipient.get_mut(&recipient) {
-                    *n = n.saturating_sub(1);
+                if let Some(n) = self.in_hand_by_recipient.get_mut(&recipient)
+                    && *n > 0
+                {
+                    *n -= 1;
+                    self.in_hand -= 1;
                 }
                 self.records.insert(
                     id,
@@ -258,6 +264,12 @@ impl Ledger {
     #[must_use]
     pub fn sent(&self) -> u64 {
         self.counts.sent
+    }
+
+    /// Messages handed to a sender and not yet written.
+    #[must_use]
+    pub fn in_hand(&self) -> u64 {
+        self.in_hand
     }
 
     /// Messages sent and not yet received.
@@ -395,11 +407,15 @@ mod tests {
             "in a sender's queue, not yet written"
         );
         assert_eq!(ledger.pending(), 0, "nothing written yet");
+        assert_eq!(ledger.in_hand(), 2);
         ledger.record_sent(id(1, 0), 7, ms(1));
         assert_eq!(ledger.pending_to(7), 2, "one written, one in hand");
+        assert_eq!(ledger.in_hand(), 1);
         ledger.record_sent(id(1, 0), 7, ms(2));
         assert_eq!(ledger.pending_to(7), 2, "a resend is not a second message");
+        assert_eq!(ledger.in_hand(), 1, "a resend was not in hand");
         ledger.record_sent(id(1, 1), 7, ms(3));
+        assert_eq!(ledger.in_hand(), 0);
         ledger.received(id(1, 0), 7, ms(4));
         assert_eq!(ledger.pending_to(7), 1);
         ledger.received(id(1, 1), 7, ms(5));

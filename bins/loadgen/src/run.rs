@@ -114,8 +114,6 @@ struct Driver {
     refusals: BTreeMap<String, u64>,
     issued: u64,
     refused: Option<TargetError>,
-    /// Messages handed to clients.
-    handed_out: u64,
     /// When the run was cut short.
     stopped_at: Option<Duration>,
 }
@@ -175,7 +173,6 @@ pub async fn run_until(
         issued: 0,
         refused: None,
         stopped_at: None,
-        handed_out: 0,
     };
     driver.on_discovered(&targets.borrow_and_update().clone());
     let span = tracing::info_span!("run", run = %driver.config.run_id);
@@ -205,7 +202,7 @@ pub async fn run_until(
                         now
                     });
                     driver.close_retired(now);
-                    let all_written = driver.ledger.sent() >= driver.handed_out;
+                    let all_written = driver.ledger.in_hand() == 0;
                     if (all_written && driver.ledger.pending() == 0) || now.saturating_sub(since) >= grace {
                         break;
                     }
@@ -327,7 +324,6 @@ impl Driver {
                 // written, so it holds no recipient open.
                 if slot.commands.send(Command::Send { id, to }).is_ok() {
                     self.ledger.handed_out(to);
-                    self.handed_out += 1;
                 }
             }
         }
