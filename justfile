@@ -21,9 +21,9 @@ demo *ARGS:
     fi
     # RTC_CARGO_PROFILE=release runs the demo (and its load generator) and the
     # stack's pods on release builds.
-    profile="${RTC_CARGO_PROFILE:-dev}"
-    cargo build --quiet --locked --profile "$profile" -p rtc-demo
-    exec "target/$([[ "$profile" == dev ]] && echo debug || echo "$profile")/demo" {{ARGS}}
+    source deploy/local/lib.sh
+    cargo build --quiet --locked --profile "$RTC_CARGO_PROFILE" -p rtc-demo
+    exec "target/$(profile_dir "$RTC_CARGO_PROFILE")/demo" {{ARGS}}
 
 # The same load against the same socket Deployment, scaled by the load-balancer, by an HPA on CPU (50 % and 70 %) and by KEDA: tables and charts (docs/compare.md; `just compare --help`).
 compare *ARGS:
