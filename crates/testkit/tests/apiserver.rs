@@ -56,15 +56,29 @@ where
     assert_eq!(spec_replicas(&api.get(NAME).await?), Some(3));
 
     // The controller writes the status after each change of the spec, which
-    // moves the resourceVersion the replace below is conditional on.
+    // moves the resourceVersion the replace below is conditional on. Past
+    // the observed generation it may still write it (a StatefulSet's once
+    // per pod it creates and per pod that becomes Ready): a replace that
+    // meets such a write is a conflict that leaves the spec alone, and the
+    // next read carries the newer version, as a leader's next tick does.
     fixtures::settled(&api, NAME).await?;
-    let read = api.get_scale(NAME).await?;
-    let mut wanted = read.clone();
-    wanted.spec.get_or_insert_with(Default::default).replicas = Some(5);
-    let replaced = api
-        .replace_scale(NAME, &PostParams::default(), &wanted)
-        .await?;
-    assert_eq!(scale_replicas(&replaced), Some(5));
+    let mut attempts = 0;
+    let (wanted, replaced) = loop {
+        attempts += 1;
+        let mut wanted = api.get_scale(NAME).await?;
+        wanted.spec.get_or_insert_with(Default::default).replicas = Some(5);
+        match api
+            .replace_scale(NAME, &PostParams::default(), &wanted)
+            .await
+        {
+            Ok(replaced) => break (wanted, replaced),
+            Err(error) if is_conflict(&error) && attempts < 5 => {
+                assert_eq!(spec_replicas(&api.get(NAME).await?), Some(3));
+            }
+            Err(error) => return Err(error.into()),
+        }
+    };
+    assert_eq!(scale_replicas(&replaced), Some(5), "after {attempts} reads");
     assert_eq!(spec_replicas(&api.get(NAME).await?), Some(5));
 
     // `wanted` still carries the resourceVersion from before the replace.
