@@ -176,14 +176,14 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
 /// The two runs of `--compare-rebalance`, as a markdown table.
 fn rebalance_table(rows: &[(&str, Outcome)]) -> String {
     let mut out = vec![
-        "| rebalancing | peak replicas | rebalances | spread at the spike's end | p95 of the first pods over the spike (median of heartbeats) | messages lost | p95 of all messages (on one pod / through the broker) | p99 of all messages |".to_owned(),
-        "|---|---|---|---|---|---|---|---|".to_owned(),
+        "| rebalancing | peak replicas | rebalances | spread at the spike's end | p95 of the first pods over the spike (median of heartbeats) | messages lost | p95 of all messages (on one pod / through the broker) | p99 of all messages | p95 / p99 from the schedule, first pods' clients |".to_owned(),
+        "|---|---|---|---|---|---|---|---|---|".to_owned(),
     ];
     for (label, o) in rows {
         let s = &o.story;
         let m = &o.load.messages;
         out.push(format!(
-            "| {label} | {} | {} | {} | {} | {} of {} | {:.0} ms ({} / {}) | {:.0} ms |",
+            "| {label} | {} | {} | {} | {} | {} of {} | {:.0} ms ({} / {}) | {:.0} ms | {:.0} / {:.0} ms |",
             s.peak_replicas,
             s.rebalances.len(),
             s.spike_end_spread
@@ -196,6 +196,8 @@ fn rebalance_table(rows: &[(&str, Outcome)]) -> String {
             path_p95(o, AckStatus::Delivered),
             path_p95(o, AckStatus::Relayed),
             o.load.latency.p99_ms,
+            o.load.latency_from_schedule_first_targets.p95_ms,
+            o.load.latency_from_schedule_first_targets.p99_ms,
         ));
     }
     out.join("\n")

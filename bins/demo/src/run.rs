@@ -446,6 +446,14 @@ pub fn report(o: &Outcome) -> String {
             o.load.latency.p99_ms,
             by_path(&o.load.latency_by_ack)
         ),
+        format!(
+            "  latency from the schedule (a message's due time to its arrival, waits in the sender included): p95 {:.1} ms, p99 {:.1} ms; of the clients first on the pods Ready at the start ({}): p95 {:.1} ms, p99 {:.1} ms",
+            o.load.latency_from_schedule.p95_ms,
+            o.load.latency_from_schedule.p99_ms,
+            o.load.first_targets.len(),
+            o.load.latency_from_schedule_first_targets.p95_ms,
+            o.load.latency_from_schedule_first_targets.p99_ms,
+        ),
         match &s.leader_deleted {
             Some((pod, Some(ms))) => format!(
                 "  leader {pod} deleted: another replica led {:.1} s later",

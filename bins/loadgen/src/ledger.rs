@@ -4,7 +4,7 @@
 //! the run's start, read from one monotonic clock in one process, so the
 //! sender's send time and the recipient's receive time are comparable.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::time::Duration;
 
@@ -79,6 +79,8 @@ impl fmt::Display for AckStatus {
 #[derive(Debug, Clone)]
 struct Record {
     recipient: u32,
+    /// When the schedule made it due: the driver's hand-out to its sender.
+    due: Duration,
     first_sent: Duration,
     ack: Option<AckStatus>,
     arrivals: u32,
@@ -153,8 +155,16 @@ pub struct Ledger {
     /// Handed to a sender, not yet written, by recipient.
     in_hand_by_recipient: HashMap<u32, u64>,
     in_hand: u64,
+    /// When each message handed out and not yet written fell due.
+    due_in_hand: HashMap<MsgId, Duration>,
+    /// Senders first welcomed on a target Ready at the run's start.
+    first_cohort: HashSet<u32>,
     pending: u64,
     latency_us: Histogram<u64>,
+    /// From the schedule's due time to the first arrival, every message.
+    from_due_us: Histogram<u64>,
+    /// The same, for messages whose sender is in the first cohort.
+    from_due_first_us: Histogram<u64>,
 }
 
 impl Default for Ledger {
@@ -177,21 +187,34 @@ impl Ledger {
             pending_by_recipient: HashMap::new(),
             in_hand_by_recipient: HashMap::new(),
             in_hand: 0,
+            due_in_hand: HashMap::new(),
+            first_cohort: HashSet::new(),
             pending: 0,
             latency_us: latency_histogram(),
+            from_due_us: latency_histogram(),
+            from_due_first_us: latency_histogram(),
         }
     }
 
-    /// A message to `recipient` was handed to its sender, which writes it
-    /// when its connection lets it: until then it is on its way to
-    /// `recipient` without a record ([`Self::pending_to`] counts it).
-    pub fn handed_out(&mut self, recipient: u32) {
+    /// Message `id` to `recipient`, due at `due` by the schedule, was
+    /// handed to its sender, which writes it when its connection lets it:
+    /// until then it is on its way to `recipient` without a record
+    /// ([`Self::pending_to`] counts it).
+    pub fn handed_out(&mut self, id: MsgId, recipient: u32, due: Duration) {
         *self.in_hand_by_recipient.entry(recipient).or_default() += 1;
         self.in_hand += 1;
+        self.due_in_hand.insert(id, due);
+    }
+
+    /// `sender` was first welcomed on a target that was Ready when the run
+    /// started: its messages count in [`Self::latency_from_schedule_first`].
+    pub fn joined_first_cohort(&mut self, sender: u32) {
+        self.first_cohort.insert(sender);
     }
 
     /// `id` was written to `recipient` at `at` (a resend when it had been
-    /// written before, on an earlier connection).
+    /// written before, on an earlier connection). A message never handed
+    /// out through [`Self::handed_out`] is taken as due when written.
     pub fn record_sent(&mut self, id: MsgId, recipient: u32, at: Duration) {
         match self.records.get(&id) {
             Some(_) => self.counts.resent += 1,
@@ -202,10 +225,12 @@ impl Ledger {
                     *n -= 1;
                     self.in_hand -= 1;
                 }
+                let due = self.due_in_hand.remove(&id).unwrap_or(at).min(at);
                 self.records.insert(
                     id,
                     Record {
                         recipient,
+                        due,
                         first_sent: at,
                         ack: None,
                         arrivals: 0,
@@ -252,12 +277,15 @@ impl Ledger {
         if let Some(p) = self.pending_by_recipient.get_mut(&by) {
             *p -= 1;
         }
-        let us = u64::try_from(at.saturating_sub(record.first_sent).as_micros())
-            .unwrap_or(u64::MAX)
-            .clamp(1, LATENCY_MAX_US);
+        let us = micros_between(record.first_sent, at);
         record.latency_us = us;
+        let from_due = micros_between(record.due, at);
         // In bounds by the clamp.
         let _ = self.latency_us.record(us);
+        let _ = self.from_due_us.record(from_due);
+        if self.first_cohort.contains(&id.sender) {
+            let _ = self.from_due_first_us.record(from_due);
+        }
     }
 
     /// Distinct messages sent.
@@ -327,7 +355,24 @@ impl Ledger {
     /// Latency percentiles of first arrivals.
     #[must_use]
     pub fn latency(&self) -> Latency {
-        Latency::of(&self.latency_us)
+        Latency::of(&self.latency_us, SENT_CLOCK)
+    }
+
+    /// Latency percentiles of first arrivals from the time the schedule
+    /// made each message due, so the time a message waited in its sender
+    /// (a node too slow to read its socket, a client between a move's close
+    /// and its reconnect) counts as well: what a user who pressed send at
+    /// that moment sees, free of coordinated omission.
+    #[must_use]
+    pub fn latency_from_schedule(&self) -> Latency {
+        Latency::of(&self.from_due_us, DUE_CLOCK)
+    }
+
+    /// [`Self::latency_from_schedule`] of the messages whose sender is in the
+    /// first cohort (first welcomed on a target Ready at the run's start).
+    #[must_use]
+    pub fn latency_from_schedule_first(&self) -> Latency {
+        Latency::of(&self.from_due_first_us, DUE_CLOCK)
     }
 
     /// Latency percentiles of first arrivals by the status of the message's
@@ -350,7 +395,7 @@ impl Ledger {
         }
         by_ack
             .iter()
-            .map(|(ack, h)| (*ack, Latency::of(h)))
+            .map(|(ack, h)| (*ack, Latency::of(h, SENT_CLOCK)))
             .collect()
     }
 }
@@ -362,8 +407,19 @@ fn latency_histogram() -> Histogram<u64> {
         .unwrap_or_else(|_| unreachable!("valid fixed histogram bounds"))
 }
 
+/// Microseconds from `from` to `to`, at least 1 and at most the histogram's
+/// bound.
+fn micros_between(from: Duration, to: Duration) -> u64 {
+    u64::try_from(to.saturating_sub(from).as_micros())
+        .unwrap_or(u64::MAX)
+        .clamp(1, LATENCY_MAX_US)
+}
+
+const SENT_CLOCK: &str = "monotonic clock of the generator's one process: sender's first write to recipient's first read";
+const DUE_CLOCK: &str = "monotonic clock of the generator's one process: the schedule's due time (hand-out to the sender) to recipient's first read";
+
 impl Latency {
-    fn of(h: &Histogram<u64>) -> Self {
+    fn of(h: &Histogram<u64>, clock: &'static str) -> Self {
         let ms = |us: u64| {
             if h.is_empty() {
                 0.0
@@ -378,7 +434,7 @@ impl Latency {
             p95_ms: ms(h.value_at_quantile(0.95)),
             p99_ms: ms(h.value_at_quantile(0.99)),
             max_ms: ms(h.max()),
-            clock: "monotonic clock of the generator's one process: sender's first write to recipient's first read",
+            clock,
         }
     }
 }
@@ -399,8 +455,8 @@ mod tests {
     #[test]
     fn a_message_handed_to_a_sender_is_pending_before_it_is_written() {
         let mut ledger = Ledger::new();
-        ledger.handed_out(7);
-        ledger.handed_out(7);
+        ledger.handed_out(id(1, 0), 7, ms(0));
+        ledger.handed_out(id(1, 1), 7, ms(0));
         assert_eq!(
             ledger.pending_to(7),
             2,
@@ -503,6 +559,40 @@ mod tests {
         assert_eq!(ledger.latency().count, 4);
     }
 
+    #[test]
+    fn latency_from_the_schedule_counts_the_wait_in_the_sender() {
+        let mut ledger = Ledger::new();
+        ledger.joined_first_cohort(0);
+        // Due at 0, written at 50 (the sender's connection pushed back or
+        // it was reconnecting), received at 60.
+        ledger.handed_out(id(0, 0), 1, ms(0));
+        ledger.record_sent(id(0, 0), 1, ms(50));
+        ledger.received(id(0, 0), 1, ms(60));
+        // Another sender, not of the first cohort: due at 100, written at
+        // once, received at 104.
+        ledger.handed_out(id(1, 0), 0, ms(100));
+        ledger.record_sent(id(1, 0), 0, ms(100));
+        ledger.received(id(1, 0), 0, ms(104));
+        // A resend keeps the first due time.
+        ledger.handed_out(id(0, 1), 1, ms(200));
+        ledger.record_sent(id(0, 1), 1, ms(210));
+        ledger.record_sent(id(0, 1), 1, ms(400));
+        ledger.received(id(0, 1), 1, ms(420));
+
+        let from_write = ledger.latency();
+        assert_eq!(from_write.count, 3);
+        assert!((from_write.p50_ms - 10.0).abs() < 0.1, "{from_write:?}");
+        assert!((from_write.max_ms - 210.0).abs() < 0.2, "{from_write:?}");
+        let from_due = ledger.latency_from_schedule();
+        assert_eq!(from_due.count, 3);
+        assert!((from_due.p50_ms - 60.0).abs() < 0.1, "{from_due:?}");
+        assert!((from_due.max_ms - 220.0).abs() < 0.2, "{from_due:?}");
+        let first = ledger.latency_from_schedule_first();
+        assert_eq!(first.count, 2, "sender 1 is not of the first cohort");
+        assert!((first.p50_ms - 60.0).abs() < 0.1, "{first:?}");
+        assert_eq!(ledger.in_hand(), 0);
+    }
+
     #[derive(Debug, Clone)]
     enum Op {
         Send(u32, u64, u32),
@@ -547,6 +637,7 @@ mod tests {
             prop_assert_eq!(ledger.pending(), c.sent - c.received);
             prop_assert_eq!(ledger.missing("r").len() as u64, c.sent - c.received);
             prop_assert_eq!(ledger.latency().count, c.received);
+            prop_assert_eq!(ledger.latency_from_schedule().count, c.received);
         }
     }
 }

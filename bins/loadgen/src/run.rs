@@ -97,6 +97,8 @@ struct Slot {
     next_seq: u64,
     retiring_since: Option<Duration>,
     finished: bool,
+    /// Whether the client has had a welcome yet.
+    welcomed: bool,
 }
 
 struct Driver {
@@ -109,6 +111,8 @@ struct Driver {
     slots: Vec<Slot>,
     active: Vec<u32>,
     connected: HashMap<u32, SocketAddr>,
+    /// The targets Ready when the run started.
+    first_targets: Vec<SocketAddr>,
     connections: Connections,
     reconnects: BTreeMap<Reason, u64>,
     refusals: BTreeMap<String, u64>,
@@ -167,6 +171,7 @@ pub async fn run_until(
         slots: Vec::new(),
         active: Vec::new(),
         connected: HashMap::new(),
+        first_targets: Vec::new(),
         connections: Connections::default(),
         reconnects: BTreeMap::new(),
         refusals: BTreeMap::new(),
@@ -175,6 +180,7 @@ pub async fn run_until(
         stopped_at: None,
     };
     driver.on_discovered(&targets.borrow_and_update().clone());
+    driver.first_targets = driver.balancer.ready().to_vec();
     let span = tracing::info_span!("run", run = %driver.config.run_id);
     let _entered = span.enter();
     tracing::info!(targets = ?driver.balancer.ready(), "run started");
@@ -255,6 +261,13 @@ pub async fn run_until(
         refusals: driver.refusals.clone(),
         latency: driver.ledger.latency(),
         latency_by_ack: driver.ledger.latency_by_ack(),
+        latency_from_schedule: driver.ledger.latency_from_schedule(),
+        first_targets: driver
+            .first_targets
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        latency_from_schedule_first_targets: driver.ledger.latency_from_schedule_first(),
         never_received: driver.ledger.missing(&driver.config.run_id),
     })
 }
@@ -323,7 +336,7 @@ impl Driver {
                 // A finished client's channel is closed: the message is never
                 // written, so it holds no recipient open.
                 if slot.commands.send(Command::Send { id, to }).is_ok() {
-                    self.ledger.handed_out(to);
+                    self.ledger.handed_out(id, to, now);
                 }
             }
         }
@@ -346,6 +359,7 @@ impl Driver {
             next_seq: 0,
             retiring_since: None,
             finished: false,
+            welcomed: false,
         });
         self.active.push(index);
     }
@@ -411,6 +425,14 @@ impl Driver {
                 let _ = reply.send(self.balancer.pick(now));
             }
             Event::Connected { client, target } => {
+                if let Some(slot) = self.slots.get_mut(client as usize)
+                    && !slot.welcomed
+                {
+                    slot.welcomed = true;
+                    if self.first_targets.contains(&target) {
+                        self.ledger.joined_first_cohort(client);
+                    }
+                }
                 self.connected.insert(client, target);
                 self.connections.opened += 1;
                 *self

@@ -46,6 +46,17 @@ pub struct Summary {
     /// End-to-end latency by the status of each message's first ack: the
     /// local path (`delivered`) apart from the broker's (`relayed`).
     pub latency_by_ack: BTreeMap<AckStatus, Latency>,
+    /// End-to-end latency from the time the schedule made each message due
+    /// to its first arrival: what [`Summary::latency`] leaves out, the time
+    /// a message waited in its sender for the connection to take it (a node
+    /// too slow to read, a client moving to another node), counts here.
+    pub latency_from_schedule: Latency,
+    /// The targets Ready when the run started.
+    pub first_targets: Vec<String>,
+    /// [`Summary::latency_from_schedule`] of the messages sent by clients
+    /// first welcomed on one of [`Summary::first_targets`]: the clients of
+    /// the pods that were there before any scale-out.
+    pub latency_from_schedule_first_targets: Latency,
     /// Every message never received by its recipient, by id.
     pub never_received: Vec<Missing>,
 }
