@@ -399,4 +399,115 @@ mod tests {
             "{err:?}"
         );
     }
+
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::net::TcpListener;
+
+    /// A Kafka string: its i16 length, then its bytes.
+    fn put_str(out: &mut Vec<u8>, s: &str) {
+        out.extend_from_slice(&i16::try_from(s.len()).expect("short").to_be_bytes());
+        out.extend_from_slice(s.as_bytes());
+    }
+
+    /// A fault-injecting stand-in for a broker whose group coordinator is
+    /// not available for the first `unavailable` FindCoordinator requests
+    /// (as a new Apache Kafka cluster answers while it creates its offsets
+    /// topic), then is itself; its OffsetFetch answers offset 7 for
+    /// partition 0 of `t`. It writes the responses byte by byte as the
+    /// protocol's guide lays them out (FindCoordinator v1, OffsetFetch v1,
+    /// response header v0), and counts the FindCoordinator requests.
+    async fn coordinator_after(unavailable: usize) -> (String, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let finds = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::clone(&finds);
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let seen = Arc::clone(&seen);
+                tokio::spawn(async move {
+                    loop {
+                        let mut size = [0u8; 4];
+                        if stream.read_exact(&mut size).await.is_err() {
+                            return;
+                        }
+                        let mut body = vec![0u8; u32::from_be_bytes(size) as usize];
+                        if stream.read_exact(&mut body).await.is_err() || body.len() < 8 {
+                            return;
+                        }
+                        let key = i16::from_be_bytes([body[0], body[1]]);
+                        let version = i16::from_be_bytes([body[2], body[3]]);
+                        assert_eq!(version, 1, "the client speaks v1 of both");
+                        let mut out = vec![0u8; 4];
+                        out.extend_from_slice(&body[4..8]); // correlation id
+                        out.extend_from_slice(&0i32.to_be_bytes()); // throttle
+                        if key == ApiKey::FindCoordinator as i16 {
+                            let n = seen.fetch_add(1, Ordering::SeqCst);
+                            let code = if n < unavailable {
+                                ResponseError::CoordinatorNotAvailable.code()
+                            } else {
+                                0
+                            };
+                            out.extend_from_slice(&code.to_be_bytes());
+                            out.extend_from_slice(&(-1i16).to_be_bytes()); // no message
+                            out.extend_from_slice(&1i32.to_be_bytes()); // node id
+                            put_str(&mut out, &addr.ip().to_string());
+                            out.extend_from_slice(&i32::from(addr.port()).to_be_bytes());
+                        } else if key == ApiKey::OffsetFetch as i16 {
+                            // v1 has no throttle time: take it back out.
+                            out.truncate(8);
+                            out.extend_from_slice(&1i32.to_be_bytes()); // topics
+                            put_str(&mut out, "t");
+                            out.extend_from_slice(&1i32.to_be_bytes()); // partitions
+                            out.extend_from_slice(&0i32.to_be_bytes()); // index
+                            out.extend_from_slice(&7i64.to_be_bytes()); // committed
+                            out.extend_from_slice(&(-1i16).to_be_bytes()); // no metadata
+                            out.extend_from_slice(&0i16.to_be_bytes()); // error code
+                        } else {
+                            return;
+                        }
+                        let size = u32::try_from(out.len() - 4).expect("small response");
+                        out[..4].copy_from_slice(&size.to_be_bytes());
+                        if stream.write_all(&out).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (addr.to_string(), finds)
+    }
+
+    #[tokio::test]
+    async fn a_coordinator_not_available_yet_is_asked_for_again() {
+        let (addr, finds) = coordinator_after(3).await;
+        let client = OffsetClient::new(vec![addr], "t", "g", Duration::from_secs(5));
+        let committed = client.fetch("t", 0).await;
+        assert_eq!(committed.ok(), Some(Some(7)));
+        assert_eq!(
+            finds.load(Ordering::SeqCst),
+            4,
+            "three refusals, one answer"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_coordinator_that_stays_unavailable_is_a_refusal_after_the_timeout() {
+        let (addr, finds) = coordinator_after(usize::MAX).await;
+        let client = OffsetClient::new(vec![addr], "t", "g", Duration::from_millis(500));
+        let err = client.fetch("t", 0).await.err();
+        assert!(
+            matches!(
+                err,
+                Some(WireError::Broker {
+                    error: ResponseError::CoordinatorNotAvailable,
+                    ..
+                })
+            ),
+            "{err:?}"
+        );
+        let asked = finds.load(Ordering::SeqCst);
+        assert!((2..=6).contains(&asked), "asked {asked} times in 500 ms");
+    }
 }
