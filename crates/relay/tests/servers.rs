@@ -168,7 +168,19 @@ async fn the_kafka_bus_publishes_reads_and_commits() -> Result {
     let mut seen = Vec::new();
     let started = tokio::time::Instant::now();
     while seen.len() < 3 && started.elapsed() < Duration::from_secs(10) {
-        let batch = topic.fetch(position, 250).await?;
+        let batch = match topic.fetch(position, 250).await {
+            Ok(batch) => batch,
+            // As the node's reader does: a position the broker says is not
+            // in the topic goes on from its first record. A new Apache Kafka
+            // cluster has answered a fresh topic's first fetch so; a reader
+            // sent back over records it had read would see them twice, and
+            // the assertion below would fail.
+            Err(e) if e.is_out_of_range() => {
+                position = topic.earliest().await?;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
         seen.extend(batch.deliveries.iter().map(|d| (d.to.clone(), d.sent_ms)));
         position = batch.next;
     }
