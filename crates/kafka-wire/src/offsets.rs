@@ -34,9 +34,6 @@ const COORDINATOR_MOVED: &[ResponseError] = &[
     ResponseError::CoordinatorLoadInProgress,
 ];
 
-/// Pause before asking again for a coordinator that is not available yet.
-const COORDINATOR_RETRY: Duration = Duration::from_millis(100);
-
 /// Commits and fetches one group's offsets.
 #[derive(Debug)]
 pub struct OffsetClient {
@@ -170,43 +167,27 @@ impl OffsetClient {
     }
 
     /// Asks a bootstrap server for the group's coordinator and connects
-    /// there. A broker with no coordinator yet (a new cluster creating its
-    /// offsets topic, a coordinator loading or moving) is asked again every
-    /// [`COORDINATOR_RETRY`] within the link's timeout, as Kafka's own
-    /// clients do; any other failure returns at once.
+    /// there.
     async fn coordinator(&self) -> Result<Conn, WireError> {
         let request = FindCoordinatorRequest::default()
             .with_key(StrBytes::from_string(self.group.clone()))
             .with_key_type(0);
-        let deadline = tokio::time::Instant::now() + self.link.timeout;
-        loop {
-            let found = self
-                .link
-                .locate(
-                    (
-                        ApiKey::FindCoordinator,
-                        "FindCoordinator",
-                        FIND_COORDINATOR_VERSION,
-                    ),
-                    &request,
-                    |response: &FindCoordinatorResponse| match self
-                        .link
-                        .refusal("FindCoordinator", response.error_code)
-                    {
-                        Some(refusal) => Err(refusal),
-                        None => Ok(format!("{}:{}", response.host.as_str(), response.port)),
-                    },
-                )
-                .await;
-            match found {
-                Err(WireError::Broker { error, .. })
-                    if COORDINATOR_MOVED.contains(&error)
-                        && tokio::time::Instant::now() + COORDINATOR_RETRY < deadline =>
+        self.link
+            .locate(
+                (
+                    ApiKey::FindCoordinator,
+                    "FindCoordinator",
+                    FIND_COORDINATOR_VERSION,
+                ),
+                &request,
+                |response: &FindCoordinatorResponse| match self
+                    .link
+                    .refusal("FindCoordinator", response.error_code)
                 {
-                    tokio::time::sleep(COORDINATOR_RETRY).await;
-                }
-                other => return other,
-            }
-        }
+                    Some(refusal) => Err(refusal),
+                    None => Ok(format!("{}:{}", response.host.as_str(), response.port)),
+                },
+            )
+            .await
     }
 }
