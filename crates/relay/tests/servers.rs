@@ -159,7 +159,19 @@ async fn the_kafka_bus_publishes_reads_and_commits() -> Result {
     assert_eq!(bus.topic_name("n1"), format!("{prefix}n1"));
     let topic = bus.own_topic("n1").await?;
     assert_eq!(topic.group(), "rtc-node-n1");
-    assert_eq!(topic.committed().await?, None);
+    // A new Apache Kafka cluster has no group coordinator until it has
+    // made its offsets topic, and says so (as the node's reader does, ask
+    // again).
+    let started = tokio::time::Instant::now();
+    let committed = loop {
+        match topic.committed().await {
+            Err(e) if coordinator_not_ready(&e) && started.elapsed() < Duration::from_secs(10) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => break other?,
+        }
+    };
+    assert_eq!(committed, None);
     for n in 0..3u64 {
         bus.publish("n1", &format!("c{n}"), &format!("{{\"n\":{n}}}"), 1_000 + n)
             .await?;
@@ -198,6 +210,21 @@ async fn the_kafka_bus_publishes_reads_and_commits() -> Result {
     // A second call finds the topic there.
     assert_eq!(bus.own_topic("n1").await?.name(), bus.topic_name("n1"));
     Ok(())
+}
+
+/// Whether `error` is a broker's answer that its group coordinator is not
+/// ready yet (still being made, loading, or elsewhere).
+fn coordinator_not_ready(error: &rtc_relay::BusError) -> bool {
+    use rtc_kafka_wire::{ResponseError, WireError};
+    matches!(
+        error,
+        rtc_relay::BusError::Wire(WireError::Broker {
+            error: ResponseError::CoordinatorNotAvailable
+                | ResponseError::CoordinatorLoadInProgress
+                | ResponseError::NotCoordinator,
+            ..
+        })
+    )
 }
 
 /// Polls `check` every 50 ms for up to 20 s.
