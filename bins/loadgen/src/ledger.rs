@@ -154,8 +154,7 @@ pub struct Ledger {
     pending_by_recipient: HashMap<u32, u64>,
     /// Handed to a sender, not yet written, by recipient.
     in_hand_by_recipient: HashMap<u32, u64>,
-    in_hand: u64,
-    /// When each message handed out and not yet written fell due.
+    /// Handed to a sender, not yet written: when each fell due.
     due_in_hand: HashMap<MsgId, Duration>,
     /// Senders first welcomed on a target Ready at the run's start.
     first_cohort: HashSet<u32>,
@@ -186,7 +185,6 @@ impl Ledger {
             counts: MessageCounts::default(),
             pending_by_recipient: HashMap::new(),
             in_hand_by_recipient: HashMap::new(),
-            in_hand: 0,
             due_in_hand: HashMap::new(),
             first_cohort: HashSet::new(),
             pending: 0,
@@ -201,9 +199,9 @@ impl Ledger {
     /// until then it is on its way to `recipient` without a record
     /// ([`Self::pending_to`] counts it).
     pub fn handed_out(&mut self, id: MsgId, recipient: u32, due: Duration) {
-        *self.in_hand_by_recipient.entry(recipient).or_default() += 1;
-        self.in_hand += 1;
-        self.due_in_hand.insert(id, due);
+        if self.due_in_hand.insert(id, due).is_none() {
+            *self.in_hand_by_recipient.entry(recipient).or_default() += 1;
+        }
     }
 
     /// `sender` was first welcomed on a target that was Ready when the run
@@ -219,13 +217,15 @@ impl Ledger {
         match self.records.get(&id) {
             Some(_) => self.counts.resent += 1,
             None => {
-                if let Some(n) = self.in_hand_by_recipient.get_mut(&recipient)
-                    && *n > 0
-                {
-                    *n -= 1;
-                    self.in_hand -= 1;
-                }
-                let due = self.due_in_hand.remove(&id).unwrap_or(at).min(at);
+                let due = match self.due_in_hand.remove(&id) {
+                    Some(due) => {
+                        if let Some(n) = self.in_hand_by_recipient.get_mut(&recipient) {
+                            *n = n.saturating_sub(1);
+                        }
+                        due.min(at)
+                    }
+                    None => at,
+                };
                 self.records.insert(
                     id,
                     Record {
@@ -297,7 +297,7 @@ impl Ledger {
     /// Messages handed to a sender and not yet written.
     #[must_use]
     pub fn in_hand(&self) -> u64 {
-        self.in_hand
+        self.due_in_hand.len() as u64
     }
 
     /// Messages sent and not yet received.
