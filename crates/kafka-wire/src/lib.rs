@@ -119,6 +119,13 @@ pub enum WireError {
 }
 
 impl WireError {
+    /// Whether the broker answered that the group's coordinator is not
+    /// ready or not there (a new cluster still making its offsets topic,
+    /// one loading, or one moved): the next request looks it up again.
+    pub fn coordinator_moved(&self) -> bool {
+        matches!(self, Self::Broker { error, .. } if offsets::COORDINATOR_MOVED.contains(error))
+    }
+
     /// A short label for the failure counter.
     pub fn label(&self) -> &'static str {
         match self {
@@ -397,6 +404,26 @@ mod tests {
         assert!(
             matches!(err, Some(WireError::NoBootstrap { .. })),
             "{err:?}"
+        );
+    }
+
+    #[test]
+    fn only_a_coordinator_answer_says_the_coordinator_moved() {
+        let broker = |error| WireError::Broker {
+            api: "OffsetFetch",
+            subject: "group g".to_owned(),
+            code: 0,
+            error,
+        };
+        assert!(broker(ResponseError::CoordinatorNotAvailable).coordinator_moved());
+        assert!(broker(ResponseError::CoordinatorLoadInProgress).coordinator_moved());
+        assert!(broker(ResponseError::NotCoordinator).coordinator_moved());
+        assert!(!broker(ResponseError::OffsetOutOfRange).coordinator_moved());
+        assert!(
+            !WireError::NoBootstrap {
+                subject: "group g".to_owned()
+            }
+            .coordinator_moved()
         );
     }
 }

@@ -28,7 +28,7 @@ const FIND_COORDINATOR_VERSION: i16 = 1;
 const OFFSET_COMMIT_VERSION: i16 = 2;
 const OFFSET_FETCH_VERSION: i16 = 1;
 /// Answers after which the coordinator is looked up again.
-const COORDINATOR_MOVED: &[ResponseError] = &[
+pub(crate) const COORDINATOR_MOVED: &[ResponseError] = &[
     ResponseError::NotCoordinator,
     ResponseError::CoordinatorNotAvailable,
     ResponseError::CoordinatorLoadInProgress,

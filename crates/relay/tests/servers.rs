@@ -165,7 +165,9 @@ async fn the_kafka_bus_publishes_reads_and_commits() -> Result {
     let started = tokio::time::Instant::now();
     let committed = loop {
         match topic.committed().await {
-            Err(e) if coordinator_not_ready(&e) && started.elapsed() < Duration::from_secs(10) => {
+            Err(rtc_relay::BusError::Wire(e))
+                if e.coordinator_moved() && started.elapsed() < Duration::from_secs(10) =>
+            {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             other => break other?,
@@ -210,21 +212,6 @@ async fn the_kafka_bus_publishes_reads_and_commits() -> Result {
     // A second call finds the topic there.
     assert_eq!(bus.own_topic("n1").await?.name(), bus.topic_name("n1"));
     Ok(())
-}
-
-/// Whether `error` is a broker's answer that its group coordinator is not
-/// ready yet (still being made, loading, or elsewhere).
-fn coordinator_not_ready(error: &rtc_relay::BusError) -> bool {
-    use rtc_kafka_wire::{ResponseError, WireError};
-    matches!(
-        error,
-        rtc_relay::BusError::Wire(WireError::Broker {
-            error: ResponseError::CoordinatorNotAvailable
-                | ResponseError::CoordinatorLoadInProgress
-                | ResponseError::NotCoordinator,
-            ..
-        })
-    )
 }
 
 /// Polls `check` every 50 ms for up to 20 s.
